@@ -1,0 +1,46 @@
+//! Command-line definitions and dispatch.
+
+mod config_cmd;
+mod sim_cmd;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Pool several Macs running local LLM servers into one fast, dependable
+/// OpenAI-compatible endpoint.
+#[derive(Parser, Debug)]
+#[command(name = "baton", version = env!("BATON_VERSION"), propagate_version = true)]
+#[command(
+    after_help = "Logs go to stderr; set BATON_LOG=debug (or warn, trace, ...) to change how much."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run simulated LM Studio-like studios on this machine (for demos and tests)
+    Sim(sim_cmd::SimArgs),
+    /// Check a workers file, or show where the default one lives
+    Config(config_cmd::ConfigArgs),
+}
+
+/// Where to find the workers file: `-c`, else the platform default.
+pub fn config_path(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    match explicit {
+        Some(p) => Ok(p),
+        None => baton::config::default_path().ok_or_else(|| {
+            anyhow::anyhow!("no home directory found; pass the workers file with -c FILE")
+        }),
+    }
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Sim(a) => sim_cmd::run(a).await,
+        Command::Config(a) => config_cmd::run(a),
+    }
+}

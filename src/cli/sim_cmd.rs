@@ -1,0 +1,151 @@
+//! `baton sim`: run simulated studios until Ctrl-C.
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+use baton::config::{BalancerSettings, Config, Worker};
+use baton::sim::{self, DEFAULT_MODEL, Faults, SimConfig};
+use baton::studio::StudioKind;
+use clap::Args;
+
+#[derive(Args, Debug)]
+pub struct SimArgs {
+    /// How many studios to start, on consecutive addresses from --base
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// First address to bind (127.0.0.2 then .3, .4, ... with --count)
+    #[arg(long, default_value = "127.0.0.1")]
+    base: Ipv4Addr,
+    /// Port every studio listens on (0 picks a free one each)
+    #[arg(long, default_value_t = 1234)]
+    port: u16,
+    /// Server software to imitate (changes only the identifying endpoints)
+    #[arg(long, default_value = "lm_studio", value_parser = parse_kind)]
+    kind: StudioKind,
+    /// Model served (repeat for several; the first is the default)
+    #[arg(long = "model", default_values_t = [DEFAULT_MODEL.to_string()])]
+    models: Vec<String>,
+    /// Concurrent generations; more requests wait in FIFO order
+    #[arg(long, default_value_t = 4)]
+    slots: usize,
+    /// Time to first token once a slot is free, in milliseconds
+    #[arg(long, default_value_t = 200)]
+    ttft_ms: u64,
+    /// Tokens per second each slot streams
+    #[arg(long, default_value_t = 40.0)]
+    tps: f64,
+    /// Answer length when a request sets no max_tokens
+    #[arg(long, default_value_t = 64)]
+    default_tokens: u32,
+    /// Fault: fraction of requests answered with --error-status (0 to 1)
+    #[arg(long, default_value_t = 0.0)]
+    error_rate: f64,
+    /// Fault: status code of injected errors
+    #[arg(long, default_value_t = 503)]
+    error_status: u16,
+    /// Fault: accept and read requests but never answer
+    #[arg(long)]
+    hang: bool,
+    /// Fault: break the connection after this many tokens
+    #[arg(long)]
+    drop_after: Option<u32>,
+    /// Fault: extra delay before every answer, in milliseconds
+    #[arg(long, default_value_t = 0)]
+    delay_ms: u64,
+    /// Seed for the error-rate dice
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Write a workers file pointing at the started studios
+    #[arg(long)]
+    write_config: Option<PathBuf>,
+}
+
+fn parse_kind(s: &str) -> Result<StudioKind, String> {
+    s.parse()
+}
+
+pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
+    if !(0.0..=1.0).contains(&a.error_rate) {
+        anyhow::bail!("--error-rate must be between 0 and 1, got {}", a.error_rate);
+    }
+    if a.count == 0 {
+        anyhow::bail!("--count must be at least 1");
+    }
+    let cfg = SimConfig {
+        kind: a.kind,
+        models: a.models.clone(),
+        slots: a.slots,
+        ttft: Duration::from_millis(a.ttft_ms),
+        tokens_per_second: a.tps,
+        default_tokens: a.default_tokens,
+        faults: Faults {
+            error_rate: a.error_rate,
+            error_status: a.error_status,
+            hang: a.hang,
+            drop_after_tokens: a.drop_after,
+            delay_ms: a.delay_ms,
+            refuse_for_ms: None,
+        },
+        seed: a.seed,
+    };
+    let sims = sim::start_many(a.base, a.port, a.count, &cfg)
+        .await
+        .context("starting simulated studios")?;
+    println!(
+        "{} simulated {} studio(s): {} slot(s) each, TTFT {} ms, {} tokens/s per slot",
+        sims.len(),
+        a.kind,
+        a.slots,
+        a.ttft_ms,
+        a.tps
+    );
+    for (i, s) in sims.iter().enumerate() {
+        println!(
+            "  sim-{:<3} {}/v1   models: {}",
+            i + 1,
+            s.url(),
+            a.models.join(", ")
+        );
+    }
+    let first = sims[0].url();
+    println!(
+        "\nTry:\n  curl {first}/v1/models\n  curl -N {first}/v1/chat/completions -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"{}\",\"stream\":true,\"max_tokens\":16,\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'\n  curl {first}/sim/stats",
+        a.models[0]
+    );
+    if let Some(path) = &a.write_config {
+        let workers = sims
+            .iter()
+            .enumerate()
+            .map(|(i, s)| Worker {
+                id: format!("sim-{}", i + 1),
+                host: s.addr().ip().to_string(),
+                port: s.addr().port(),
+                kind: a.kind,
+                model: a.models[0].clone(),
+                max_concurrent_requests: a.slots as u32,
+                enabled: true,
+                weight: 1.0,
+                api_key: None,
+                members: Vec::new(),
+            })
+            .collect();
+        let file = Config {
+            workers,
+            balancer: BalancerSettings::default(),
+        };
+        let text = serde_json::to_string_pretty(&file.to_json())? + "\n";
+        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        println!("\nWrote a workers file for them: {}", path.display());
+    }
+    println!("\nPress Ctrl-C to stop.");
+    tokio::signal::ctrl_c()
+        .await
+        .context("waiting for Ctrl-C")?;
+    for s in sims {
+        s.shutdown().await;
+    }
+    Ok(ExitCode::SUCCESS)
+}

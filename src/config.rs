@@ -1,0 +1,668 @@
+//! The workers file: loading, validation and precise errors.
+//!
+//! The format is the user's own (`{"workers":[{"id","host","port","type",
+//! "model","max_concurrent_requests"}]}`) plus optional fields. Validation
+//! walks the parsed JSON by hand instead of relying on serde's messages so
+//! that every error names the file, the JSON path, the problem and the fix.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use crate::studio::StudioKind;
+
+/// Largest slot count accepted per worker; a typo like 50000 is caught here.
+const MAX_SLOTS: u64 = 4096;
+
+/// A loaded, validated configuration.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Config {
+    pub workers: Vec<Worker>,
+    pub balancer: BalancerSettings,
+}
+
+/// One studio (or one multi-node cluster that serves as a single endpoint).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Worker {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(rename = "type")]
+    pub kind: StudioKind,
+    pub model: String,
+    pub max_concurrent_requests: u32,
+    pub enabled: bool,
+    pub weight: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<SecretRef>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub members: Vec<String>,
+}
+
+impl Worker {
+    /// `http://host:port`, with IPv6 hosts bracketed.
+    pub fn base_url(&self) -> String {
+        if self.host.contains(':') {
+            format!("http://[{}]:{}", self.host, self.port)
+        } else {
+            format!("http://{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Where a secret lives. The config file names it; it never holds it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SecretRef {
+    /// An entry in the OS keychain under Baton's service name.
+    Keychain(String),
+    /// An environment variable.
+    Env(String),
+}
+
+/// Routing policy among workers that have a free slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// Lowest expected completion time (load relative to slots x EWMA latency).
+    LeastTime,
+    /// Plain rotation; kept for comparison in benchmarks.
+    RoundRobin,
+}
+
+/// Optional top-level `balancer` section. Every field has a default.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct BalancerSettings {
+    pub listen: Option<SocketAddr>,
+    pub connect_timeout: Duration,
+    pub first_token_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub queue_limit: usize,
+    pub queue_timeout: Duration,
+    pub probe_interval: Duration,
+    pub probe_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub strategy: Strategy,
+}
+
+impl Default for BalancerSettings {
+    fn default() -> Self {
+        BalancerSettings {
+            listen: None,
+            // A LAN connect takes a millisecond; anything past a few hundred
+            // is a dead or unreachable host.
+            connect_timeout: Duration::from_millis(500),
+            // Long prompts on big models can take a while before the first token.
+            first_token_timeout: Duration::from_secs(120),
+            idle_timeout: Duration::from_secs(30),
+            queue_limit: 1024,
+            queue_timeout: Duration::from_secs(60),
+            probe_interval: Duration::from_secs(2),
+            probe_timeout: Duration::from_millis(1000),
+            max_body_bytes: 16 * 1024 * 1024,
+            strategy: Strategy::LeastTime,
+        }
+    }
+}
+
+/// A configuration error: where it is, what is wrong and how to fix it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub file: PathBuf,
+    /// JSON path such as `workers[1].port`; empty for file-level problems.
+    pub json_path: String,
+    /// Line and column for syntax errors.
+    pub position: Option<(usize, usize)>,
+    pub problem: String,
+    pub fix: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file.display())?;
+        if let Some((line, col)) = self.position {
+            write!(f, ":{line}:{col}")?;
+        }
+        if !self.json_path.is_empty() {
+            write!(f, ": {}", self.json_path)?;
+        }
+        write!(f, ": {}\n  fix: {}", self.problem, self.fix)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// Default location of the workers file: `<platform config dir>/workers.json`.
+pub fn default_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("dev", "Baton", "baton")
+        .map(|d| d.config_dir().join("workers.json"))
+}
+
+impl Config {
+    /// Read and validate a workers file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            file: path.to_path_buf(),
+            json_path: String::new(),
+            position: None,
+            problem: format!("cannot read the file: {e}"),
+            fix: if e.kind() == std::io::ErrorKind::NotFound {
+                "check the path, or pass another file with -c/--config".into()
+            } else {
+                "check the file's permissions".into()
+            },
+        })?;
+        Self::parse(&text, path)
+    }
+
+    /// Validate workers-file text; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let v = Validator { file: path };
+        let root: Value = serde_json::from_str(text).map_err(|e| v.syntax(e))?;
+        v.config(&root)
+    }
+
+    /// The enabled workers.
+    pub fn enabled_workers(&self) -> impl Iterator<Item = &Worker> {
+        self.workers.iter().filter(|w| w.enabled)
+    }
+
+    /// Serialize back to the file format (secrets stay references).
+    pub fn to_json(&self) -> Value {
+        let workers: Vec<Value> = self
+            .workers
+            .iter()
+            .map(|w| {
+                let mut m = Map::new();
+                m.insert("id".into(), w.id.clone().into());
+                m.insert("host".into(), w.host.clone().into());
+                m.insert("port".into(), w.port.into());
+                m.insert("type".into(), w.kind.as_str().into());
+                m.insert("model".into(), w.model.clone().into());
+                m.insert(
+                    "max_concurrent_requests".into(),
+                    w.max_concurrent_requests.into(),
+                );
+                if !w.enabled {
+                    m.insert("enabled".into(), false.into());
+                }
+                if w.weight != 1.0 {
+                    m.insert("weight".into(), w.weight.into());
+                }
+                if let Some(r) = &w.api_key {
+                    let (k, v) = match r {
+                        SecretRef::Keychain(n) => ("keychain", n),
+                        SecretRef::Env(n) => ("env", n),
+                    };
+                    m.insert("api_key".into(), serde_json::json!({ k: v }));
+                }
+                if !w.members.is_empty() {
+                    m.insert("members".into(), w.members.clone().into());
+                }
+                Value::Object(m)
+            })
+            .collect();
+        serde_json::json!({ "workers": workers })
+    }
+}
+
+const TOP_FIELDS: &[&str] = &["workers", "balancer"];
+const WORKER_FIELDS: &[&str] = &[
+    "id",
+    "host",
+    "port",
+    "type",
+    "model",
+    "max_concurrent_requests",
+    "enabled",
+    "weight",
+    "api_key",
+    "members",
+];
+const BALANCER_FIELDS: &[&str] = &[
+    "listen",
+    "connect_timeout_ms",
+    "first_token_timeout_ms",
+    "idle_timeout_ms",
+    "queue_limit",
+    "queue_timeout_ms",
+    "probe_interval_ms",
+    "probe_timeout_ms",
+    "max_body_bytes",
+    "strategy",
+];
+
+struct Validator<'a> {
+    file: &'a Path,
+}
+
+impl Validator<'_> {
+    fn err(&self, path: &str, problem: impl Into<String>, fix: impl Into<String>) -> ConfigError {
+        ConfigError {
+            file: self.file.to_path_buf(),
+            json_path: path.to_string(),
+            position: None,
+            problem: problem.into(),
+            fix: fix.into(),
+        }
+    }
+
+    fn syntax(&self, e: serde_json::Error) -> ConfigError {
+        // serde_json's message ends with " at line L column C"; we print the
+        // position in the usual file:line:col form instead.
+        let msg = e.to_string();
+        let msg = msg
+            .rsplit_once(" at line ")
+            .map(|(m, _)| m.to_string())
+            .unwrap_or(msg);
+        let fix = match e.classify() {
+            serde_json::error::Category::Eof => {
+                "the file ends early: close every `{` and `[`".to_string()
+            }
+            _ if msg.contains("trailing comma") => "remove the comma before the closing bracket".into(),
+            _ if msg.contains("key must be a string") => {
+                "put object keys in double quotes, e.g. \"port\": 1234".into()
+            }
+            _ => "fix the JSON syntax at that position (strings in double quotes, commas between items, no comments)".into(),
+        };
+        ConfigError {
+            file: self.file.to_path_buf(),
+            json_path: String::new(),
+            position: Some((e.line(), e.column())),
+            problem: format!("invalid JSON: {msg}"),
+            fix,
+        }
+    }
+
+    fn object<'v>(
+        &self,
+        v: &'v Value,
+        path: &str,
+        allowed: &[&str],
+    ) -> Result<&'v Map<String, Value>, ConfigError> {
+        let Some(m) = v.as_object() else {
+            return Err(self.err(
+                path_or_root(path),
+                format!("expected an object, found {}", describe(v)),
+                "use { ... } with named fields",
+            ));
+        };
+        for key in m.keys() {
+            if !allowed.contains(&key.as_str()) {
+                let fix = match did_you_mean(key, allowed) {
+                    Some(s) => format!("did you mean `{s}`? Known fields: {}", allowed.join(", ")),
+                    None => format!("remove it; known fields: {}", allowed.join(", ")),
+                };
+                return Err(self.err(&join(path, key), format!("unknown field `{key}`"), fix));
+            }
+        }
+        Ok(m)
+    }
+
+    fn config(&self, root: &Value) -> Result<Config, ConfigError> {
+        let top = self.object(root, "", TOP_FIELDS)?;
+        let Some(workers) = top.get("workers") else {
+            return Err(self.err(
+                "workers",
+                "missing field `workers`",
+                "add \"workers\": [ { \"id\": ..., \"host\": ..., \"port\": 1234, \"type\": \"lm_studio\", \"model\": ..., \"max_concurrent_requests\": 4 } ]",
+            ));
+        };
+        let Some(list) = workers.as_array() else {
+            return Err(self.err(
+                "workers",
+                format!("expected a list of workers, found {}", describe(workers)),
+                "make `workers` a JSON array: [ {...}, {...} ]",
+            ));
+        };
+        let mut seen = HashSet::new();
+        let mut out = Vec::with_capacity(list.len());
+        for (i, w) in list.iter().enumerate() {
+            let path = format!("workers[{i}]");
+            let worker = self.worker(w, &path)?;
+            if !seen.insert(worker.id.clone()) {
+                let first = out
+                    .iter()
+                    .position(|o: &Worker| o.id == worker.id)
+                    .unwrap_or(0);
+                return Err(self.err(
+                    &format!("{path}.id"),
+                    format!(
+                        "duplicate id `{}` (also used by workers[{first}])",
+                        worker.id
+                    ),
+                    "give every worker a unique id, e.g. mac-studio-1, mac-studio-2",
+                ));
+            }
+            out.push(worker);
+        }
+        let balancer = match top.get("balancer") {
+            None => BalancerSettings::default(),
+            Some(b) => self.balancer(b)?,
+        };
+        Ok(Config {
+            workers: out,
+            balancer,
+        })
+    }
+
+    fn worker(&self, v: &Value, path: &str) -> Result<Worker, ConfigError> {
+        let m = self.object(v, path, WORKER_FIELDS)?;
+        let id = self.nonempty_string(m, path, "id", "a short name such as \"mac-studio-1\"")?;
+        let host = self.nonempty_string(
+            m,
+            path,
+            "host",
+            "the studio's IP address or hostname, e.g. \"192.168.1.105\"",
+        )?;
+        if host.contains("://") || host.contains('/') {
+            return Err(self.err(
+                &join(path, "host"),
+                format!("`{host}` is a URL, not a host"),
+                "give only the address, e.g. \"192.168.1.105\", and the port in `port`",
+            ));
+        }
+        if host.contains(':') && host.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(self.err(
+                &join(path, "host"),
+                format!("`{host}` contains a port or is not a valid address"),
+                "give only the address in `host` and the number in `port`",
+            ));
+        }
+        let port_path = join(path, "port");
+        let port = match m.get("port") {
+            None => return Err(self.missing(path, "port", "1234 (LM Studio's default)")),
+            Some(p) => match p.as_u64() {
+                Some(n) if (1..=65535).contains(&n) => n as u16,
+                _ if p.is_number() => {
+                    return Err(self.err(
+                        &port_path,
+                        format!("port {p} is out of range"),
+                        "use a port between 1 and 65535 (LM Studio's default is 1234)",
+                    ));
+                }
+                _ => {
+                    return Err(self.err(
+                        &port_path,
+                        format!("expected a port number, found {}", describe(p)),
+                        "write the port as a number without quotes, e.g. 1234",
+                    ));
+                }
+            },
+        };
+        let kind_path = join(path, "type");
+        let kind = match m.get("type") {
+            None => return Err(self.missing(path, "type", "\"lm_studio\"")),
+            Some(Value::String(s)) => s.parse::<StudioKind>().map_err(|_| {
+                let known = StudioKind::known_list();
+                let names: Vec<&str> = StudioKind::ALL.iter().map(|k| k.as_str()).collect();
+                let fix = match did_you_mean(s, &names) {
+                    Some(g) => format!("did you mean \"{g}\"? Known types: {known}"),
+                    None => format!("use one of: {known}"),
+                };
+                self.err(&kind_path, format!("unknown type \"{s}\""), fix)
+            })?,
+            Some(other) => {
+                return Err(self.err(
+                    &kind_path,
+                    format!("expected a string, found {}", describe(other)),
+                    format!("use one of: {}", StudioKind::known_list()),
+                ));
+            }
+        };
+        let model = self.nonempty_string(
+            m,
+            path,
+            "model",
+            "the model id the studio serves, e.g. \"mistral-7b-instruct-v0.2\"",
+        )?;
+        let slots_path = join(path, "max_concurrent_requests");
+        let max_concurrent_requests = match m.get("max_concurrent_requests") {
+            None => return Err(self.missing(path, "max_concurrent_requests", "4")),
+            Some(v) => match v.as_u64() {
+                Some(0) => {
+                    return Err(self.err(
+                        &slots_path,
+                        "max_concurrent_requests is 0, so this worker could never serve a request",
+                        "use 1 or more (the number of requests the studio runs in parallel), or set \"enabled\": false",
+                    ));
+                }
+                Some(n) if n <= MAX_SLOTS => n as u32,
+                _ => {
+                    return Err(self.err(
+                        &slots_path,
+                        format!("expected a whole number from 1 to {MAX_SLOTS}, found {v}"),
+                        "use the number of requests the studio runs in parallel, e.g. 4",
+                    ));
+                }
+            },
+        };
+        let enabled = match m.get("enabled") {
+            None => true,
+            Some(Value::Bool(b)) => *b,
+            Some(other) => {
+                return Err(self.err(
+                    &join(path, "enabled"),
+                    format!("expected true or false, found {}", describe(other)),
+                    "write true or false without quotes",
+                ));
+            }
+        };
+        let weight = match m.get("weight") {
+            None => 1.0,
+            Some(w) => match w.as_f64() {
+                Some(x) if x > 0.0 && x.is_finite() => x,
+                _ => {
+                    return Err(self.err(
+                        &join(path, "weight"),
+                        format!("expected a positive number, found {w}"),
+                        "use a number greater than 0 (1.0 is the default)",
+                    ));
+                }
+            },
+        };
+        let api_key = match m.get("api_key") {
+            None | Some(Value::Null) => None,
+            Some(v) => Some(self.secret_ref(v, &join(path, "api_key"))?),
+        };
+        let members = match m.get("members") {
+            None => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    match item.as_str() {
+                        Some(s) if !s.trim().is_empty() => out.push(s.to_string()),
+                        _ => {
+                            return Err(self.err(
+                                &format!("{}[{i}]", join(path, "members")),
+                                format!("expected a host name or address, found {}", describe(item)),
+                                "list the cluster's hosts as strings, e.g. [\"192.168.1.10\", \"192.168.1.11\"]",
+                            ));
+                        }
+                    }
+                }
+                out
+            }
+            Some(other) => {
+                return Err(self.err(
+                    &join(path, "members"),
+                    format!("expected a list of hosts, found {}", describe(other)),
+                    "list the cluster's hosts as strings, e.g. [\"192.168.1.10\", \"192.168.1.11\"]",
+                ));
+            }
+        };
+        Ok(Worker {
+            id,
+            host,
+            port,
+            kind,
+            model,
+            max_concurrent_requests,
+            enabled,
+            weight,
+            api_key,
+            members,
+        })
+    }
+
+    fn secret_ref(&self, v: &Value, path: &str) -> Result<SecretRef, ConfigError> {
+        let fix = "store the key in the OS keychain and reference it: \"api_key\": {\"keychain\": \"mac-studio-1\"}, or {\"env\": \"STUDIO1_KEY\"}";
+        match v {
+            Value::Object(m) if m.len() == 1 => {
+                let (k, val) = m.iter().next().expect("len is 1");
+                let Some(name) = val.as_str().filter(|s| !s.is_empty()) else {
+                    return Err(self.err(&join(path, k), "expected a non-empty name", fix));
+                };
+                match k.as_str() {
+                    "keychain" => Ok(SecretRef::Keychain(name.to_string())),
+                    "env" => Ok(SecretRef::Env(name.to_string())),
+                    _ => Err(self.err(&join(path, k), format!("unknown secret source `{k}`"), fix)),
+                }
+            }
+            // Never echo the value: it may be the secret itself.
+            Value::String(_) => Err(self.err(
+                path,
+                "api_key must name where the key is stored, not contain the key",
+                fix,
+            )),
+            _ => Err(self.err(
+                path,
+                format!("expected an object, found {}", describe(v)),
+                fix,
+            )),
+        }
+    }
+
+    fn balancer(&self, v: &Value) -> Result<BalancerSettings, ConfigError> {
+        let m = self.object(v, "balancer", BALANCER_FIELDS)?;
+        let mut s = BalancerSettings::default();
+        if let Some(l) = m.get("listen") {
+            let parsed = l.as_str().and_then(|t| t.parse::<SocketAddr>().ok());
+            s.listen = Some(parsed.ok_or_else(|| {
+                self.err(
+                    "balancer.listen",
+                    format!("expected an address:port, found {l}"),
+                    "write it as \"127.0.0.1:8181\"",
+                )
+            })?);
+        }
+        let ms = |key: &str, slot: &mut Duration| -> Result<(), ConfigError> {
+            if let Some(x) = m.get(key) {
+                match x.as_u64() {
+                    Some(n) if n > 0 => *slot = Duration::from_millis(n),
+                    _ => {
+                        return Err(self.err(
+                            &format!("balancer.{key}"),
+                            format!("expected milliseconds (a whole number above 0), found {x}"),
+                            format!("e.g. \"{key}\": {}", slot.as_millis()),
+                        ));
+                    }
+                }
+            }
+            Ok(())
+        };
+        ms("connect_timeout_ms", &mut s.connect_timeout)?;
+        ms("first_token_timeout_ms", &mut s.first_token_timeout)?;
+        ms("idle_timeout_ms", &mut s.idle_timeout)?;
+        ms("queue_timeout_ms", &mut s.queue_timeout)?;
+        ms("probe_interval_ms", &mut s.probe_interval)?;
+        ms("probe_timeout_ms", &mut s.probe_timeout)?;
+        let count = |key: &str, default: usize| -> Result<usize, ConfigError> {
+            match m.get(key) {
+                None => Ok(default),
+                Some(x) => x.as_u64().map(|n| n as usize).ok_or_else(|| {
+                    self.err(
+                        &format!("balancer.{key}"),
+                        format!("expected a whole number, found {x}"),
+                        format!("e.g. \"{key}\": {default}"),
+                    )
+                }),
+            }
+        };
+        s.queue_limit = count("queue_limit", s.queue_limit)?;
+        s.max_body_bytes = count("max_body_bytes", s.max_body_bytes)?;
+        if let Some(x) = m.get("strategy") {
+            s.strategy = match x.as_str() {
+                Some("least_time") => Strategy::LeastTime,
+                Some("round_robin") => Strategy::RoundRobin,
+                _ => {
+                    return Err(self.err(
+                        "balancer.strategy",
+                        format!("unknown strategy {x}"),
+                        "use \"least_time\" (default) or \"round_robin\"",
+                    ));
+                }
+            };
+        }
+        Ok(s)
+    }
+
+    fn missing(&self, path: &str, field: &str, example: &str) -> ConfigError {
+        self.err(
+            &join(path, field),
+            format!("missing field `{field}`"),
+            format!("add \"{field}\": {example}"),
+        )
+    }
+
+    fn nonempty_string(
+        &self,
+        m: &Map<String, Value>,
+        path: &str,
+        field: &str,
+        example: &str,
+    ) -> Result<String, ConfigError> {
+        match m.get(field) {
+            None => Err(self.missing(path, field, example)),
+            Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_string()),
+            Some(Value::String(_)) => Err(self.err(
+                &join(path, field),
+                format!("`{field}` is empty"),
+                format!("set it to {example}"),
+            )),
+            Some(other) => Err(self.err(
+                &join(path, field),
+                format!("expected a string, found {}", describe(other)),
+                format!("set it to {example}"),
+            )),
+        }
+    }
+}
+
+fn join(path: &str, field: &str) -> String {
+    if path.is_empty() {
+        field.to_string()
+    } else {
+        format!("{path}.{field}")
+    }
+}
+
+fn path_or_root(path: &str) -> &str {
+    if path.is_empty() { "(top level)" } else { path }
+}
+
+fn describe(v: &Value) -> String {
+    match v {
+        Value::Null => "null".into(),
+        Value::Bool(b) => format!("{b}"),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => format!("the string \"{s}\""),
+        Value::Array(_) => "a list".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// The closest known name, if it is close enough to be a likely typo.
+pub(crate) fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::damerau_levenshtein(&word.to_lowercase(), k), *k))
+        .filter(|(d, k)| *d <= 2.max(k.len() / 3))
+        .min_by_key(|(d, _)| *d)
+        .map(|(_, k)| k)
+}

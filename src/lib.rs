@@ -1,0 +1,9 @@
+//! Baton's engine: pool several local LLM servers ("studios") into one
+//! OpenAI-compatible endpoint, and check, benchmark and simulate them.
+//!
+//! One module per concern; data flows one way: [`config`] → engine → API.
+
+pub mod config;
+pub mod logging;
+pub mod sim;
+pub mod studio;

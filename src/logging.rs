@@ -1,0 +1,13 @@
+//! Log setup: `tracing` to stderr, filtered by `BATON_LOG` (default `info`).
+
+use tracing_subscriber::EnvFilter;
+
+/// Install the global subscriber. Safe to call more than once.
+pub fn init() {
+    let filter = EnvFilter::try_from_env("BATON_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

@@ -1,0 +1,131 @@
+//! The `baton` binary as a user runs it.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+
+const BIN: &str = env!("CARGO_BIN_EXE_baton");
+
+#[test]
+fn help_lists_every_subcommand_with_one_line() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let section = text
+        .split("Commands:")
+        .nth(1)
+        .unwrap()
+        .split("Options:")
+        .next()
+        .unwrap();
+    let names: Vec<&str> = section
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    for sub in &names {
+        if *sub == "help" {
+            continue;
+        }
+        // Every listed subcommand exists and has its own help.
+        let o = Command::new(BIN).args([sub, "--help"]).output().unwrap();
+        assert!(o.status.success(), "{sub} --help failed");
+    }
+    assert!(
+        names.contains(&"sim") && names.contains(&"config"),
+        "{names:?}"
+    );
+    for line in section.lines().filter(|l| !l.trim().is_empty()) {
+        assert!(
+            line.split_whitespace().count() > 1,
+            "no description: {line}"
+        );
+    }
+}
+
+#[test]
+fn version_is_printed() {
+    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        text.starts_with(&format!("baton {}", env!("CARGO_PKG_VERSION"))),
+        "{text}"
+    );
+}
+
+#[test]
+fn config_check_reports_errors_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let f = dir.path().join("w.json");
+    std::fs::write(&f, r#"{"workers":[{"id":"a","host":"h","port":70000,"type":"lm_studio","model":"m","max_concurrent_requests":1}]}"#).unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check", "-c"])
+        .arg(&f)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8(out.stderr).unwrap();
+    assert!(
+        err.contains("workers[0].port") && err.contains("fix:"),
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn sim_command_starts_studios_a_client_can_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("workers.json");
+    let mut child = Command::new(BIN)
+        .args([
+            "sim",
+            "--count",
+            "2",
+            "--base",
+            "127.0.0.70",
+            "--port",
+            "0",
+            "--tps",
+            "500",
+            "--ttft-ms",
+            "5",
+            "--write-config",
+        ])
+        .arg(&cfg)
+        .env("BATON_LOG", "debug")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut urls = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if let Some(u) = line
+            .split_whitespace()
+            .find(|w| w.starts_with("http://") && w.ends_with("/v1"))
+        {
+            urls.push(u.to_string());
+        }
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    assert_eq!(urls.len(), 2);
+    let c = support::client();
+    for u in &urls {
+        let r = c
+            .post(format!("{u}/chat/completions"))
+            .json(&support::chat_body(4, true))
+            .send()
+            .await
+            .unwrap();
+        let sse = support::parse_sse(&r.text().await.unwrap()).unwrap();
+        assert_eq!(sse.content_events(), 4);
+    }
+    let loaded = baton::config::Config::load(&cfg).unwrap();
+    assert_eq!(loaded.workers.len(), 2);
+    assert_eq!(loaded.workers[1].host, "127.0.0.71");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

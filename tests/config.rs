@@ -1,0 +1,226 @@
+//! The workers file: the user's format loads; every error class names the
+//! file, the JSON path, the problem and the fix.
+
+use std::path::Path;
+
+use baton::config::{Config, ConfigError, SecretRef, Strategy};
+use baton::studio::StudioKind;
+
+const USER_FILE: &str = r#"{
+  "workers": [
+    {
+      "id": "mac-studio-1",
+      "host": "192.168.1.105",
+      "port": 1234,
+      "type": "lm_studio",
+      "model": "mistral-7b-instruct-v0.2",
+      "max_concurrent_requests": 5
+    },
+    {
+      "id": "mac-studio-2",
+      "host": "192.168.1.106",
+      "port": 1234,
+      "type": "lm_studio",
+      "model": "mistral-7b-instruct-v0.2",
+      "max_concurrent_requests": 5
+    }
+  ]
+}"#;
+
+fn parse(text: &str) -> Result<Config, ConfigError> {
+    Config::parse(text, Path::new("/home/me/workers.json"))
+}
+
+fn error_of(text: &str) -> (ConfigError, String) {
+    let e = parse(text).expect_err("should be rejected");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with("/home/me/workers.json"),
+        "names the file: {msg}"
+    );
+    assert!(msg.contains("fix: "), "gives a fix: {msg}");
+    (e, msg)
+}
+
+/// The user's file with one worker field replaced (or removed with `None`).
+fn with_field(field: &str, value: Option<&str>) -> String {
+    let mut v: serde_json::Value = serde_json::from_str(USER_FILE).unwrap();
+    let w = v["workers"][1].as_object_mut().unwrap();
+    match value {
+        Some(x) => {
+            w.insert(field.into(), serde_json::from_str(x).unwrap());
+        }
+        None => {
+            w.remove(field);
+        }
+    }
+    v.to_string()
+}
+
+#[test]
+fn the_users_file_loads() {
+    let c = parse(USER_FILE).unwrap();
+    assert_eq!(c.workers.len(), 2);
+    let w = &c.workers[1];
+    assert_eq!(w.id, "mac-studio-2");
+    assert_eq!(w.host, "192.168.1.106");
+    assert_eq!(w.port, 1234);
+    assert_eq!(w.kind, StudioKind::LmStudio);
+    assert_eq!(w.model, "mistral-7b-instruct-v0.2");
+    assert_eq!(w.max_concurrent_requests, 5);
+    assert!(w.enabled);
+    assert_eq!(w.base_url(), "http://192.168.1.106:1234");
+    assert_eq!(c.balancer.strategy, Strategy::LeastTime);
+}
+
+#[test]
+fn optional_fields_and_balancer_section() {
+    let text = r#"{"workers":[{"id":"a","host":"10.0.0.1","port":8000,"type":"vllm","model":"m",
+        "max_concurrent_requests":8,"enabled":false,"weight":2.5,
+        "api_key":{"keychain":"studio-a"},"members":["10.0.0.1","10.0.0.2"]}],
+        "balancer":{"listen":"127.0.0.1:9000","connect_timeout_ms":250,"queue_limit":7,
+        "strategy":"round_robin"}}"#;
+    let c = parse(text).unwrap();
+    let w = &c.workers[0];
+    assert!(!w.enabled);
+    assert_eq!(w.weight, 2.5);
+    assert_eq!(w.api_key, Some(SecretRef::Keychain("studio-a".into())));
+    assert_eq!(w.members, vec!["10.0.0.1", "10.0.0.2"]);
+    assert_eq!(c.balancer.listen.unwrap().port(), 9000);
+    assert_eq!(c.balancer.connect_timeout.as_millis(), 250);
+    assert_eq!(c.balancer.queue_limit, 7);
+    assert_eq!(c.balancer.strategy, Strategy::RoundRobin);
+    // Round trip through the file format.
+    let again = parse(&c.to_json().to_string()).unwrap();
+    assert_eq!(again.workers, c.workers);
+}
+
+#[test]
+fn syntax_error_gives_line_and_column() {
+    let broken = USER_FILE.replace("\"port\": 1234,\n      \"type\": \"lm_studio\",\n      \"model\": \"mistral-7b-instruct-v0.2\",\n      \"max_concurrent_requests\": 5\n    },\n    {", "\"port\": 1234\n      \"type\": \"lm_studio\",\n      \"model\": \"mistral-7b-instruct-v0.2\",\n      \"max_concurrent_requests\": 5\n    },\n    {");
+    assert_ne!(broken, USER_FILE);
+    let (e, msg) = error_of(&broken);
+    assert_eq!(e.position, Some((7, 7)), "{msg}");
+    assert!(msg.contains("workers.json:7:7"), "{msg}");
+    assert!(msg.contains("invalid JSON"), "{msg}");
+
+    let (e, msg) = error_of("{\"workers\": [");
+    assert!(e.position.is_some());
+    assert!(msg.contains("close every"), "{msg}");
+
+    let (_, msg) = error_of("{\"workers\": [],}");
+    assert!(
+        msg.contains("trailing comma") && msg.contains("remove the comma"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn unknown_field_suggests_the_right_one() {
+    let (e, msg) = error_of(&with_field("max_concurent_requests", Some("5")));
+    assert_eq!(e.json_path, "workers[1].max_concurent_requests");
+    assert!(
+        msg.contains("unknown field `max_concurent_requests`"),
+        "{msg}"
+    );
+    assert!(
+        msg.contains("did you mean `max_concurrent_requests`"),
+        "{msg}"
+    );
+
+    let (e, msg) = error_of(r#"{"worker": []}"#);
+    assert_eq!(e.json_path, "worker");
+    assert!(msg.contains("did you mean `workers`"), "{msg}");
+
+    let (_, msg) = error_of(&with_field("colour", Some("\"red\"")));
+    assert!(msg.contains("remove it; known fields: id, host"), "{msg}");
+}
+
+#[test]
+fn missing_field_names_it_and_shows_an_example() {
+    let (e, msg) = error_of(&with_field("port", None));
+    assert_eq!(e.json_path, "workers[1].port");
+    assert!(msg.contains("missing field `port`"), "{msg}");
+    assert!(msg.contains("add \"port\": 1234"), "{msg}");
+
+    let (e, _) = error_of(&with_field("model", None));
+    assert_eq!(e.json_path, "workers[1].model");
+    let (e, msg) = error_of("{}");
+    assert_eq!(e.json_path, "workers");
+    assert!(msg.contains("missing field `workers`"), "{msg}");
+}
+
+#[test]
+fn duplicate_id_points_at_both() {
+    let (e, msg) = error_of(&USER_FILE.replace("mac-studio-2", "mac-studio-1"));
+    assert_eq!(e.json_path, "workers[1].id");
+    assert!(
+        msg.contains("duplicate id `mac-studio-1` (also used by workers[0])"),
+        "{msg}"
+    );
+    assert!(msg.contains("unique id"), "{msg}");
+}
+
+#[test]
+fn port_out_of_range_or_wrong_type() {
+    for bad in ["0", "65536", "-1", "99999"] {
+        let (e, msg) = error_of(&with_field("port", Some(bad)));
+        assert_eq!(e.json_path, "workers[1].port");
+        assert!(
+            msg.contains("out of range") && msg.contains("between 1 and 65535"),
+            "{msg}"
+        );
+    }
+    let (_, msg) = error_of(&with_field("port", Some("\"1234\"")));
+    assert!(msg.contains("without quotes"), "{msg}");
+}
+
+#[test]
+fn unknown_type_lists_the_known_ones() {
+    let (e, msg) = error_of(&with_field("type", Some("\"lmstudio\"")));
+    assert_eq!(e.json_path, "workers[1].type");
+    assert!(msg.contains("unknown type \"lmstudio\""), "{msg}");
+    assert!(msg.contains("did you mean \"lm_studio\""), "{msg}");
+    assert!(
+        msg.contains("lm_studio, ollama, llama_cpp, mlx, vllm, exo, openai"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn zero_slots_is_rejected_with_the_reason() {
+    let (e, msg) = error_of(&with_field("max_concurrent_requests", Some("0")));
+    assert_eq!(e.json_path, "workers[1].max_concurrent_requests");
+    assert!(msg.contains("could never serve a request"), "{msg}");
+    assert!(msg.contains("use 1 or more"), "{msg}");
+}
+
+#[test]
+fn a_secret_in_the_file_is_refused_without_echoing_it() {
+    let (e, msg) = error_of(&with_field("api_key", Some("\"sk-very-secret-123\"")));
+    assert_eq!(e.json_path, "workers[1].api_key");
+    assert!(!msg.contains("sk-very-secret-123"), "{msg}");
+    assert!(msg.contains("keychain"), "{msg}");
+}
+
+#[test]
+fn url_in_host_is_explained() {
+    let (e, msg) = error_of(&with_field("host", Some("\"http://192.168.1.106:1234\"")));
+    assert_eq!(e.json_path, "workers[1].host");
+    assert!(msg.contains("is a URL"), "{msg}");
+}
+
+#[test]
+fn missing_file_says_how_to_fix() {
+    let e = Config::load(Path::new("/nonexistent/dir/workers.json")).unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("/nonexistent/dir/workers.json"), "{msg}");
+    assert!(msg.contains("-c/--config"), "{msg}");
+}
+
+#[test]
+fn default_location_is_in_the_platform_config_dir() {
+    let p = baton::config::default_path().expect("a home directory");
+    assert!(p.ends_with("workers.json"));
+    assert!(p.to_string_lossy().contains("baton"), "{}", p.display());
+}
