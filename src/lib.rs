@@ -3,7 +3,9 @@
 //!
 //! One module per concern; data flows one way: [`config`] → engine → API.
 
+pub mod balancer;
 pub mod config;
 pub mod logging;
+pub mod secrets;
 pub mod sim;
 pub mod studio;

@@ -5,6 +5,8 @@ mod support;
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
+use serde_json::Value;
+
 const BIN: &str = env!("CARGO_BIN_EXE_baton");
 
 #[test]
@@ -126,6 +128,127 @@ async fn sim_command_starts_studios_a_client_can_use() {
     let loaded = baton::config::Config::load(&cfg).unwrap();
     assert_eq!(loaded.workers.len(), 2);
     assert_eq!(loaded.workers[1].host, "127.0.0.71");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Start `baton serve` with the given args; returns the child and its `/v1` URL.
+fn spawn_serve(args: &[&str]) -> (std::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .arg("serve")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut url = None;
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        if line.contains("is serving") {
+            url = line.split_whitespace().last().map(str::to_string);
+        }
+        if line.contains("Press Ctrl-C") {
+            break;
+        }
+    }
+    // Keep draining stdout so the child never blocks on a full pipe.
+    std::thread::spawn(move || for _ in lines {});
+    (child, url.expect("serve printed its URL"))
+}
+
+#[tokio::test]
+async fn serve_without_config_runs_simulated_studios() {
+    let (mut child, url) = spawn_serve(&["--simulate", "2", "--listen", "127.0.0.1:0"]);
+    let c = support::client();
+    let (status, worker, sse) = support::stream_chat(&c, &url, 5).await;
+    assert_eq!(status, 200);
+    assert!(worker.starts_with("sim-studio-"), "{worker}");
+    assert_eq!(sse.unwrap().content_events(), 5);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_workers_file() {
+    let a = baton::sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        support::sim_cfg(2, 1, 1000.0),
+    )
+    .await
+    .unwrap();
+    let b = baton::sim::start(
+        "127.0.0.1:0".parse().unwrap(),
+        support::sim_cfg(2, 1, 1000.0),
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("workers.json");
+    let write = |workers: Vec<baton::config::Worker>| {
+        let cfg = baton::config::Config {
+            workers,
+            balancer: Default::default(),
+        };
+        std::fs::write(&file, cfg.to_json().to_string()).unwrap();
+    };
+    write(vec![support::worker_for("a", &a)]);
+    let (mut child, url) = spawn_serve(&["-c", file.to_str().unwrap(), "--listen", "127.0.0.1:0"]);
+    let stats_url = url.replace("/v1", "/stats");
+    let c = support::client();
+    let ids = |s: Value| -> Vec<String> {
+        s["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["id"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let st: Value = c
+        .get(&stats_url)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(st), ["a"]);
+
+    write(vec![support::worker_for("b", &b)]);
+    let kill = Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let mut now = Vec::new();
+    for _ in 0..100 {
+        let st: Value = c
+            .get(&stats_url)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        now = ids(st);
+        if now == ["b"] {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(now, ["b"]);
+    let (status, worker, _) = support::stream_chat(&c, &url, 2).await;
+    assert_eq!((status, worker.as_str()), (200, "b"));
+
+    // A broken file keeps the running workers.
+    std::fs::write(&file, "{ broken").unwrap();
+    Command::new("kill")
+        .args(["-HUP", &child.id().to_string()])
+        .status()
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, worker, _) = support::stream_chat(&c, &url, 2).await;
+    assert_eq!((status, worker.as_str()), (200, "b"));
     child.kill().unwrap();
     child.wait().unwrap();
 }

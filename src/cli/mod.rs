@@ -1,6 +1,8 @@
 //! Command-line definitions and dispatch.
 
 mod config_cmd;
+mod key_cmd;
+mod serve_cmd;
 mod sim_cmd;
 
 use std::path::PathBuf;
@@ -22,10 +24,14 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Serve one OpenAI-compatible endpoint over all studios (the load balancer)
+    Serve(serve_cmd::ServeArgs),
     /// Run simulated LM Studio-like studios on this machine (for demos and tests)
     Sim(sim_cmd::SimArgs),
     /// Check a workers file, or show where the default one lives
     Config(config_cmd::ConfigArgs),
+    /// Store or remove API keys in the OS keychain
+    Key(key_cmd::KeyArgs),
 }
 
 /// Where to find the workers file: `-c`, else the platform default.
@@ -40,7 +46,9 @@ pub fn config_path(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(a) => serve_cmd::run(a).await,
         Command::Sim(a) => sim_cmd::run(a).await,
+        Command::Key(a) => key_cmd::run(a),
         Command::Config(a) => config_cmd::run(a),
     }
 }

@@ -85,7 +85,19 @@ fn next_id() -> u64 {
     N.fetch_add(1, Ordering::Relaxed)
 }
 
+/// A hung studio hangs on every endpoint, and a slow one is slow on all.
+async fn wedge(state: &SimState) {
+    let f = state.faults.lock().expect("faults lock").clone();
+    if f.hang {
+        std::future::pending::<()>().await;
+    }
+    if f.delay_ms > 0 {
+        tokio::time::sleep(Duration::from_millis(f.delay_ms)).await;
+    }
+}
+
 async fn models(State(s): St) -> Json<Value> {
+    wedge(&s).await;
     let data: Vec<Value> = s
         .config
         .models
@@ -96,6 +108,7 @@ async fn models(State(s): St) -> Json<Value> {
 }
 
 async fn lmstudio_models(State(s): St) -> Json<Value> {
+    wedge(&s).await;
     let data: Vec<Value> = s
         .config
         .models
@@ -325,13 +338,8 @@ fn parse_gen(state: &SimState, body: &[u8], flavor: Flavor) -> Result<Gen, (Stat
 
 /// Apply the faults that act before any answer. `Some` is the answer.
 async fn pre_faults(state: &SimState) -> (Option<Response>, Option<u32>) {
+    wedge(state).await;
     let f = state.faults.lock().expect("faults lock").clone();
-    if f.hang {
-        std::future::pending::<()>().await;
-    }
-    if f.delay_ms > 0 {
-        tokio::time::sleep(Duration::from_millis(f.delay_ms)).await;
-    }
     if state.roll_error(f.error_rate) {
         state.counters.errors.fetch_add(1, Ordering::Relaxed);
         let status = StatusCode::from_u16(if f.error_status == 0 {

@@ -96,3 +96,149 @@ pub fn chat_body(max_tokens: u32, stream: bool) -> Value {
         "messages": [{"role": "user", "content": "Say something about pooled studios"}],
     })
 }
+
+/// Simulated studios plus a balancer in front of them, on loopback.
+pub struct Lab {
+    pub sims: Vec<baton::sim::SimHandle>,
+    pub balancer: baton::balancer::Balancer,
+    pub config: baton::config::Config,
+}
+
+/// Settings tuned for tests: fast probes, short timeouts.
+pub fn test_settings() -> baton::config::BalancerSettings {
+    baton::config::BalancerSettings {
+        listen: Some("127.0.0.1:0".parse().unwrap()),
+        connect_timeout: Duration::from_millis(300),
+        first_token_timeout: Duration::from_secs(10),
+        idle_timeout: Duration::from_secs(5),
+        probe_interval: Duration::from_millis(200),
+        probe_timeout: Duration::from_millis(500),
+        ..Default::default()
+    }
+}
+
+pub fn worker_for(id: &str, sim: &baton::sim::SimHandle) -> baton::config::Worker {
+    baton::config::Worker {
+        id: id.to_string(),
+        host: sim.addr().ip().to_string(),
+        port: sim.addr().port(),
+        kind: baton::studio::StudioKind::LmStudio,
+        model: sim.config().models[0].clone(),
+        max_concurrent_requests: sim.config().slots as u32,
+        enabled: true,
+        weight: 1.0,
+        api_key: None,
+        members: Vec::new(),
+    }
+}
+
+pub fn sim_cfg(slots: usize, ttft_ms: u64, tps: f64) -> baton::sim::SimConfig {
+    baton::sim::SimConfig {
+        slots,
+        ttft: Duration::from_millis(ttft_ms),
+        tokens_per_second: tps,
+        ..Default::default()
+    }
+}
+
+impl Lab {
+    /// Start one studio per config (ids `s0`, `s1`, ...) and a balancer.
+    pub async fn start(
+        sims: Vec<baton::sim::SimConfig>,
+        settings: baton::config::BalancerSettings,
+    ) -> Lab {
+        Self::start_with_key(sims, settings, None).await
+    }
+
+    pub async fn start_with_key(
+        sims: Vec<baton::sim::SimConfig>,
+        settings: baton::config::BalancerSettings,
+        key: Option<String>,
+    ) -> Lab {
+        let mut handles = Vec::new();
+        for c in sims {
+            handles.push(
+                baton::sim::start("127.0.0.1:0".parse().unwrap(), c)
+                    .await
+                    .unwrap(),
+            );
+        }
+        let workers = handles
+            .iter()
+            .enumerate()
+            .map(|(i, s)| worker_for(&format!("s{i}"), s))
+            .collect();
+        let config = baton::config::Config {
+            workers,
+            balancer: settings,
+        };
+        let balancer = baton::balancer::Balancer::start(&config, None, key)
+            .await
+            .unwrap();
+        let lab = Lab {
+            sims: handles,
+            balancer,
+            config,
+        };
+        lab.wait_all_ready().await;
+        lab
+    }
+
+    pub async fn wait_all_ready(&self) {
+        let n = self.config.workers.len();
+        let ok = wait_until(Duration::from_secs(5), || {
+            self.balancer
+                .stats()
+                .workers
+                .iter()
+                .filter(|w| w.state == "ready")
+                .count()
+                == n
+        })
+        .await;
+        assert!(ok, "workers not ready: {:?}", self.balancer.stats());
+    }
+
+    pub fn url(&self) -> String {
+        self.balancer.url()
+    }
+
+    pub fn worker(&self, id: &str) -> baton::balancer::WorkerStats {
+        self.balancer
+            .stats()
+            .workers
+            .into_iter()
+            .find(|w| w.id == id)
+            .expect("worker in stats")
+    }
+
+    pub async fn chat(&self, c: &reqwest::Client, body: &Value) -> reqwest::Response {
+        c.post(format!("{}/chat/completions", self.url()))
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+}
+
+/// Run one streamed chat through the balancer; returns (status, worker, parsed SSE).
+pub async fn stream_chat(
+    c: &reqwest::Client,
+    url: &str,
+    max_tokens: u32,
+) -> (u16, String, Result<Sse, String>) {
+    let r = c
+        .post(format!("{url}/chat/completions"))
+        .json(&chat_body(max_tokens, true))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let worker = r
+        .headers()
+        .get("x-baton-worker")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    let body = r.text().await.unwrap_or_default();
+    (status, worker, parse_sse(&body))
+}

@@ -1,0 +1,97 @@
+//! Secrets (API keys) live in the OS keychain or the environment, never in
+//! config files or logs. This module is the only place that reads them.
+
+use crate::config::SecretRef;
+
+/// Keychain service name under which Baton stores its entries.
+pub const SERVICE: &str = "baton";
+
+/// Keychain entry holding the key clients must present to the balancer.
+pub const BALANCER_KEY_ENTRY: &str = "balancer-api-key";
+
+/// Environment variable that overrides the balancer key in the keychain.
+pub const BALANCER_KEY_ENV: &str = "BATON_API_KEY";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    #[error(
+        "environment variable {0} is not set (or is empty); export it, or store the key in the keychain with `baton key set`"
+    )]
+    EnvMissing(String),
+    #[error("no keychain entry `{0}` (service `baton`); store it with `baton key set {0}`")]
+    NotInKeychain(String),
+    #[error("keychain error for entry `{name}`: {detail}")]
+    Keychain { name: String, detail: String },
+}
+
+/// Read the secret a reference points at.
+pub fn resolve(r: &SecretRef) -> Result<String, SecretError> {
+    match r {
+        SecretRef::Env(var) => std::env::var(var)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| SecretError::EnvMissing(var.clone())),
+        SecretRef::Keychain(name) => get(name),
+    }
+}
+
+fn entry(name: &str) -> Result<keyring::Entry, SecretError> {
+    keyring::Entry::new(SERVICE, name).map_err(|e| SecretError::Keychain {
+        name: name.to_string(),
+        detail: e.to_string(),
+    })
+}
+
+/// Read a keychain entry.
+pub fn get(name: &str) -> Result<String, SecretError> {
+    match entry(name)?.get_password() {
+        Ok(v) => Ok(v),
+        Err(keyring::Error::NoEntry) => Err(SecretError::NotInKeychain(name.to_string())),
+        Err(e) => Err(SecretError::Keychain {
+            name: name.to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// Store a keychain entry.
+pub fn set(name: &str, value: &str) -> Result<(), SecretError> {
+    entry(name)?
+        .set_password(value)
+        .map_err(|e| SecretError::Keychain {
+            name: name.to_string(),
+            detail: e.to_string(),
+        })
+}
+
+/// Delete a keychain entry; deleting a missing one is not an error.
+pub fn delete(name: &str) -> Result<(), SecretError> {
+    match entry(name)?.delete_credential() {
+        Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
+        Err(e) => Err(SecretError::Keychain {
+            name: name.to_string(),
+            detail: e.to_string(),
+        }),
+    }
+}
+
+/// The key clients must send to the balancer: `BATON_API_KEY`, else the
+/// keychain entry. `None` when neither is set.
+pub fn balancer_key() -> Result<Option<String>, SecretError> {
+    if let Ok(v) = std::env::var(BALANCER_KEY_ENV)
+        && !v.is_empty()
+    {
+        return Ok(Some(v));
+    }
+    match get(BALANCER_KEY_ENTRY) {
+        Ok(v) => Ok(Some(v)),
+        Err(SecretError::NotInKeychain(_)) => Ok(None),
+        // No usable keychain (e.g. a headless box without a session keyring)
+        // means no key from there; the caller explains how to provide one.
+        Err(SecretError::Keychain { detail, .. }) => {
+            tracing::debug!("keychain unavailable: {detail}");
+            Ok(None)
+        }
+        Err(e) => Err(e),
+    }
+}

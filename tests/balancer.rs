@@ -1,0 +1,694 @@
+//! The balancer over simulated studios on 127.0.0.x, real HTTP throughout.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use baton::sim::{Faults, SimConfig};
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_are_never_exceeded_under_10x_oversubscription() {
+    let lab = Lab::start(
+        vec![sim_cfg(2, 5, 400.0), sim_cfg(3, 5, 400.0)],
+        test_settings(),
+    )
+    .await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (c, url) = (c.clone(), lab.url());
+        tasks.push(tokio::spawn(async move { stream_chat(&c, &url, 20).await }));
+    }
+    for t in tasks {
+        let (status, _, sse) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(sse.unwrap().content_events(), 20);
+    }
+    assert_eq!(lab.sims[0].stats().peak_concurrency, 2);
+    assert_eq!(lab.sims[1].stats().peak_concurrency, 3);
+    // No request ever queued inside a studio: the balancer held them.
+    assert!(
+        lab.sims
+            .iter()
+            .all(|s| s.stats().peak_in_flight == s.config().slots as u64)
+    );
+    assert_eq!(
+        lab.sims.iter().map(|s| s.stats().completed).sum::<u64>(),
+        50
+    );
+    let st = lab.balancer.stats();
+    assert!(st.workers.iter().all(|w| w.in_flight == 0));
+    assert_eq!(st.queue_depth, 0);
+}
+
+#[tokio::test]
+async fn queued_requests_are_served_in_fifo_order() {
+    let lab = Lab::start(vec![sim_cfg(1, 5, 100.0)], test_settings()).await;
+    let c = client();
+    // Occupy the only slot, then queue five requests 30 ms apart.
+    let (c0, url) = (c.clone(), lab.url());
+    let blocker = tokio::spawn(async move { stream_chat(&c0, &url, 30).await });
+    assert!(wait_until(Duration::from_secs(2), || lab.sims[0].stats().active == 1).await);
+    let order = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut tasks = Vec::new();
+    for i in 0..5 {
+        let (c, url, order) = (c.clone(), lab.url(), order.clone());
+        tasks.push(tokio::spawn(async move {
+            let (status, _, _) = stream_chat(&c, &url, 2).await;
+            assert_eq!(status, 200);
+            order.lock().unwrap().push(i);
+        }));
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert_eq!(blocker.await.unwrap().0, 200);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(*order.lock().unwrap(), vec![0, 1, 2, 3, 4]);
+}
+
+#[tokio::test]
+async fn a_full_queue_answers_503_with_retry_after() {
+    let settings = baton::config::BalancerSettings {
+        queue_limit: 2,
+        ..test_settings()
+    };
+    let lab = Lab::start(vec![sim_cfg(1, 5, 20.0)], settings).await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..3 {
+        let (c, url) = (c.clone(), lab.url());
+        tasks.push(tokio::spawn(async move { stream_chat(&c, &url, 10).await }));
+    }
+    // One running, two queued: the fourth is turned away at once.
+    assert!(
+        wait_until(Duration::from_secs(2), || lab.balancer.stats().queue_depth
+            == 2)
+        .await
+    );
+    let r = lab.chat(&c, &chat_body(1, false)).await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "queue_full");
+    for t in tasks {
+        assert_eq!(t.await.unwrap().0, 200);
+    }
+    // And a queue timeout is a 503 too.
+    let settings = baton::config::BalancerSettings {
+        queue_timeout: Duration::from_millis(100),
+        ..test_settings()
+    };
+    let lab = Lab::start(vec![sim_cfg(1, 5, 10.0)], settings).await;
+    let (c0, url) = (c.clone(), lab.url());
+    let blocker = tokio::spawn(async move { stream_chat(&c0, &url, 10).await });
+    assert!(wait_until(Duration::from_secs(2), || lab.sims[0].stats().active == 1).await);
+    let r = lab.chat(&c, &chat_body(1, false)).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "queue_timeout");
+    assert_eq!(blocker.await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn models_are_the_union_and_routing_follows_the_model() {
+    let a = SimConfig {
+        models: vec!["alpha".into(), "beta".into()],
+        ..sim_cfg(2, 1, 1000.0)
+    };
+    let b = SimConfig {
+        models: vec!["beta".into(), "gamma".into()],
+        ..sim_cfg(2, 1, 1000.0)
+    };
+    let lab = Lab::start(vec![a, b], test_settings()).await;
+    let c = client();
+    let m: Value = c
+        .get(format!("{}/models", lab.url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let mut ids: Vec<&str> = m["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, ["alpha", "beta", "gamma"]);
+    let beta = m["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|x| x["id"] == "beta")
+        .unwrap();
+    assert_eq!(beta["workers"].as_array().unwrap().len(), 2);
+
+    for _ in 0..6 {
+        for (model, only) in [("alpha", "s0"), ("gamma", "s1")] {
+            let r = lab
+                .chat(&c, &json!({"model": model, "max_tokens": 2, "messages": [{"role": "user", "content": "x"}]}))
+                .await;
+            assert_eq!(r.status(), 200);
+            assert_eq!(r.headers()["x-baton-worker"], only);
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["model"], model);
+        }
+    }
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..8 {
+        let r = lab
+            .chat(&c, &json!({"model": "beta", "max_tokens": 1, "messages": [{"role": "user", "content": "x"}]}))
+            .await;
+        seen.insert(r.headers()["x-baton-worker"].to_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 2, "beta is served by both");
+}
+
+#[tokio::test]
+async fn client_errors_pass_through_and_never_eject() {
+    let lab = Lab::start(vec![sim_cfg(2, 1, 1000.0)], test_settings()).await;
+    let c = client();
+    for _ in 0..5 {
+        // The studio rejects a chat without `messages` with 400.
+        let r = lab
+            .chat(&c, &json!({"model": baton::sim::DEFAULT_MODEL}))
+            .await;
+        assert_eq!(r.status(), 400);
+        let v: Value = r.json().await.unwrap();
+        assert!(v["error"]["message"].as_str().unwrap().contains("messages"));
+    }
+    let w = lab.worker("s0");
+    assert_eq!(w.state, "ready");
+    assert_eq!(w.client_errors, 5);
+    assert_eq!(w.failures.values().sum::<u64>(), 0);
+    assert_eq!(w.ejections.values().sum::<u64>(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refusing_studio_costs_no_client_error() {
+    let lab = Lab::start(
+        vec![sim_cfg(4, 5, 500.0), sim_cfg(4, 5, 500.0)],
+        test_settings(),
+    )
+    .await;
+    lab.sims[1].set_listening(false);
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..40 {
+        let (c, url) = (c.clone(), lab.url());
+        tasks.push(tokio::spawn(async move { stream_chat(&c, &url, 5).await }));
+    }
+    for t in tasks {
+        let (status, worker, sse) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(worker, "s0");
+        assert_eq!(sse.unwrap().content_events(), 5);
+    }
+    let w = lab.worker("s1");
+    assert_ne!(w.state, "ready");
+    assert!(w.ejections["connect"] >= 1, "{w:?}");
+    assert_eq!(lab.sims[1].stats().requests, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_studio_is_ejected_and_its_requests_move() {
+    let settings = baton::config::BalancerSettings {
+        first_token_timeout: Duration::from_secs(30),
+        ..test_settings()
+    };
+    let lab = Lab::start(vec![sim_cfg(2, 5, 500.0), sim_cfg(2, 5, 500.0)], settings).await;
+    let c = client();
+    // Turns bad after Baton has seen it healthy: accepts, never answers.
+    lab.sims[1].set_faults(Faults {
+        hang: true,
+        ..Faults::default()
+    });
+    let t0 = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (c, url) = (c.clone(), lab.url());
+        tasks.push(tokio::spawn(async move { stream_chat(&c, &url, 5).await }));
+    }
+    for t in tasks {
+        let (status, worker, sse) = t.await.unwrap();
+        assert_eq!(status, 200);
+        assert_eq!(worker, "s0");
+        assert_eq!(sse.unwrap().content_events(), 5);
+    }
+    // Moved on when the probe found it hung, not after the 30 s TTFT timeout.
+    assert!(
+        t0.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        t0.elapsed()
+    );
+    let w = lab.worker("s1");
+    assert_ne!(w.state, "ready", "{w:?}");
+    assert!(w.ejections["timeout"] >= 1, "{w:?}");
+    // Never chosen again while hung.
+    let seen = lab.sims[1].stats().requests;
+    for _ in 0..10 {
+        let (status, worker, _) = stream_chat(&c, &lab.url(), 2).await;
+        assert_eq!((status, worker.as_str()), (200, "s0"));
+    }
+    assert_eq!(lab.sims[1].stats().requests, seen);
+    // Recovers: readmitted through the half-open probe, then takes traffic.
+    lab.sims[1].set_faults(Faults::default());
+    assert!(
+        wait_until(Duration::from_secs(5), || lab.worker("s1").state == "ready").await,
+        "{:?}",
+        lab.worker("s1")
+    );
+    let mut served_by_s1 = 0;
+    for _ in 0..10 {
+        let (c1, c2) = (c.clone(), c.clone());
+        let (u1, u2) = (lab.url(), lab.url());
+        let (a, b) = tokio::join!(stream_chat(&c1, &u1, 3), stream_chat(&c2, &u2, 3));
+        served_by_s1 += [a.1, b.1].iter().filter(|w| *w == "s1").count();
+    }
+    assert!(
+        served_by_s1 >= 5,
+        "readmitted studio served {served_by_s1} of 20"
+    );
+}
+
+#[tokio::test]
+async fn ttft_timeout_ejects_a_studio_whose_probe_still_passes() {
+    // Generation hangs but /v1/models is fine: only the TTFT timeout sees it.
+    let settings = baton::config::BalancerSettings {
+        first_token_timeout: Duration::from_millis(400),
+        ..test_settings()
+    };
+    let slow = SimConfig {
+        ttft: Duration::from_secs(60),
+        ..sim_cfg(2, 0, 100.0)
+    };
+    let lab = Lab::start(vec![sim_cfg(2, 5, 500.0), slow], settings).await;
+    let c = client();
+    for _ in 0..6 {
+        let (status, worker, _) = stream_chat(&c, &lab.url(), 2).await;
+        assert_eq!((status, worker.as_str()), (200, "s0"));
+    }
+    let w = lab.worker("s1");
+    assert!(w.ejections["timeout"] >= 1, "{w:?}");
+    assert!(
+        w.requests <= 2,
+        "the slow studio was tried {} times",
+        w.requests
+    );
+}
+
+#[tokio::test]
+async fn fast_5xx_studio_is_retried_then_ejected() {
+    let bad = SimConfig {
+        faults: Faults {
+            error_rate: 1.0,
+            ..Faults::default()
+        },
+        ..sim_cfg(2, 1, 1000.0)
+    };
+    let lab = Lab::start(vec![sim_cfg(2, 1, 1000.0), bad], test_settings()).await;
+    let c = client();
+    for _ in 0..20 {
+        let (status, worker, _) = stream_chat(&c, &lab.url(), 2).await;
+        assert_eq!((status, worker.as_str()), (200, "s0"));
+    }
+    let w = lab.worker("s1");
+    assert_eq!(w.ejections["status_5xx"], 1, "{w:?}");
+    // Ejected after two 503s; the half-open probe's completion keeps it out.
+    assert!(lab.sims[1].stats().errors <= 4, "{:?}", lab.sims[1].stats());
+}
+
+#[tokio::test]
+async fn a_drop_mid_stream_ends_with_an_sse_error_event() {
+    let bad = SimConfig {
+        faults: Faults {
+            drop_after_tokens: Some(3),
+            ..Faults::default()
+        },
+        ..sim_cfg(1, 1, 500.0)
+    };
+    let lab = Lab::start(vec![bad], test_settings()).await;
+    let (status, worker, sse) = stream_chat(&client(), &lab.url(), 10).await;
+    assert_eq!((status, worker.as_str()), (200, "s0"));
+    let sse = sse.unwrap();
+    assert_eq!(sse.content_events(), 3);
+    assert!(!sse.done);
+    let last = sse.events.last().unwrap();
+    assert_eq!(last["error"]["code"], "upstream_failed", "{last}");
+    assert!(last["error"]["message"].as_str().unwrap().contains("s0"));
+    assert_eq!(lab.worker("s0").failures["stream"], 1);
+}
+
+#[tokio::test]
+async fn client_disconnect_cancels_upstream_within_100ms() {
+    let lab = Lab::start(vec![sim_cfg(1, 1, 20.0)], test_settings()).await;
+    let r = lab.chat(&client(), &chat_body(200, true)).await;
+    let mut body = r.bytes_stream();
+    body.next().await.unwrap().unwrap();
+    assert_eq!(lab.sims[0].stats().active, 1);
+    let t = Instant::now();
+    drop(body);
+    assert!(
+        wait_until(Duration::from_secs(2), || lab.sims[0].stats().cancelled
+            == 1)
+        .await
+    );
+    let took = t.elapsed();
+    assert!(
+        took < Duration::from_millis(100),
+        "cancel reached the studio after {took:?}"
+    );
+    assert!(wait_until(Duration::from_secs(1), || lab.worker("s0").in_flight == 0).await);
+    assert_eq!(lab.worker("s0").cancelled, 1);
+}
+
+#[tokio::test]
+async fn chunks_are_forwarded_unbuffered() {
+    // 20 tokens at 10/s: the whole answer takes ~2 s.
+    let lab = Lab::start(vec![sim_cfg(1, 1, 10.0)], test_settings()).await;
+    let t = Instant::now();
+    let r = lab.chat(&client(), &chat_body(20, true)).await;
+    let mut body = r.bytes_stream();
+    let mut first_content = None;
+    let mut buf = String::new();
+    while let Some(b) = body.next().await {
+        buf.push_str(std::str::from_utf8(&b.unwrap()).unwrap());
+        if first_content.is_none()
+            && buf.contains("\"content\":\"")
+            && parse_sse(&buf).unwrap().content_events() > 0
+        {
+            first_content = Some(t.elapsed());
+            // The studio is still generating when the first token arrives.
+            assert_eq!(lab.sims[0].stats().completed, 0);
+        }
+    }
+    let first = first_content.unwrap();
+    assert!(
+        first < Duration::from_millis(1000),
+        "first token after {first:?}"
+    );
+    assert!(t.elapsed() >= Duration::from_millis(1900));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_adds_and_removes_studios_under_load() {
+    let lab = Lab::start(
+        vec![sim_cfg(2, 5, 200.0), sim_cfg(2, 5, 200.0)],
+        test_settings(),
+    )
+    .await;
+    let extra = baton::sim::start("127.0.0.1:0".parse().unwrap(), sim_cfg(2, 5, 200.0))
+        .await
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let c = client();
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (c, url, stop) = (c.clone(), lab.url(), stop.clone());
+        clients.push(tokio::spawn(async move {
+            let mut results = Vec::new();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let (status, worker, sse) = stream_chat(&c, &url, 10).await;
+                let complete = sse
+                    .map(|s| s.done && s.content_events() == 10)
+                    .unwrap_or(false);
+                results.push((status, worker, complete));
+            }
+            results
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Add a third studio and remove s0 while requests are in flight.
+    let mut cfg = lab.config.clone();
+    cfg.workers.push(worker_for("s2", &extra));
+    cfg.workers.remove(0);
+    let summary = lab.balancer.reload(&cfg).unwrap();
+    assert_eq!(summary.added, ["s2"]);
+    assert_eq!(summary.removed, ["s0"]);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut all = Vec::new();
+    for t in clients {
+        all.extend(t.await.unwrap());
+    }
+    assert!(all.len() > 30, "only {} requests", all.len());
+    assert!(
+        all.iter().all(|(s, _, ok)| *s == 200 && *ok),
+        "a request failed during reload"
+    );
+    assert!(
+        all.iter().any(|(_, w, _)| w == "s2"),
+        "the new studio took no traffic"
+    );
+    let ids: Vec<String> = lab
+        .balancer
+        .stats()
+        .workers
+        .iter()
+        .map(|w| w.id.clone())
+        .collect();
+    assert!(!ids.contains(&"s0".to_string()), "{ids:?}");
+    // s0 finished what it had and got nothing after the reload settled.
+    let after = lab.sims[0].stats().requests;
+    assert_eq!(stream_chat(&c, &lab.url(), 1).await.0, 200);
+    assert_eq!(lab.sims[0].stats().requests, after);
+    assert_eq!(
+        lab.sims[0].stats().cancelled,
+        0,
+        "removing s0 cut requests off"
+    );
+}
+
+#[tokio::test]
+async fn bad_input_gets_openai_shaped_errors() {
+    let settings = baton::config::BalancerSettings {
+        max_body_bytes: 1000,
+        ..test_settings()
+    };
+    let lab = Lab::start(vec![sim_cfg(1, 1, 1000.0)], settings).await;
+    let c = client();
+    let post = |body: String| {
+        c.post(format!("{}/chat/completions", lab.url()))
+            .body(body)
+            .send()
+    };
+    let check = |v: &Value| {
+        assert!(v["error"]["message"].is_string(), "{v}");
+        assert!(v["error"]["type"].is_string(), "{v}");
+        assert!(v["error"].as_object().unwrap().contains_key("param"), "{v}");
+        assert!(v["error"].as_object().unwrap().contains_key("code"), "{v}");
+    };
+    let r = post("{not json".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    check(&r.json().await.unwrap());
+    let r = post("[1,2]".into()).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = post(r#"{"model":"nope","messages":[]}"#.into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    check(&v);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(baton::sim::DEFAULT_MODEL),
+        "{v}"
+    );
+    let r = post(r#"{"messages":[]}"#.into()).await.unwrap();
+    assert_eq!(r.status(), 404);
+    let r = post(format!(r#"{{"model":"m","pad":"{}"}}"#, "x".repeat(2000)))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    check(&r.json().await.unwrap());
+    let r = c
+        .get(format!("{}/nothing/here", lab.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    check(&r.json().await.unwrap());
+    // No worker serving the model is ready: 503 with Retry-After.
+    lab.sims[0].set_listening(false);
+    assert!(wait_until(Duration::from_secs(3), || lab.worker("s0").state != "ready").await);
+    let r = lab.chat(&c, &chat_body(1, false)).await;
+    assert_eq!(r.status(), 503);
+    assert!(r.headers().contains_key("retry-after"));
+    check(&r.json().await.unwrap());
+    let h = c
+        .get(format!("http://{}/health", lab.balancer.addr()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(h.status(), 503);
+}
+
+#[tokio::test]
+async fn stats_metrics_and_health_describe_the_pool() {
+    let lab = Lab::start(
+        vec![sim_cfg(2, 1, 1000.0), sim_cfg(2, 1, 1000.0)],
+        test_settings(),
+    )
+    .await;
+    let c = client();
+    for _ in 0..10 {
+        assert_eq!(stream_chat(&c, &lab.url(), 5).await.0, 200);
+    }
+    let base = format!("http://{}", lab.balancer.addr());
+    let st: baton::balancer::Snapshot = c
+        .get(format!("{base}/stats"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(st.workers.len(), 2);
+    assert_eq!(st.workers.iter().map(|w| w.successes).sum::<u64>(), 10);
+    assert!((st.workers.iter().map(|w| w.share).sum::<f64>() - 1.0).abs() < 1e-9);
+    assert!(
+        st.workers
+            .iter()
+            .all(|w| w.ewma_latency_ms > 0.0 && w.state == "ready")
+    );
+    let m = c
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for needle in [
+        "baton_requests_total{worker=\"s0\",outcome=\"success\"}",
+        "baton_in_flight{worker=\"s1\"} 0",
+        "baton_slots{worker=\"s0\"} 2",
+        "baton_queue_depth 0",
+        "baton_worker_state{worker=\"s0\",state=\"ready\"} 1",
+        "baton_ejections_total{worker=\"s1\",reason=\"connect\"} 0",
+        "baton_retries_total 0",
+        "baton_request_duration_seconds_count 10",
+        "baton_ttft_seconds_bucket{le=\"+Inf\"} 10",
+    ] {
+        assert!(m.contains(needle), "missing {needle} in\n{m}");
+    }
+    let h: Value = c
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(h["ready_workers"], 2);
+}
+
+#[tokio::test]
+async fn api_key_is_required_when_set_and_lan_bind_needs_one() {
+    let lab = Lab::start_with_key(
+        vec![sim_cfg(1, 1, 1000.0)],
+        test_settings(),
+        Some("s3cret-key".into()),
+    )
+    .await;
+    let c = client();
+    let r = lab.chat(&c, &chat_body(1, false)).await;
+    assert_eq!(r.status(), 401);
+    let r = c
+        .post(format!("{}/chat/completions", lab.url()))
+        .bearer_auth("wrong")
+        .json(&chat_body(1, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(!r.text().await.unwrap().contains("s3cret-key"));
+    assert_eq!(
+        lab.sims[0].stats().requests,
+        0,
+        "no upstream call without the key"
+    );
+    let r = c
+        .post(format!("{}/chat/completions", lab.url()))
+        .bearer_auth("s3cret-key")
+        .json(&chat_body(1, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Binding beyond loopback without a key is refused before any bind.
+    let cfg = lab.config.clone();
+    let err = baton::balancer::Balancer::start(&cfg, Some("0.0.0.0:0".parse().unwrap()), None)
+        .await
+        .err()
+        .expect("refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("without an API key") && msg.contains("baton key set"),
+        "{msg}"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_strategy_is_available_for_comparison() {
+    let settings = baton::config::BalancerSettings {
+        strategy: baton::config::Strategy::RoundRobin,
+        ..test_settings()
+    };
+    let lab = Lab::start(vec![sim_cfg(1, 1, 1000.0), sim_cfg(1, 1, 1000.0)], settings).await;
+    let c = client();
+    let mut counts = std::collections::HashMap::new();
+    for _ in 0..10 {
+        *counts
+            .entry(stream_chat(&c, &lab.url(), 1).await.1)
+            .or_insert(0) += 1;
+    }
+    assert_eq!(counts.get("s0"), Some(&5));
+    assert_eq!(counts.get("s1"), Some(&5));
+}
+
+#[tokio::test]
+async fn embeddings_completions_and_responses_are_proxied() {
+    let lab = Lab::start(vec![sim_cfg(1, 1, 1000.0)], test_settings()).await;
+    let c = client();
+    let e: Value = c
+        .post(format!("{}/embeddings", lab.url()))
+        .json(&json!({"model": baton::sim::DEFAULT_MODEL, "input": "hello"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e["data"][0]["embedding"].as_array().unwrap().len(), 16);
+    let t: Value = c
+        .post(format!("{}/completions", lab.url()))
+        .json(&json!({"model": baton::sim::DEFAULT_MODEL, "prompt": "hello", "max_tokens": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(t["object"], "text_completion");
+    // The studio has no /v1/responses: LM Studio's 200-with-error comes back
+    // from the same studio, proving the path is forwarded as is.
+    let r = c
+        .post(format!("{}/responses", lab.url()))
+        .json(&json!({"model": baton::sim::DEFAULT_MODEL, "input": "hi"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-baton-worker"], "s0");
+    assert!(r.text().await.unwrap().contains("POST /v1/responses"));
+}
