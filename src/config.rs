@@ -102,7 +102,9 @@ impl Default for BalancerSettings {
             idle_timeout: Duration::from_secs(30),
             queue_limit: 1024,
             queue_timeout: Duration::from_secs(60),
-            probe_interval: Duration::from_secs(2),
+            // With the probe timeout, a dead studio is noticed within ~2 s
+            // even when no request touches it (requests notice at once).
+            probe_interval: Duration::from_secs(1),
             probe_timeout: Duration::from_millis(1000),
             max_body_bytes: 16 * 1024 * 1024,
             strategy: Strategy::LeastTime,

@@ -190,6 +190,11 @@ impl Balancer {
         let app = proxy::router(shared.clone());
         let stop = shared.shutdown.clone();
         let task = tokio::spawn(async move {
+            use axum::serve::ListenerExt;
+            // Small SSE chunks must leave at once, not wait for Nagle.
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             let serve = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { stop.cancelled().await });
             if let Err(e) = serve.await {

@@ -13,6 +13,14 @@ use tokio::sync::{oneshot, watch};
 
 use crate::config::{Strategy, Worker};
 
+/// Client paths the balancer forwards to workers.
+pub const PROXIED: [&str; 4] = [
+    "/v1/chat/completions",
+    "/v1/completions",
+    "/v1/embeddings",
+    "/v1/responses",
+];
+
 /// Where a worker stands with the balancer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[repr(u8)]
@@ -150,6 +158,8 @@ pub struct WorkerEntry {
     /// The worker's own API key, resolved from the keychain or environment.
     pub auth: Option<String>,
     pub base_url: String,
+    /// Pre-parsed upstream URLs of the proxied endpoints (no parse per request).
+    endpoints: Vec<(&'static str, reqwest::Url)>,
     state: AtomicU8,
     /// Slots in use; only changed under the scheduler lock.
     in_flight: AtomicU64,
@@ -166,6 +176,14 @@ impl WorkerEntry {
         let (ejected, _) = watch::channel(0);
         WorkerEntry {
             auth,
+            endpoints: PROXIED
+                .iter()
+                .filter_map(|p| {
+                    reqwest::Url::parse(&format!("{}{p}", cfg.base_url()))
+                        .ok()
+                        .map(|u| (*p, u))
+                })
+                .collect(),
             base_url: cfg.base_url(),
             state: AtomicU8::new(State::Starting as u8),
             in_flight: AtomicU64::new(0),
@@ -182,6 +200,16 @@ impl WorkerEntry {
             }),
             ejected,
             cfg,
+        }
+    }
+
+    /// The upstream URL for a client path.
+    pub fn endpoint(&self, path: &str) -> reqwest::Url {
+        match self.endpoints.iter().find(|(p, _)| *p == path) {
+            Some((_, u)) => u.clone(),
+            None => {
+                reqwest::Url::parse(&format!("{}{path}", self.base_url)).expect("valid worker URL")
+            }
         }
     }
 
@@ -521,8 +549,15 @@ fn pick(
         }
     };
     let mut best: Option<(&Arc<WorkerEntry>, f64, usize)> = None;
+    let choice = candidates.len() > 1;
     for w in candidates.iter().copied() {
         if w.in_flight() >= w.slots() {
+            continue;
+        }
+        // Slow start: while a worker's speed is unknown (new, or just
+        // readmitted) it gets one request at a time, so a studio far slower
+        // than the rest costs one slow answer, not a slot-full of them.
+        if choice && w.learned().latency_ms == 0.0 && w.in_flight() >= 1 {
             continue;
         }
         let score = lat(w) * (1.0 + w.in_flight() as f64 / w.slots() as f64) / w.cfg.weight;

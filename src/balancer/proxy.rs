@@ -27,7 +27,7 @@ type St = State<Arc<Shared>>;
 const EJECT_AFTER_5XX: u32 = 2;
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
-    Router::new()
+    let mut r = Router::new()
         .route("/v1/chat/completions", post(forward))
         .route("/v1/completions", post(forward))
         .route("/v1/embeddings", post(forward))
@@ -35,11 +35,12 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         .route("/v1/models", get(models))
         .route("/stats", get(stats))
         .route("/metrics", get(prometheus))
-        .fallback(not_found)
-        .layer(middleware::from_fn_with_state(shared.clone(), authorize))
-        // Health stays open: load balancers and the menu bar poll it.
-        .route("/health", get(health))
-        .with_state(shared)
+        .fallback(not_found);
+    if shared.api_key.is_some() {
+        r = r.layer(middleware::from_fn_with_state(shared.clone(), authorize));
+    }
+    // Health stays open: load balancers and the menu bar poll it.
+    r.route("/health", get(health)).with_state(shared)
 }
 
 /// An OpenAI-shaped error response.
@@ -202,6 +203,23 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     }
 }
 
+#[derive(serde::Deserialize)]
+struct RequestHead<'a> {
+    #[serde(default, borrow)]
+    model: Option<std::borrow::Cow<'a, str>>,
+}
+
+fn parse_head(body: &[u8]) -> Result<RequestHead<'_>, String> {
+    let first = body.iter().find(|b| !b.is_ascii_whitespace());
+    if first.is_some() && first != Some(&b'{') {
+        return Err("request body must be a JSON object".into());
+    }
+    serde_json::from_slice(body).map_err(|e| match e.classify() {
+        serde_json::error::Category::Data => format!("invalid request: {e}"),
+        _ => format!("request body is not valid JSON: {e}"),
+    })
+}
+
 /// `POST /v1/...`: route to a worker, retrying on another before the first byte.
 async fn forward(State(s): St, req: Request) -> Response {
     let started = Instant::now();
@@ -215,31 +233,26 @@ async fn forward(State(s): St, req: Request) -> Response {
             return r;
         }
     };
-    let parsed: Value = match serde_json::from_slice(&body) {
-        Ok(v @ Value::Object(_)) => v,
-        Ok(_) => {
+    // Only `model` matters for routing; the rest is validated as JSON but
+    // not built into a tree (prompts can be large).
+    let head: RequestHead = match parse_head(&body) {
+        Ok(h) => h,
+        Err(msg) => {
             s.metrics.bad_request.fetch_add(1, Ordering::Relaxed);
-            return error(
-                StatusCode::BAD_REQUEST,
-                "request body must be a JSON object",
-                "invalid_request_error",
-                None,
-            );
-        }
-        Err(e) => {
-            s.metrics.bad_request.fetch_add(1, Ordering::Relaxed);
-            return error(
-                StatusCode::BAD_REQUEST,
-                &format!("request body is not valid JSON: {e}"),
-                "invalid_request_error",
-                None,
-            );
+            return error(StatusCode::BAD_REQUEST, &msg, "invalid_request_error", None);
         }
     };
-    let known = known_models(&s);
-    let model = match parsed.get("model").and_then(Value::as_str) {
-        Some(m) if known.iter().any(|k| k == m) => m.to_string(),
+    let model = match head.model.as_deref() {
+        Some(m)
+            if s.pool
+                .workers()
+                .iter()
+                .any(|w| w.state() != WState::Removed && w.serves(m)) =>
+        {
+            m.to_string()
+        }
         other => {
+            let known = known_models(&s);
             s.metrics.unknown_model.fetch_add(1, Ordering::Relaxed);
             let what = match other {
                 Some(m) => format!("model `{m}` is not served by any worker"),
@@ -325,7 +338,7 @@ async fn attempt(
     let w = slot.worker.clone();
     let mut ejected = w.ejected.subscribe();
     let req = s
-        .with_auth(s.client().post(format!("{}{path}", w.base_url)), &w)
+        .with_auth(s.client().post(w.endpoint(path)), &w)
         .header(header::CONTENT_TYPE, "application/json")
         .body(body);
     let first_byte = async {
@@ -383,6 +396,13 @@ async fn attempt(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    // A whole small answer in the first chunk (the usual non-streamed
+    // case): send it with its length and release the slot now.
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let complete = !sse && declared.is_some() && declared == first.as_ref().map(Bytes::len);
     let mut builder = Response::builder().status(status);
     if let Some(ct) = headers.get(header::CONTENT_TYPE) {
         builder = builder.header(header::CONTENT_TYPE, ct);
@@ -395,11 +415,11 @@ async fn attempt(
     if let Ok(v) = HeaderValue::from_str(w.id()) {
         builder = builder.header(WORKER_HEADER, v);
     }
-    let relay = Relay {
+    let mut relay = Relay {
         shared: s.clone(),
         slot: Some(slot),
         upstream: Box::pin(upstream),
-        first,
+        first: if complete { None } else { first.clone() },
         sse,
         client_error: status.is_client_error(),
         started,
@@ -409,6 +429,12 @@ async fn attempt(
         finished: false,
         ended: false,
     };
+    if complete {
+        relay.succeed();
+        return Ok(builder
+            .body(Body::from(first.unwrap_or_default()))
+            .expect("valid response parts"));
+    }
     Ok(builder
         .body(Body::from_stream(relay.into_stream()))
         .expect("valid response parts"))
