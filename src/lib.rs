@@ -7,6 +7,8 @@ pub mod balancer;
 pub mod bench;
 pub mod config;
 pub mod logging;
+pub mod netinfo;
+pub mod preflight;
 pub mod secrets;
 pub mod sim;
 pub mod studio;

@@ -692,3 +692,73 @@ async fn embeddings_completions_and_responses_are_proxied() {
     assert_eq!(r.headers()["x-baton-worker"], "s0");
     assert!(r.text().await.unwrap().contains("POST /v1/responses"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_much_slower_studio_costs_one_request_not_a_slot_full() {
+    let lab = Lab::start(
+        vec![
+            sim_cfg(2, 1, 400.0),
+            sim_cfg(2, 1, 400.0),
+            sim_cfg(2, 1, 10.0),
+        ],
+        test_settings(),
+    )
+    .await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (c, url) = (c.clone(), lab.url());
+        tasks.push(tokio::spawn(async move {
+            let mut workers = Vec::new();
+            for _ in 0..10 {
+                let (status, worker, _) = stream_chat(&c, &url, 20).await;
+                assert_eq!(status, 200);
+                workers.push(worker);
+            }
+            workers
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let slow = all.iter().filter(|w| *w == "s2").count();
+    assert_eq!(slow, 1, "the slow studio served {slow} of {}", all.len());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_answers_fill_every_slot_soon_after_a_cold_start() {
+    // 400-token answers at 20 tok/s take 20 s: the pool must not wait for
+    // the first to finish before trusting a studio with all its slots.
+    let lab = Lab::start(
+        vec![
+            sim_cfg(4, 1, 20.0),
+            sim_cfg(4, 1, 20.0),
+            sim_cfg(4, 1, 20.0),
+        ],
+        test_settings(),
+    )
+    .await;
+    let c = client();
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        let (c, url) = (c.clone(), lab.url());
+        tasks.push(tokio::spawn(
+            async move { stream_chat(&c, &url, 400).await },
+        ));
+    }
+    let full = wait_until(Duration::from_secs(5), || {
+        lab.balancer
+            .stats()
+            .workers
+            .iter()
+            .map(|w| w.in_flight)
+            .sum::<u64>()
+            == 12
+    })
+    .await;
+    assert!(full, "{:?}", lab.balancer.stats());
+    for t in &tasks {
+        t.abort();
+    }
+}

@@ -5,7 +5,6 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
@@ -162,7 +161,7 @@ async fn probe(shared: &Shared, w: &WorkerEntry, with_completion: bool) -> Probe
     if !status.is_success() {
         return Err((Failure::Probe, format!("GET /v1/models answered {status}")));
     }
-    let models = parse_models(&body).ok_or_else(|| {
+    let models = crate::studio::parse_openai_models(&body).ok_or_else(|| {
         (
             Failure::Probe,
             "GET /v1/models did not return a model list (is this an OpenAI-compatible server?)"
@@ -203,15 +202,6 @@ async fn probe(shared: &Shared, w: &WorkerEntry, with_completion: bool) -> Probe
         }
     }
     Ok((models, rtt))
-}
-
-/// Ids from an OpenAI `{"data":[{"id":...}]}` list; `None` if it is not one.
-pub(super) fn parse_models(body: &[u8]) -> Option<Vec<String>> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let data = v.get("data")?.as_array()?;
-    data.iter()
-        .map(|m| m.get("id").and_then(Value::as_str).map(str::to_string))
-        .collect()
 }
 
 /// Map a transport error to a failure reason and a readable detail.

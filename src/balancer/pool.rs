@@ -102,7 +102,25 @@ pub struct Learned {
     pub tokens_per_second: f64,
 }
 
+impl Learned {
+    /// Expected time to complete a request of `tokens` output tokens:
+    /// TTFT plus generation at the learned rate, else the plain latency
+    /// average; `None` while nothing is known.
+    pub fn expected_ms(&self, tokens: f64) -> Option<f64> {
+        if self.ttft_ms > 0.0 && self.tokens_per_second > 0.0 {
+            Some(self.ttft_ms + tokens / self.tokens_per_second * 1000.0)
+        } else if self.latency_ms > 0.0 {
+            Some(self.latency_ms)
+        } else {
+            None
+        }
+    }
+}
+
 const EWMA_ALPHA: f64 = 0.2;
+
+/// Answer length assumed before any answer has been seen.
+const DEFAULT_TOKENS: f64 = 256.0;
 
 /// Expected completion times within this factor of each other are ties.
 const TIE_BAND: f64 = 1.10;
@@ -250,6 +268,21 @@ impl WorkerEntry {
         self.health.lock().expect("health lock").models.clone()
     }
 
+    /// Record the time to first byte of a streamed answer, as soon as it is
+    /// known: routing learns a new studio's speed within its first answer.
+    pub fn learn_ttft(&self, ttft: Duration) {
+        let mut l = self.learned.lock().expect("learned lock");
+        l.ttft_ms = ewma(l.ttft_ms, ttft.as_secs_f64() * 1000.0);
+    }
+
+    /// Record a streaming rate measured part-way through an answer.
+    pub fn learn_rate(&self, tokens_per_second: f64) {
+        if tokens_per_second.is_finite() && tokens_per_second > 0.0 {
+            let mut l = self.learned.lock().expect("learned lock");
+            l.tokens_per_second = ewma(l.tokens_per_second, tokens_per_second);
+        }
+    }
+
     /// Record a finished request's figures.
     pub fn learn(&self, latency: Duration, ttft: Option<Duration>, tokens: u64) {
         let mut l = self.learned.lock().expect("learned lock");
@@ -257,7 +290,6 @@ impl WorkerEntry {
         l.latency_ms = ewma(l.latency_ms, ms);
         if let Some(t) = ttft {
             let t_ms = t.as_secs_f64() * 1000.0;
-            l.ttft_ms = ewma(l.ttft_ms, t_ms);
             let gen_s = (ms - t_ms) / 1000.0;
             if tokens > 1 && gen_s > 0.0 {
                 l.tokens_per_second = ewma(l.tokens_per_second, (tokens - 1) as f64 / gen_s);
@@ -273,6 +305,8 @@ impl WorkerEntry {
 /// A request waiting in the queue for a slot.
 struct Waiter {
     model: Arc<str>,
+    /// Expected output tokens, for the expected completion time.
+    tokens: f64,
     exclude: Vec<Arc<WorkerEntry>>,
     tx: oneshot::Sender<Arc<WorkerEntry>>,
 }
@@ -286,6 +320,9 @@ struct Sched {
 /// The scheduler shared by every request.
 pub struct Pool {
     sched: Mutex<Sched>,
+    /// EWMA of output tokens per streamed answer: the length to expect
+    /// when a request sets no `max_tokens`.
+    typical_tokens: Mutex<f64>,
     settings: Mutex<QueueSettings>,
     pub retries: AtomicU64,
     pub rejected_queue_full: AtomicU64,
@@ -328,11 +365,20 @@ impl Pool {
                 queue: VecDeque::new(),
                 rotation: 0,
             }),
+            typical_tokens: Mutex::new(DEFAULT_TOKENS),
             settings: Mutex::new(settings),
             retries: AtomicU64::new(0),
             rejected_queue_full: AtomicU64::new(0),
             rejected_queue_timeout: AtomicU64::new(0),
         })
+    }
+
+    /// Record the length of a finished streamed answer.
+    pub fn learn_tokens(&self, tokens: u64) {
+        if tokens > 0 {
+            let mut t = self.typical_tokens.lock().expect("tokens lock");
+            *t += EWMA_ALPHA * (tokens as f64 - *t);
+        }
     }
 
     pub fn set_settings(&self, s: QueueSettings) {
@@ -370,10 +416,15 @@ impl Pool {
     pub async fn acquire(
         self: &Arc<Self>,
         model: &str,
+        max_tokens: Option<u64>,
         exclude: &[Arc<WorkerEntry>],
         is_retry: bool,
     ) -> Result<SlotGuard, NoSlot> {
         let settings = self.settings();
+        let typical = *self.typical_tokens.lock().expect("tokens lock");
+        let tokens = max_tokens
+            .map(|m| (m as f64).min(typical.max(1.0) * 4.0))
+            .unwrap_or(typical);
         let rx = {
             let mut s = self.sched.lock().expect("sched lock");
             let has_candidate = s.workers.iter().any(|w| {
@@ -387,7 +438,7 @@ impl Pool {
             // Only take a slot directly when nobody older is waiting for it.
             let ahead = if is_retry { 0 } else { s.queue.len() };
             if ahead == 0
-                && let Some(w) = pick(&mut s, model, exclude, 0, settings.strategy)
+                && let Some(w) = pick(&mut s, model, tokens, exclude, 0, settings.strategy)
             {
                 w.in_flight.fetch_add(1, Ordering::Relaxed);
                 return Ok(SlotGuard {
@@ -402,6 +453,7 @@ impl Pool {
             let (tx, rx) = oneshot::channel();
             let waiter = Waiter {
                 model: Arc::from(model),
+                tokens,
                 exclude: exclude.to_vec(),
                 tx,
             };
@@ -458,7 +510,8 @@ impl Pool {
                 break;
             }
             let (model, exclude) = (s.queue[i].model.clone(), s.queue[i].exclude.clone());
-            let Some(w) = pick(&mut s, &model, &exclude, i, strategy) else {
+            let tokens = s.queue[i].tokens;
+            let Some(w) = pick(&mut s, &model, tokens, &exclude, i, strategy) else {
                 // Drop waiters no worker can ever serve now (all excluded or gone).
                 let servable = s.workers.iter().any(|w| {
                     matches!(
@@ -493,6 +546,7 @@ impl Pool {
 fn pick(
     s: &mut Sched,
     model: &str,
+    tokens: f64,
     exclude: &[Arc<WorkerEntry>],
     position: usize,
     strategy: Strategy,
@@ -531,21 +585,26 @@ fn pick(
             .min_by_key(|w| rotated(w))
             .map(|w| (*w).clone());
     }
-    // Unknown latency (no traffic yet) counts as the best known one, so new
+    // Unknown speed (no traffic yet) counts as the best known one, so new
     // workers get tried.
-    let known = candidates
+    let expected: Vec<Option<f64>> = candidates
         .iter()
-        .map(|w| w.learned().latency_ms)
-        .filter(|l| *l > 0.0);
-    let best_known = known.clone().fold(f64::INFINITY, f64::min);
+        .map(|w| w.learned().expected_ms(tokens))
+        .collect();
+    let best_known = expected
+        .iter()
+        .flatten()
+        .copied()
+        .fold(f64::INFINITY, f64::min);
     let lat = |w: &WorkerEntry| {
-        let l = w.learned().latency_ms;
-        if l > 0.0 {
-            l
-        } else if best_known.is_finite() {
-            best_known
-        } else {
-            1.0
+        let i = candidates
+            .iter()
+            .position(|c| std::ptr::eq(c.as_ref(), w))
+            .unwrap_or(0);
+        match expected[i] {
+            Some(l) => l.max(0.001),
+            None if best_known.is_finite() => best_known.max(0.001),
+            None => 1.0,
         }
     };
     let mut best: Option<(&Arc<WorkerEntry>, f64, usize)> = None;
@@ -557,7 +616,7 @@ fn pick(
         // Slow start: while a worker's speed is unknown (new, or just
         // readmitted) it gets one request at a time, so a studio far slower
         // than the rest costs one slow answer, not a slot-full of them.
-        if choice && w.learned().latency_ms == 0.0 && w.in_flight() >= 1 {
+        if choice && w.learned().expected_ms(tokens).is_none() && w.in_flight() >= 1 {
             continue;
         }
         let score = lat(w) * (1.0 + w.in_flight() as f64 / w.slots() as f64) / w.cfg.weight;

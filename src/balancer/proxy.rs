@@ -207,6 +207,17 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
 struct RequestHead<'a> {
     #[serde(default, borrow)]
     model: Option<std::borrow::Cow<'a, str>>,
+    /// Helps estimate how long the answer takes; odd values are ignored.
+    #[serde(default, deserialize_with = "lenient_u64")]
+    max_tokens: Option<u64>,
+    #[serde(default, deserialize_with = "lenient_u64")]
+    max_completion_tokens: Option<u64>,
+}
+
+/// A whole number if it is one; anything else is left to the studio to judge.
+fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    let v: Value = serde::Deserialize::deserialize(d)?;
+    Ok(v.as_u64())
 }
 
 fn parse_head(body: &[u8]) -> Result<RequestHead<'_>, String> {
@@ -271,7 +282,12 @@ async fn forward(State(s): St, req: Request) -> Response {
     let mut tried: Vec<Arc<WorkerEntry>> = Vec::new();
     let mut last_failure: Option<String> = None;
     loop {
-        let slot = match s.pool.acquire(&model, &tried, !tried.is_empty()).await {
+        let max_tokens = head.max_completion_tokens.or(head.max_tokens);
+        let slot = match s
+            .pool
+            .acquire(&model, max_tokens, &tried, !tried.is_empty())
+            .await
+        {
             Ok(slot) => slot,
             Err(NoSlot::NoCandidate) => {
                 s.metrics.no_worker.fetch_add(1, Ordering::Relaxed);
@@ -396,6 +412,9 @@ async fn attempt(
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
+    if sse && status.is_success() {
+        w.learn_ttft(ttft);
+    }
     // A whole small answer in the first chunk (the usual non-streamed
     // case): send it with its length and release the slot now.
     let declared = headers
@@ -426,6 +445,7 @@ async fn attempt(
         ttft,
         idle: settings.idle_timeout,
         events: 0,
+        next_rate_at: RATE_FIRST_AT,
         finished: false,
         ended: false,
     };
@@ -439,6 +459,9 @@ async fn attempt(
         .body(Body::from_stream(relay.into_stream()))
         .expect("valid response parts"))
 }
+
+/// Events after which the streaming rate is first measured (then at 4x, 16x, ...).
+const RATE_FIRST_AT: u64 = 8;
 
 type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
 
@@ -456,6 +479,8 @@ struct Relay {
     idle: Duration,
     /// SSE `data:` events seen: a token count good enough for tokens/s.
     events: u64,
+    /// Events count at which the streaming rate is next reported.
+    next_rate_at: u64,
     finished: bool,
     ended: bool,
 }
@@ -466,8 +491,25 @@ impl Relay {
     }
 
     fn count(&mut self, b: &Bytes) {
-        if self.sse {
-            self.events += b.windows(5).filter(|w| *w == b"data:").count() as u64;
+        if !self.sse {
+            return;
+        }
+        self.events += b.windows(5).filter(|w| *w == b"data:").count() as u64;
+        if self.events >= self.next_rate_at {
+            // Learn the studio's streaming rate mid-answer, so a new studio's
+            // speed is known long before its first answer ends.
+            let streaming = self
+                .started
+                .elapsed()
+                .saturating_sub(self.ttft)
+                .as_secs_f64();
+            if streaming > 0.0 {
+                self.worker()
+                    .learn_rate(self.events.saturating_sub(2) as f64 / streaming);
+                // A studio whose speed just became known may take more now.
+                self.shared.pool.dispatch();
+            }
+            self.next_rate_at = self.events * 4;
         }
     }
 
@@ -516,6 +558,9 @@ impl Relay {
             // Role, finish, usage and [DONE] events are not tokens.
             let tokens = self.events.saturating_sub(4);
             w.counters.tokens.fetch_add(tokens, Ordering::Relaxed);
+            if self.sse {
+                self.shared.pool.learn_tokens(tokens);
+            }
             w.learn(total, self.sse.then_some(self.ttft), tokens);
         }
         self.slot.take();

@@ -2,6 +2,7 @@
 
 mod config_cmd;
 mod key_cmd;
+mod preflight_cmd;
 mod serve_cmd;
 mod sim_cmd;
 
@@ -26,6 +27,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve one OpenAI-compatible endpoint over all studios (the load balancer)
     Serve(serve_cmd::ServeArgs),
+    /// Check the network to every studio: ping, port, server, model, latency
+    Preflight(preflight_cmd::PreflightArgs),
     /// Run simulated LM Studio-like studios on this machine (for demos and tests)
     Sim(sim_cmd::SimArgs),
     /// Check a workers file, or show where the default one lives
@@ -48,6 +51,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(a) => serve_cmd::run(a).await,
         Command::Sim(a) => sim_cmd::run(a).await,
+        Command::Preflight(a) => preflight_cmd::run(a).await,
         Command::Key(a) => key_cmd::run(a),
         Command::Config(a) => config_cmd::run(a),
     }

@@ -246,6 +246,23 @@ impl Drop for SimHandle {
 
 /// Start a simulated studio on `addr` (port 0 picks a free port).
 pub async fn start(addr: SocketAddr, config: SimConfig) -> io::Result<SimHandle> {
+    validate(&config)?;
+    let listener = TcpListener::bind(addr)
+        .await
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    serve(listener, config)
+}
+
+/// Serve on a listener made elsewhere (e.g. inside a network namespace by
+/// a test). Note: after `set_listening(false)` it re-binds from the
+/// runtime's own namespace.
+pub async fn start_on(listener: std::net::TcpListener, config: SimConfig) -> io::Result<SimHandle> {
+    validate(&config)?;
+    listener.set_nonblocking(true)?;
+    serve(TcpListener::from_std(listener)?, config)
+}
+
+fn validate(config: &SimConfig) -> io::Result<()> {
     if config.models.is_empty() {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -258,9 +275,10 @@ pub async fn start(addr: SocketAddr, config: SimConfig) -> io::Result<SimHandle>
             "slots and tokens per second must be above 0",
         ));
     }
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+    Ok(())
+}
+
+fn serve(listener: TcpListener, config: SimConfig) -> io::Result<SimHandle> {
     let addr = listener.local_addr()?;
     let (listening, _) = watch::channel(true);
     let state = Arc::new(SimState {

@@ -242,3 +242,5 @@ pub async fn stream_chat(
     let body = r.text().await.unwrap_or_default();
     (status, worker, parse_sse(&body))
 }
+
+pub mod netlab;

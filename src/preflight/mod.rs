@@ -1,0 +1,492 @@
+//! One-button network preflight: every check the user's guide makes by hand
+//! (ping, port, server running, model loaded, same subnet, latency), for
+//! every worker in parallel, each with a verdict, the measured value and a
+//! remedy.
+//!
+//! Timeouts are bounded and checks run concurrently, so a black-holed host
+//! costs about two seconds, not a stack of TCP timeouts.
+
+pub mod connect;
+mod http;
+pub mod icmp;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::{Config, Worker};
+use crate::netinfo::{self, LocalNet};
+
+/// pass / warn / fail, or skip when an earlier check made it moot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Pass,
+    Skip,
+    Warn,
+    Fail,
+}
+
+impl Status {
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "ok",
+            Status::Skip => "skip",
+            Status::Warn => "WARN",
+            Status::Fail => "FAIL",
+        }
+    }
+}
+
+/// One check's outcome.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Check {
+    pub name: String,
+    pub status: Status,
+    /// The measured value, readable.
+    pub value: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remedy: Option<String>,
+    /// The main figure in milliseconds, when there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ms: Option<f64>,
+    /// Ping figures, for the ping check.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ping: Option<icmp::PingStats>,
+}
+
+impl Check {
+    pub fn new(name: &str, status: Status, value: impl Into<String>) -> Check {
+        Check {
+            name: name.into(),
+            status,
+            value: value.into(),
+            detail: None,
+            remedy: None,
+            ms: None,
+            ping: None,
+        }
+    }
+    pub fn remedy(mut self, r: impl Into<String>) -> Check {
+        self.remedy = Some(r.into());
+        self
+    }
+    pub fn detail(mut self, d: impl Into<String>) -> Check {
+        self.detail = Some(d.into());
+        self
+    }
+    pub fn ms(mut self, ms: f64) -> Check {
+        self.ms = Some(ms);
+        self
+    }
+}
+
+/// The checks of one host: a worker, or a member host of a cluster worker.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostReport {
+    pub worker: String,
+    pub host: String,
+    pub port: u16,
+    /// `worker`, or `member` for a cluster member host.
+    pub role: String,
+    pub status: Status,
+    pub checks: Vec<Check>,
+}
+
+/// A whole preflight.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Report {
+    pub status: Status,
+    /// Unix time in seconds.
+    pub started_at: u64,
+    pub duration_ms: f64,
+    pub thresholds: Thresholds,
+    pub hosts: Vec<HostReport>,
+}
+
+impl Report {
+    pub fn failed(&self) -> impl Iterator<Item = &HostReport> {
+        self.hosts.iter().filter(|h| h.status == Status::Fail)
+    }
+
+    /// Process exit code: 0 pass, 1 warnings only under `strict`, 2 failure.
+    pub fn exit_code(&self, strict: bool) -> u8 {
+        match self.status {
+            Status::Fail => 2,
+            Status::Warn if strict => 1,
+            _ => 0,
+        }
+    }
+}
+
+/// Limits, defaulting to the user's checklist (0% loss, RTT under 10 ms).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Thresholds {
+    pub ping_count: u32,
+    pub ping_interval_ms: u64,
+    pub ping_timeout_ms: u64,
+    pub max_rtt_ms: f64,
+    pub max_loss_pct: f64,
+    pub connect_timeout_ms: u64,
+    pub http_timeout_ms: u64,
+    pub completion_timeout_ms: u64,
+    /// A first token slower than this is a warning.
+    pub warn_ttft_ms: u64,
+}
+
+impl Default for Thresholds {
+    fn default() -> Self {
+        Thresholds {
+            ping_count: 5,
+            ping_interval_ms: 100,
+            ping_timeout_ms: 1000,
+            max_rtt_ms: 10.0,
+            max_loss_pct: 0.0,
+            connect_timeout_ms: 1000,
+            http_timeout_ms: 1500,
+            completion_timeout_ms: 10_000,
+            warn_ttft_ms: 3000,
+        }
+    }
+}
+
+/// Preflight every enabled worker (and cluster member) in parallel.
+pub async fn run(config: &Config, t: &Thresholds) -> Report {
+    let started = Instant::now();
+    let started_at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let locals = netinfo::local_ipv4();
+    let pinger = icmp::Pinger::new();
+    let client = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(t.connect_timeout_ms))
+        .no_proxy()
+        .build()
+        .expect("HTTP client");
+    let mut jobs = Vec::new();
+    for w in config.enabled_workers() {
+        jobs.push(check_host(w, None, t, &pinger, &client, &locals));
+        for m in &w.members {
+            if m != &w.host {
+                jobs.push(check_host(w, Some(m), t, &pinger, &client, &locals));
+            }
+        }
+    }
+    let hosts = futures_util::future::join_all(jobs).await;
+    let status = hosts.iter().map(|h| h.status).max().unwrap_or(Status::Pass);
+    Report {
+        status,
+        started_at,
+        duration_ms: started.elapsed().as_secs_f64() * 1000.0,
+        thresholds: t.clone(),
+        hosts,
+    }
+}
+
+async fn check_host(
+    w: &Worker,
+    member: Option<&String>,
+    t: &Thresholds,
+    pinger: &icmp::Pinger,
+    client: &reqwest::Client,
+    locals: &[LocalNet],
+) -> HostReport {
+    let host = member.unwrap_or(&w.host).clone();
+    let mut checks = Vec::new();
+    let resolve_t0 = Instant::now();
+    let resolved = tokio::time::timeout(
+        Duration::from_millis(t.http_timeout_ms),
+        tokio::net::lookup_host((host.clone(), w.port)),
+    )
+    .await;
+    let addr: Option<SocketAddr> = match resolved {
+        Ok(Ok(mut addrs)) => {
+            let all: Vec<SocketAddr> = addrs.by_ref().collect();
+            all.iter().find(|a| a.is_ipv4()).or(all.first()).copied()
+        }
+        _ => None,
+    };
+    let Some(addr) = addr else {
+        checks.push(
+            Check::new("resolve", Status::Fail, format!("cannot resolve `{host}`"))
+                .remedy("check the host name or use the studio's IP address (System Settings > Wi-Fi > Details on the Mac)"),
+        );
+        return finish(w, host, member.is_some(), checks);
+    };
+    let resolve_ms = resolve_t0.elapsed().as_secs_f64() * 1000.0;
+    checks.push(Check::new("resolve", Status::Pass, addr.ip().to_string()).ms(resolve_ms));
+    let ip = addr.ip();
+
+    // ICMP and the TCP/HTTP chain run side by side.
+    let ping = pinger.ping(
+        ip,
+        t.ping_count,
+        Duration::from_millis(t.ping_interval_ms),
+        Duration::from_millis(t.ping_timeout_ms),
+    );
+    let chain = async {
+        let mut out = Vec::new();
+        let connected =
+            match connect::connect(addr, Duration::from_millis(t.connect_timeout_ms)).await {
+                Ok(d) => {
+                    let ms = d.as_secs_f64() * 1000.0;
+                    out.push(
+                        Check::new(
+                            "tcp",
+                            Status::Pass,
+                            format!("port {} open, connected in {ms:.1} ms", w.port),
+                        )
+                        .ms(ms),
+                    );
+                    true
+                }
+                Err((kind, detail)) => {
+                    out.push(
+                        Check::new(
+                            "tcp",
+                            Status::Fail,
+                            format!("port {}: {}", w.port, kind.describe()),
+                        )
+                        .detail(detail)
+                        .remedy(kind.remedy(w.kind, w.port)),
+                    );
+                    false
+                }
+            };
+        if member.is_some() {
+            return (out, connected);
+        }
+        if !connected {
+            for name in ["models", "model", "completion"] {
+                out.push(Check::new(name, Status::Skip, "skipped: no connection"));
+            }
+            return (out, connected);
+        }
+        let auth = w
+            .api_key
+            .as_ref()
+            .and_then(|r| crate::secrets::resolve(r).ok());
+        let http_timeout = Duration::from_millis(t.http_timeout_ms);
+        let (models_check, listed) = http::models(client, w, auth.as_deref(), http_timeout).await;
+        out.push(models_check);
+        match listed {
+            Some(listed) => {
+                let model = http::model(client, w, auth.as_deref(), &listed, http_timeout).await;
+                let model_ok = model.status != Status::Fail;
+                out.push(model);
+                if model_ok {
+                    out.push(
+                        http::completion(
+                            client,
+                            w,
+                            auth.as_deref(),
+                            Duration::from_millis(t.completion_timeout_ms),
+                            Duration::from_millis(t.warn_ttft_ms),
+                        )
+                        .await,
+                    );
+                } else {
+                    out.push(Check::new(
+                        "completion",
+                        Status::Skip,
+                        "skipped: model missing",
+                    ));
+                }
+            }
+            None => {
+                out.push(Check::new("model", Status::Skip, "skipped: no model list"));
+                out.push(Check::new(
+                    "completion",
+                    Status::Skip,
+                    "skipped: no model list",
+                ));
+            }
+        }
+        (out, connected)
+    };
+    // Members are only pinged and connected to; their port may be closed by design.
+    let (ping, (chain_checks, connected)) = tokio::join!(ping, chain);
+    checks.push(ping_check(ping, connected, t));
+    checks.extend(chain_checks);
+    checks.push(subnet_check(ip, locals));
+    if member.is_some()
+        && let Some(c) = checks
+            .iter_mut()
+            .find(|c| c.name == "tcp" && c.status == Status::Fail)
+    {
+        // A member need not serve the API port itself.
+        c.status = Status::Warn;
+    }
+    finish(w, host, member.is_some(), checks)
+}
+
+fn ping_check(
+    r: Result<icmp::PingStats, icmp::NotPermitted>,
+    tcp_ok: bool,
+    t: &Thresholds,
+) -> Check {
+    let s = match r {
+        Err(icmp::NotPermitted(e)) => {
+            return Check::new("ping", Status::Warn, "ICMP not permitted for this process")
+                .detail(e)
+                .remedy(icmp::permission_remedy());
+        }
+        Ok(s) => s,
+    };
+    let value = match (s.min_ms, s.avg_ms, s.max_ms) {
+        (Some(min), Some(avg), Some(max)) => format!(
+            "{}/{} replies, {:.0}% loss, rtt {min:.2}/{avg:.2}/{max:.2} ms, jitter {:.2} ms",
+            s.received,
+            s.sent,
+            s.loss_pct,
+            s.jitter_ms.unwrap_or(0.0)
+        ),
+        _ => format!("0/{} replies, 100% loss", s.sent),
+    };
+    let mut c = Check::new("ping", Status::Pass, value);
+    c.ms = s.avg_ms;
+    if s.received == 0 {
+        c = if tcp_ok {
+            // The port answers, so the host is up and only ICMP is dropped.
+            Check { status: Status::Warn, ..c }
+                .remedy("the host drops ping (macOS Firewall stealth mode) but its port answers: latency is judged by the TCP check")
+        } else {
+            Check { status: Status::Fail, ..c }.remedy(
+                "100% packet loss: the host is off, asleep, on another network, or its firewall drops everything; check its IP and that it is awake",
+            )
+        };
+    } else if s.loss_pct > t.max_loss_pct {
+        c = Check { status: Status::Fail, ..c }
+            .remedy(format!("{:.0}% packet loss (limit {}%): use Ethernet instead of Wi-Fi, check cables and switches", s.loss_pct, t.max_loss_pct));
+    } else if s.avg_ms.unwrap_or(0.0) > t.max_rtt_ms {
+        c = Check { status: Status::Fail, ..c }.remedy(format!(
+            "average RTT above {} ms: LLM traffic wants a local wired network; use Ethernet and the same switch",
+            t.max_rtt_ms
+        ));
+    }
+    c.ping = Some(s);
+    c
+}
+
+fn subnet_check(ip: IpAddr, locals: &[LocalNet]) -> Check {
+    let IpAddr::V4(v4) = ip else {
+        return Check::new("subnet", Status::Skip, "IPv6 address: not checked");
+    };
+    if v4.is_loopback() {
+        return Check::new("subnet", Status::Pass, "this machine (loopback)");
+    }
+    match netinfo::same_subnet(v4, locals) {
+        Some(l) => Check::new(
+            "subnet",
+            Status::Pass,
+            format!("same subnet as {} ({})", l.interface, l.net),
+        ),
+        None => {
+            let ours: Vec<String> = locals
+                .iter()
+                .filter(|l| !l.is_loopback())
+                .map(|l| l.net.to_string())
+                .collect();
+            Check::new("subnet", Status::Warn, format!("{v4} is not on a local subnet"))
+                .detail(format!("this machine: {}", if ours.is_empty() { "no network".into() } else { ours.join(", ") }))
+                .remedy("traffic goes through a router: put the studios and this machine on the same network for the lowest latency")
+        }
+    }
+}
+
+fn finish(w: &Worker, host: String, member: bool, checks: Vec<Check>) -> HostReport {
+    let status = checks
+        .iter()
+        .map(|c| c.status)
+        .filter(|s| *s != Status::Skip)
+        .max()
+        .unwrap_or(Status::Pass);
+    HostReport {
+        worker: w.id.clone(),
+        host,
+        port: w.port,
+        role: if member {
+            "member".into()
+        } else {
+            "worker".into()
+        },
+        status,
+        checks,
+    }
+}
+
+/// Human-readable table.
+pub fn render(r: &Report) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let workers = r.hosts.iter().filter(|h| h.role == "worker").count();
+    let _ = writeln!(
+        out,
+        "Preflight of {workers} worker(s) in {:.1} s: {}",
+        r.duration_ms / 1000.0,
+        match r.status {
+            Status::Pass | Status::Skip => "all checks passed",
+            Status::Warn => "passed with warnings",
+            Status::Fail => "FAILED",
+        }
+    );
+    for h in &r.hosts {
+        let _ = writeln!(
+            out,
+            "\n{} {}:{}{}  {}",
+            h.worker,
+            h.host,
+            h.port,
+            if h.role == "member" {
+                " (cluster member)"
+            } else {
+                ""
+            },
+            h.status.label()
+        );
+        for c in &h.checks {
+            let _ = writeln!(out, "  {:<4} {:<11} {}", c.status.label(), c.name, c.value);
+            if c.status >= Status::Warn {
+                if let Some(d) = &c.detail {
+                    let _ = writeln!(out, "       {:<11} {d}", "");
+                }
+                if let Some(rm) = &c.remedy {
+                    let _ = writeln!(out, "       {:<11} fix: {rm}", "");
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where the last preflight is kept for the dashboard and the benchmark.
+pub fn last_path() -> Option<PathBuf> {
+    directories::ProjectDirs::from("dev", "Baton", "baton")
+        .map(|d| d.data_dir().join("last-preflight.json"))
+}
+
+/// Keep this report as the last preflight (written atomically).
+pub fn save_last(r: &Report) -> std::io::Result<PathBuf> {
+    let path = last_path().ok_or_else(|| std::io::Error::other("no home directory"))?;
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(
+        &tmp,
+        serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?,
+    )?;
+    std::fs::rename(&tmp, &path)?;
+    Ok(path)
+}
+
+/// The last kept preflight, if any.
+pub fn load_last() -> Option<Report> {
+    let text = std::fs::read(last_path()?).ok()?;
+    serde_json::from_slice(&text).ok()
+}
