@@ -6,6 +6,7 @@
 pub mod balancer;
 pub mod bench;
 pub mod config;
+pub mod discover;
 pub mod logging;
 pub mod netinfo;
 pub mod preflight;

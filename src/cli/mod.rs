@@ -1,6 +1,7 @@
 //! Command-line definitions and dispatch.
 
 mod config_cmd;
+mod discover_cmd;
 mod key_cmd;
 mod preflight_cmd;
 mod serve_cmd;
@@ -27,6 +28,8 @@ pub struct Cli {
 pub enum Command {
     /// Serve one OpenAI-compatible endpoint over all studios (the load balancer)
     Serve(serve_cmd::ServeArgs),
+    /// Find studios on the LAN (port scan, mDNS) and optionally add them to a workers file
+    Discover(discover_cmd::DiscoverArgs),
     /// Check the network to every studio: ping, port, server, model, latency
     Preflight(preflight_cmd::PreflightArgs),
     /// Run simulated LM Studio-like studios on this machine (for demos and tests)
@@ -52,6 +55,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(a) => serve_cmd::run(a).await,
         Command::Sim(a) => sim_cmd::run(a).await,
         Command::Preflight(a) => preflight_cmd::run(a).await,
+        Command::Discover(a) => discover_cmd::run(a).await,
         Command::Key(a) => key_cmd::run(a),
         Command::Config(a) => config_cmd::run(a),
     }

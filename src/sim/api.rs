@@ -47,7 +47,16 @@ pub(super) fn router(state: Arc<SimState>) -> Router {
             )
             .route("/metrics", get(vllm_metrics))
             .route("/health", get(|| async { StatusCode::OK })),
-        StudioKind::Mlx | StudioKind::Exo | StudioKind::Openai => r,
+        StudioKind::Exo => r
+            .route(
+                "/node_id",
+                get(|| async { Json(json!({"node_id": "sim-node-1"})) }),
+            )
+            .route(
+                "/state",
+                get(|| async { Json(json!({"instances": {}, "topology": {"nodes": []}})) }),
+            ),
+        StudioKind::Mlx | StudioKind::Openai => r,
     };
     // LM Studio answers 200 with an error object on unknown paths; the
     // others answer 404. Preflight must cope with both.

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // shared by several test binaries and a bench, each using a part
 //! Studio hosts in network namespaces the tests create (and always remove).
 //!
 //! Each host is a namespace joined to the root namespace by a veth pair, on
