@@ -65,6 +65,7 @@ fn main() {
                 3 => one_bad_studio(&opts).await,
                 4 => one_slow_studio(&opts).await,
                 5 => memory(&opts).await,
+                6 => client_speed(&opts).await,
                 _ => continue,
             };
             verdicts.extend(v);
@@ -273,6 +274,7 @@ async fn drive(url: String, concurrency: usize, duration: Duration, max_tokens: 
         requests: None,
         api_key: None,
         warmup: duration / 5,
+        prompts: Vec::new(),
     };
     load::run(&client(), &spec).await
 }
@@ -519,6 +521,68 @@ wrk.body = '{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi
             format!("baton {added_baton:+.2} ms, nginx {added_nginx:+.2} ms"),
         ),
     ]
+}
+
+// ---------------------------------------------------------------- section 6
+
+/// `baton bench`'s load runner must not be the bottleneck: against an
+/// instant backend it should sustain wrk's request rate at the same
+/// concurrency.
+async fn client_speed(opts: &Opts) -> Vec<Verdict> {
+    println!(
+        "\n6. Load generator speed: baton's runner vs wrk, instant nginx backend, 64 connections"
+    );
+    if !have("nginx") || !have("wrk") {
+        println!("  skipped: needs nginx and wrk (Debian: apt-get install nginx-light wrk)");
+        return vec![(
+            "load generator speed".into(),
+            false,
+            "not measured: nginx or wrk missing".into(),
+        )];
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut backend = start_nginx(
+        dir.path(),
+        "backend",
+        "1",
+        &format!(
+            "listen 127.0.0.1:{port} backlog=4096; default_type application/json;\n location = /v1/chat/completions {{ return 200 '{COMPLETION}'; }}"
+        ),
+        "",
+    );
+    wait_port(SocketAddr::from(([127, 0, 0, 1], port))).await;
+    let script = dir.path().join("post.lua");
+    std::fs::write(&script, "wrk.method = \"POST\"\nwrk.headers[\"Content-Type\"] = \"application/json\"\nwrk.body = '{\"model\":\"m\",\"messages\":[]}'\n").unwrap();
+    let url = format!("http://127.0.0.1:{port}/v1/chat/completions");
+    let d = secs(opts, 8.0);
+    let w = wrk(&url, &script, d);
+    let spec = LoadSpec {
+        url: url.clone(),
+        body: json!({"model": "m", "stream": false, "messages": []}),
+        concurrency: 64,
+        duration: Some(d),
+        requests: None,
+        api_key: None,
+        warmup: d / 5,
+        prompts: Vec::new(),
+    };
+    let r = load::run(&client(), &spec).await;
+    let ours = r.window_requests_per_second();
+    println!(
+        "  wrk   {:>10.0} req/s\n  baton {:>10.0} req/s  ({:.2}x of wrk, {} failed)",
+        w.rps,
+        ours,
+        ours / w.rps,
+        r.failed
+    );
+    let _ = backend.kill();
+    let _ = backend.wait();
+    vec![(
+        "load generator >= wrk".into(),
+        ours >= w.rps && r.failed == 0,
+        format!("{:.2}x of wrk's requests/s at concurrency 64", ours / w.rps),
+    )]
 }
 
 // ---------------------------------------------------------------- section 2

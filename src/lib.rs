@@ -5,6 +5,7 @@
 
 pub mod balancer;
 pub mod bench;
+pub mod chart;
 pub mod config;
 pub mod discover;
 pub mod logging;
@@ -12,4 +13,5 @@ pub mod netinfo;
 pub mod preflight;
 pub mod secrets;
 pub mod sim;
+pub mod store;
 pub mod studio;

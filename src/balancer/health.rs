@@ -77,7 +77,7 @@ fn admit(shared: &Shared, w: &WorkerEntry, models: Vec<String>, rtt: Duration) {
     if was != State::Ready {
         w.set_state(State::Ready);
         match was {
-            State::Starting => tracing::info!(worker = w.id(), url = %w.base_url, "worker ready"),
+            State::Starting => tracing::debug!(worker = w.id(), url = %w.base_url, "worker ready"),
             _ => tracing::info!(worker = w.id(), "worker readmitted"),
         }
         shared.pool.dispatch();

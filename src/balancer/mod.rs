@@ -201,7 +201,7 @@ impl Balancer {
                 tracing::error!("balancer server stopped: {e}");
             }
         });
-        tracing::info!(%addr, "balancer listening");
+        tracing::debug!(%addr, "balancer listening");
         Ok(Balancer {
             shared,
             addr,

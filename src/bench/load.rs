@@ -25,6 +25,9 @@ pub struct LoadSpec {
     /// ...or after this many requests in total.
     pub requests: Option<u64>,
     pub api_key: Option<String>,
+    /// Prompts used in turn (each replaces the body's messages); empty =
+    /// the body as it is.
+    pub prompts: Vec<String>,
     /// Tokens and completions before this point do not count toward the
     /// steady-state window figures (needs `duration`).
     pub warmup: Duration,
@@ -42,8 +45,16 @@ pub struct LoadReport {
     pub latency_us: Histogram<u64>,
     /// Time to first non-empty content, microseconds.
     pub ttft_us: Histogram<u64>,
+    /// Time per output token after the first, microseconds.
+    pub tpot_us: Histogram<u64>,
     /// Successful requests per `x-baton-worker` header value.
     pub per_worker: BTreeMap<String, u64>,
+    /// Failed requests per worker, where the answer named one.
+    pub per_worker_failed: BTreeMap<String, u64>,
+    /// Some answers carried no `usage`: token counts are counted chunks.
+    pub approximate_tokens: bool,
+    /// Successful requests that finished inside the window.
+    pub window_ok: u64,
     /// The first few failure messages.
     pub errors: Vec<String>,
     /// Steady-state window `[warmup, duration]` (zero without a duration).
@@ -76,13 +87,25 @@ impl LoadReport {
     pub fn mean_latency_ms(&self) -> f64 {
         self.latency_us.mean() / 1000.0
     }
+    /// Steady-state requests/s: completions inside the window.
+    pub fn window_requests_per_second(&self) -> f64 {
+        if self.window.is_zero() {
+            self.requests_per_second()
+        } else {
+            self.window_ok as f64 / self.window.as_secs_f64()
+        }
+    }
 }
 
 struct Shared {
     latency: Histogram<u64>,
     ttft: Histogram<u64>,
+    tpot: Histogram<u64>,
     per_worker: BTreeMap<String, u64>,
+    per_worker_failed: BTreeMap<String, u64>,
     errors: Vec<String>,
+    approximate: bool,
+    window_ok: u64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -90,14 +113,52 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// Called after every request with (successes, failures) so far.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
 /// Run the load and report. Never panics on a failing endpoint: failures
 /// are counted and the first messages kept.
 pub async fn run(client: &reqwest::Client, spec: &LoadSpec) -> LoadReport {
+    run_observed(client, spec, None).await
+}
+
+/// The request bodies to cycle through.
+fn bodies(spec: &LoadSpec) -> Vec<Arc<Vec<u8>>> {
+    if spec.prompts.is_empty() {
+        return vec![Arc::new(
+            serde_json::to_vec(&spec.body).expect("serializable body"),
+        )];
+    }
+    spec.prompts
+        .iter()
+        .map(|p| {
+            let mut b = spec.body.clone();
+            if b.get("prompt").is_some() {
+                b["prompt"] = Value::String(p.clone());
+            } else {
+                b["messages"] = serde_json::json!([{"role": "user", "content": p}]);
+            }
+            Arc::new(serde_json::to_vec(&b).expect("serializable body"))
+        })
+        .collect()
+}
+
+/// [`run`], reporting progress as it goes. Dropping the future stops every
+/// client at once (the tasks live in a `JoinSet`).
+pub async fn run_observed(
+    client: &reqwest::Client,
+    spec: &LoadSpec,
+    progress: Option<Progress>,
+) -> LoadReport {
     let shared = Arc::new(Mutex::new(Shared {
         latency: histogram(),
         ttft: histogram(),
+        tpot: histogram(),
         per_worker: BTreeMap::new(),
+        per_worker_failed: BTreeMap::new(),
         errors: Vec::new(),
+        approximate: false,
+        window_ok: 0,
     }));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
@@ -106,29 +167,32 @@ pub async fn run(client: &reqwest::Client, spec: &LoadSpec) -> LoadReport {
     let window_tokens = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
     let window = spec.duration.map(|d| (spec.warmup.min(d), d));
-    let body = Arc::new(serde_json::to_vec(&spec.body).expect("serializable body"));
+    let bodies = Arc::new(bodies(spec));
+    let seq = Arc::new(AtomicU64::new(0));
     let stream = spec
         .body
         .get("stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let mut tasks = Vec::with_capacity(spec.concurrency);
+    let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..spec.concurrency.max(1) {
         let (client, spec) = (client.clone(), spec.clone());
-        let (shared, ok, failed, tokens, issued, body) = (
+        let (shared, ok, failed, tokens, issued, bodies, seq, progress) = (
             shared.clone(),
             ok.clone(),
             failed.clone(),
             tokens.clone(),
             issued.clone(),
-            body.clone(),
+            bodies.clone(),
+            seq.clone(),
+            progress.clone(),
         );
         let counter = WindowCounter {
             start,
             window,
             tokens: window_tokens.clone(),
         };
-        tasks.push(tokio::spawn(async move {
+        tasks.spawn(async move {
             loop {
                 if spec.duration.is_some_and(|d| start.elapsed() >= d) {
                     break;
@@ -138,32 +202,47 @@ pub async fn run(client: &reqwest::Client, spec: &LoadSpec) -> LoadReport {
                 {
                     break;
                 }
+                let body = &bodies[seq.fetch_add(1, Ordering::Relaxed) as usize % bodies.len()];
                 let t0 = Instant::now();
-                match one(&client, &spec, &body, stream, t0, &counter).await {
+                match one(&client, &spec, body, stream, t0, &counter).await {
                     Ok(o) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                         tokens.fetch_add(o.tokens, Ordering::Relaxed);
+                        let latency = t0.elapsed();
                         let mut s = shared.lock().await;
-                        let _ = s.latency.record(t0.elapsed().as_micros().max(1) as u64);
+                        let _ = s.latency.record(latency.as_micros().max(1) as u64);
                         if let Some(t) = o.ttft {
                             let _ = s.ttft.record(t.as_micros().max(1) as u64);
+                            if o.tokens > 1 {
+                                let per =
+                                    (latency.saturating_sub(t)).as_micros() as u64 / (o.tokens - 1);
+                                let _ = s.tpot.record(per.max(1));
+                            }
+                        }
+                        s.approximate |= o.approximate;
+                        if counter.inside() {
+                            s.window_ok += 1;
                         }
                         *s.per_worker.entry(o.worker).or_default() += 1;
                     }
-                    Err(e) => {
+                    Err((e, worker)) => {
                         failed.fetch_add(1, Ordering::Relaxed);
                         let mut s = shared.lock().await;
+                        if let Some(w) = worker {
+                            *s.per_worker_failed.entry(w).or_default() += 1;
+                        }
                         if s.errors.len() < 10 {
                             s.errors.push(e);
                         }
                     }
                 }
+                if let Some(p) = &progress {
+                    p(ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+                }
             }
-        }));
+        });
     }
-    for t in tasks {
-        let _ = t.await;
-    }
+    while tasks.join_next().await.is_some() {}
     let elapsed = start.elapsed();
     let s = Arc::try_unwrap(shared)
         .ok()
@@ -176,7 +255,11 @@ pub async fn run(client: &reqwest::Client, spec: &LoadSpec) -> LoadReport {
         tokens: tokens.load(Ordering::Relaxed),
         latency_us: s.latency,
         ttft_us: s.ttft,
+        tpot_us: s.tpot,
         per_worker: s.per_worker,
+        per_worker_failed: s.per_worker_failed,
+        approximate_tokens: s.approximate,
+        window_ok: s.window_ok,
         errors: s.errors,
         window: window.map(|(a, b)| b - a).unwrap_or_default(),
         window_tokens: window_tokens.load(Ordering::Relaxed),
@@ -191,6 +274,16 @@ struct WindowCounter {
 }
 
 impl WindowCounter {
+    fn inside(&self) -> bool {
+        match self.window {
+            Some((from, to)) => {
+                let t = self.start.elapsed();
+                t >= from && t < to
+            }
+            None => true,
+        }
+    }
+
     fn token(&self) {
         if let Some((from, to)) = self.window {
             let t = self.start.elapsed();
@@ -205,6 +298,7 @@ struct Outcome {
     tokens: u64,
     ttft: Option<Duration>,
     worker: String,
+    approximate: bool,
 }
 
 async fn one(
@@ -214,7 +308,7 @@ async fn one(
     stream: bool,
     t0: Instant,
     counter: &WindowCounter,
-) -> Result<Outcome, String> {
+) -> Result<Outcome, (String, Option<String>)> {
     let mut rb = client
         .post(&spec.url)
         .header("content-type", "application/json")
@@ -225,7 +319,7 @@ async fn one(
     let r = rb
         .send()
         .await
-        .map_err(|e| format!("request failed: {e}"))?;
+        .map_err(|e| (format!("request failed: {e}"), None))?;
     let status = r.status();
     let worker = r
         .headers()
@@ -233,26 +327,28 @@ async fn one(
         .and_then(|v| v.to_str().ok())
         .unwrap_or("-")
         .to_string();
+    let named = (worker != "-").then(|| worker.clone());
+    let fail = |m: String| (m, named.clone());
     if !status.is_success() {
         let text = r.text().await.unwrap_or_default();
-        return Err(format!(
+        return Err(fail(format!(
             "HTTP {status}: {}",
             text.chars().take(200).collect::<String>()
-        ));
+        )));
     }
     if !stream {
         let v: Value = r
             .json()
             .await
-            .map_err(|e| format!("bad JSON answer: {e}"))?;
-        let tokens = v
+            .map_err(|e| fail(format!("bad JSON answer: {e}")))?;
+        let usage = v
             .pointer("/usage/completion_tokens")
-            .and_then(Value::as_u64)
-            .unwrap_or(0);
+            .and_then(Value::as_u64);
         return Ok(Outcome {
-            tokens,
+            tokens: usage.unwrap_or(0),
             ttft: None,
             worker,
+            approximate: usage.is_none(),
         });
     }
     let mut body = r.bytes_stream();
@@ -260,7 +356,7 @@ async fn one(
     let (mut content_events, mut usage_tokens, mut ttft, mut done) = (0u64, None, None, false);
     while let Some(chunk) = body.next().await {
         let chunk =
-            chunk.map_err(|e| format!("stream broke after {content_events} tokens: {e}"))?;
+            chunk.map_err(|e| fail(format!("stream broke after {content_events} tokens: {e}")))?;
         buf.extend_from_slice(&chunk);
         while let Some(i) = buf.windows(2).position(|w| w == b"\n\n") {
             let event: Vec<u8> = buf.drain(..i + 2).collect();
@@ -273,9 +369,9 @@ async fn one(
                 continue;
             }
             let v: Value =
-                serde_json::from_slice(data).map_err(|e| format!("bad SSE event: {e}"))?;
+                serde_json::from_slice(data).map_err(|e| fail(format!("bad SSE event: {e}")))?;
             if let Some(err) = v.get("error") {
-                return Err(format!("error event: {err}"));
+                return Err(fail(format!("error event: {err}")));
             }
             if let Some(n) = v
                 .pointer("/usage/completion_tokens")
@@ -295,13 +391,14 @@ async fn one(
         }
     }
     if !done {
-        return Err(format!(
+        return Err(fail(format!(
             "stream ended without [DONE] after {content_events} tokens"
-        ));
+        )));
     }
     Ok(Outcome {
         tokens: usage_tokens.unwrap_or(content_events),
         ttft,
         worker,
+        approximate: usage_tokens.is_none(),
     })
 }

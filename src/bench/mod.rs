@@ -1,4 +1,7 @@
-//! Load generation and measurement. `load` is the closed-loop runner that
-//! the balancer benchmarks use today and `baton bench` will build on.
+//! Benchmarks: the closed-loop load runner, the results file, the sweep
+//! orchestration behind `baton bench`, and `baton compare`.
 
+pub mod compare;
 pub mod load;
+pub mod report;
+pub mod run;

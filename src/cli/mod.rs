@@ -1,9 +1,11 @@
 //! Command-line definitions and dispatch.
 
+mod bench_cmd;
 mod config_cmd;
 mod discover_cmd;
 mod key_cmd;
 mod preflight_cmd;
+mod results_cmd;
 mod serve_cmd;
 mod sim_cmd;
 
@@ -28,6 +30,14 @@ pub struct Cli {
 pub enum Command {
     /// Serve one OpenAI-compatible endpoint over all studios (the load balancer)
     Serve(serve_cmd::ServeArgs),
+    /// Benchmark the pool: concurrency and worker-count sweeps, JSON, charts, history
+    Bench(bench_cmd::BenchArgs),
+    /// Compare benchmark runs (files or run ids): the speedup table and a verdict
+    Compare(results_cmd::CompareArgs),
+    /// List past benchmark runs, or show one
+    Runs(results_cmd::RunsArgs),
+    /// Draw charts (SVG and PNG) of one or more runs
+    Chart(results_cmd::ChartArgs),
     /// Find studios on the LAN (port scan, mDNS) and optionally add them to a workers file
     Discover(discover_cmd::DiscoverArgs),
     /// Check the network to every studio: ping, port, server, model, latency
@@ -56,6 +66,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sim(a) => sim_cmd::run(a).await,
         Command::Preflight(a) => preflight_cmd::run(a).await,
         Command::Discover(a) => discover_cmd::run(a).await,
+        Command::Bench(a) => bench_cmd::run(a).await,
+        Command::Compare(a) => results_cmd::compare(a),
+        Command::Runs(a) => results_cmd::runs(a),
+        Command::Chart(a) => results_cmd::chart(a),
         Command::Key(a) => key_cmd::run(a),
         Command::Config(a) => config_cmd::run(a),
     }

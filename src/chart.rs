@@ -1,0 +1,380 @@
+//! Charts of benchmark results with plotters: SVG (for the UI) and PNG (for
+//! files), 1200x800, text in an embedded font so nothing depends on the
+//! fonts a machine has.
+
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use plotters::coord::Shift;
+use plotters::prelude::*;
+use plotters::style::FontStyle;
+
+use crate::bench::report::BenchResult;
+
+const W: u32 = 1200;
+const H: u32 = 800;
+const FONT: &str = "sans-serif";
+
+static FONT_ONCE: Once = Once::new();
+
+fn register_font() {
+    FONT_ONCE.call_once(|| {
+        // DejaVu Sans (free licence, see assets/fonts/DejaVuSans-LICENSE.txt).
+        let _ = plotters::style::register_font(
+            FONT,
+            FontStyle::Normal,
+            include_bytes!("../assets/fonts/DejaVuSans.ttf"),
+        );
+    });
+}
+
+const COLORS: [RGBColor; 8] = [
+    RGBColor(31, 119, 180),
+    RGBColor(255, 127, 14),
+    RGBColor(44, 160, 44),
+    RGBColor(214, 39, 40),
+    RGBColor(148, 103, 189),
+    RGBColor(140, 86, 75),
+    RGBColor(227, 119, 194),
+    RGBColor(127, 127, 127),
+];
+
+/// One line of a line chart.
+pub struct Series {
+    pub name: String,
+    pub points: Vec<(f64, f64)>,
+    pub dashed: bool,
+    /// Text drawn next to each point (e.g. efficiency).
+    pub labels: Vec<String>,
+}
+
+pub struct LineChart {
+    pub title: String,
+    pub x_label: String,
+    pub y_label: String,
+    pub series: Vec<Series>,
+}
+
+pub struct BarChart {
+    pub title: String,
+    pub y_label: String,
+    pub bars: Vec<(String, f64)>,
+}
+
+type DrawResult<T, DB> = Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::ErrorType>>;
+
+fn draw_lines<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    c: &LineChart,
+) -> DrawResult<(), DB> {
+    area.fill(&WHITE)?;
+    let pts = c.series.iter().flat_map(|s| s.points.iter());
+    let x_max = pts.clone().map(|p| p.0).fold(1.0, f64::max);
+    let y_max = pts.map(|p| p.1).fold(0.0, f64::max).max(1e-9);
+    // Headroom for the legend, so it never sits on the data.
+    let y_top = y_max * (1.15 + 0.07 * c.series.len() as f64);
+    let mut chart = ChartBuilder::on(area)
+        .caption(&c.title, (FONT, 30))
+        .margin(20)
+        .x_label_area_size(60)
+        .y_label_area_size(90)
+        .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_top)?;
+    chart
+        .configure_mesh()
+        .x_desc(&c.x_label)
+        .y_desc(&c.y_label)
+        .label_style((FONT, 18))
+        .axis_desc_style((FONT, 20))
+        .light_line_style(RGBColor(235, 235, 235))
+        .draw()?;
+    for (i, s) in c.series.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let style = ShapeStyle::from(&color).stroke_width(3);
+        if s.dashed {
+            chart
+                .draw_series(DashedLineSeries::new(
+                    s.points.iter().copied(),
+                    10,
+                    8,
+                    style,
+                ))?
+                .label(&s.name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], style));
+        } else {
+            chart
+                .draw_series(LineSeries::new(s.points.iter().copied(), style))?
+                .label(&s.name)
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], style));
+            chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 5, color.filled())))?;
+        }
+        for (p, text) in s.points.iter().zip(&s.labels) {
+            chart.draw_series(std::iter::once(Text::new(
+                text.clone(),
+                (p.0, p.1 + y_top * 0.03),
+                (FONT, 18).into_font().color(&color),
+            )))?;
+        }
+    }
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .label_font((FONT, 18))
+        .background_style(WHITE.mix(0.9))
+        .border_style(BLACK.mix(0.3))
+        .draw()?;
+    area.present()?;
+    Ok(())
+}
+
+fn draw_bars<DB: DrawingBackend>(
+    area: &DrawingArea<DB, Shift>,
+    c: &BarChart,
+) -> DrawResult<(), DB> {
+    area.fill(&WHITE)?;
+    let n = c.bars.len().max(1) as u32;
+    let y_max = c.bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0) * 1.2;
+    let names: Vec<String> = c.bars.iter().map(|b| b.0.clone()).collect();
+    let mut chart = ChartBuilder::on(area)
+        .caption(&c.title, (FONT, 30))
+        .margin(20)
+        .x_label_area_size(60)
+        .y_label_area_size(90)
+        // A segmented range includes its end: n bars need 0..n-1.
+        .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..y_max)?;
+    chart
+        .configure_mesh()
+        .disable_x_mesh()
+        .x_labels(n as usize)
+        .x_label_formatter(&|v| match v {
+            SegmentValue::CenterOf(i) => names.get(*i as usize).cloned().unwrap_or_default(),
+            _ => String::new(),
+        })
+        .x_desc("worker")
+        .y_desc(&c.y_label)
+        .label_style((FONT, 18))
+        .axis_desc_style((FONT, 20))
+        .draw()?;
+    for (i, (_, v)) in c.bars.iter().enumerate() {
+        let color = COLORS[i % COLORS.len()];
+        let i = i as u32;
+        chart.draw_series(
+            Histogram::vertical(&chart)
+                .style(color.filled())
+                .margin(40)
+                .data(std::iter::once((i, *v))),
+        )?;
+        chart.draw_series(std::iter::once(Text::new(
+            format!("{v:.1}%"),
+            (SegmentValue::CenterOf(i), v + y_max * 0.03),
+            (FONT, 20),
+        )))?;
+    }
+    area.present()?;
+    Ok(())
+}
+
+enum Chart {
+    Lines(LineChart),
+    Bars(BarChart),
+}
+
+fn render(chart: &Chart, dir: &Path, name: &str) -> anyhow::Result<Vec<PathBuf>> {
+    register_font();
+    let svg = dir.join(format!("{name}.svg"));
+    let png = dir.join(format!("{name}.png"));
+    {
+        let area = SVGBackend::new(&svg, (W, H)).into_drawing_area();
+        match chart {
+            Chart::Lines(c) => draw_lines(&area, c),
+            Chart::Bars(c) => draw_bars(&area, c),
+        }
+        .map_err(|e| anyhow::anyhow!("drawing {}: {e:?}", svg.display()))?;
+    }
+    {
+        let area = BitMapBackend::new(&png, (W, H)).into_drawing_area();
+        match chart {
+            Chart::Lines(c) => draw_lines(&area, c),
+            Chart::Bars(c) => draw_bars(&area, c),
+        }
+        .map_err(|e| anyhow::anyhow!("drawing {}: {e:?}", png.display()))?;
+    }
+    Ok(vec![svg, png])
+}
+
+/// Write every chart the runs support into `dir`; `runs` are (label, result).
+pub fn write_all(runs: &[(String, &BenchResult)], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    std::fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    let with_levels: Vec<&(String, &BenchResult)> = runs
+        .iter()
+        .filter(|(_, r)| !r.concurrency_benchmark.is_empty())
+        .collect();
+    if !with_levels.is_empty() {
+        let series = with_levels
+            .iter()
+            .map(|(name, r)| Series {
+                name: name.clone(),
+                points: r
+                    .concurrency_benchmark
+                    .iter()
+                    .map(|l| (l.concurrency as f64, l.requests_per_second))
+                    .collect(),
+                dashed: false,
+                labels: vec![],
+            })
+            .collect();
+        out.extend(render(
+            &Chart::Lines(LineChart {
+                title: "Throughput vs concurrency".into(),
+                x_label: "concurrent requests".into(),
+                y_label: "requests per second".into(),
+                series,
+            }),
+            dir,
+            "throughput",
+        )?);
+        let mut series = Vec::new();
+        for (name, r) in &with_levels {
+            for (q, pick) in [("p50", 0usize), ("p95", 1), ("p99", 2)] {
+                series.push(Series {
+                    name: if with_levels.len() > 1 {
+                        format!("{name} {q}")
+                    } else {
+                        q.to_string()
+                    },
+                    points: r
+                        .concurrency_benchmark
+                        .iter()
+                        .map(|l| {
+                            (
+                                l.concurrency as f64,
+                                [
+                                    l.p50_response_time,
+                                    l.p95_response_time,
+                                    l.p99_response_time,
+                                ][pick],
+                            )
+                        })
+                        .collect(),
+                    dashed: pick > 0,
+                    labels: vec![],
+                });
+            }
+        }
+        out.extend(render(
+            &Chart::Lines(LineChart {
+                title: "Latency percentiles vs concurrency".into(),
+                x_label: "concurrent requests".into(),
+                y_label: "end-to-end latency (s)".into(),
+                series,
+            }),
+            dir,
+            "latency",
+        )?);
+        let mut series = Vec::new();
+        for (name, r) in &with_levels {
+            let prefix = if with_levels.len() > 1 {
+                format!("{name} ")
+            } else {
+                String::new()
+            };
+            series.push(Series {
+                name: format!("{prefix}TTFT"),
+                points: r
+                    .concurrency_benchmark
+                    .iter()
+                    .map(|l| (l.concurrency as f64, l.ttft_avg * 1000.0))
+                    .collect(),
+                dashed: false,
+                labels: vec![],
+            });
+            series.push(Series {
+                name: format!("{prefix}TPOT"),
+                points: r
+                    .concurrency_benchmark
+                    .iter()
+                    .map(|l| (l.concurrency as f64, l.tpot_avg * 1000.0))
+                    .collect(),
+                dashed: true,
+                labels: vec![],
+            });
+        }
+        out.extend(render(
+            &Chart::Lines(LineChart {
+                title: "Time to first token and time per output token".into(),
+                x_label: "concurrent requests".into(),
+                y_label: "milliseconds (average)".into(),
+                series,
+            }),
+            dir,
+            "ttft_tpot",
+        )?);
+        // Share of load at the busiest level of the first run.
+        let (name, r) = with_levels[0];
+        if let Some(l) = r.concurrency_benchmark.iter().max_by_key(|l| l.concurrency)
+            && !l.worker_stats.is_empty()
+        {
+            let bars = l
+                .worker_stats
+                .iter()
+                .map(|(w, s)| (w.clone(), s.load_percentage))
+                .collect();
+            out.extend(render(
+                &Chart::Bars(BarChart {
+                    title: format!(
+                        "Share of load per worker ({name}, concurrency {})",
+                        l.concurrency
+                    ),
+                    y_label: "share of successful requests (%)".into(),
+                    bars,
+                }),
+                dir,
+                "share",
+            )?);
+        }
+    }
+    let with_scaling: Vec<&(String, &BenchResult)> = runs
+        .iter()
+        .filter(|(_, r)| !r.worker_scaling_benchmark.is_empty())
+        .collect();
+    if !with_scaling.is_empty() {
+        let max_n = with_scaling
+            .iter()
+            .flat_map(|(_, r)| r.worker_scaling_benchmark.iter().map(|s| s.workers))
+            .max()
+            .unwrap_or(1);
+        let mut series = vec![Series {
+            name: "ideal (linear)".into(),
+            points: (1..=max_n).map(|n| (n as f64, n as f64)).collect(),
+            dashed: true,
+            labels: vec![],
+        }];
+        for (name, r) in &with_scaling {
+            series.push(Series {
+                name: format!("{name} speedup"),
+                points: r
+                    .worker_scaling_benchmark
+                    .iter()
+                    .map(|s| (s.workers as f64, s.speedup))
+                    .collect(),
+                dashed: false,
+                labels: r
+                    .worker_scaling_benchmark
+                    .iter()
+                    .map(|s| format!("{:.0}%", s.scaling_efficiency * 100.0))
+                    .collect(),
+            });
+        }
+        out.extend(render(
+            &Chart::Lines(LineChart {
+                title: "Speedup vs workers (labels: scaling efficiency)".into(),
+                x_label: "workers".into(),
+                y_label: "speedup over one worker (x)".into(),
+                series,
+            }),
+            dir,
+            "scaling",
+        )?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,417 @@
+//! `baton bench` against simulated studios with known capacity.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use baton::bench::compare;
+use baton::bench::report::BenchResult;
+use baton::bench::run::{self, BenchError, Gate, Mode, Observer, Plan, Target};
+use baton::config::{BalancerSettings, Config};
+use baton::sim::{self, SimConfig, SimHandle};
+use serde_json::Value;
+use support::worker_for;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Default)]
+struct Quiet(Mutex<Vec<String>>);
+
+impl Observer for Quiet {
+    fn note(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_string());
+    }
+    fn level_started(&self, _: &str, _: Option<u64>, _: Option<Duration>) {}
+    fn progress(&self, _: u64, _: u64) {}
+    fn level_finished(&self, label: &str, summary: &str) {
+        self.0.lock().unwrap().push(format!("{label}: {summary}"));
+    }
+}
+
+/// Studios whose answer takes 50 ms + 19 x 10 ms = 240 ms for 20 tokens.
+async fn studios(n: usize) -> Vec<SimHandle> {
+    let mut v = Vec::new();
+    for i in 0..n {
+        let cfg = SimConfig {
+            slots: 2,
+            ttft: Duration::from_millis(50),
+            tokens_per_second: 100.0,
+            seed: i as u64 + 1,
+            ..SimConfig::default()
+        };
+        v.push(
+            sim::start("127.0.0.1:0".parse().unwrap(), cfg)
+                .await
+                .unwrap(),
+        );
+    }
+    v
+}
+
+fn pool(sims: &[SimHandle]) -> Config {
+    Config {
+        workers: sims
+            .iter()
+            .enumerate()
+            .map(|(i, s)| worker_for(&format!("studio-{}", i + 1), s))
+            .collect(),
+        balancer: BalancerSettings::default(),
+    }
+}
+
+fn plan(cfg: Config, mode: Mode, levels: Vec<usize>, counts: Vec<usize>, secs: f64) -> Plan {
+    Plan {
+        mode,
+        target: Target::Balancer(cfg),
+        model: sim::DEFAULT_MODEL.into(),
+        max_tokens: 20,
+        prompts: vec![],
+        requests: None,
+        duration: Some(Duration::from_secs_f64(secs)),
+        warmup_requests: 1,
+        repeat: 1,
+        concurrency_levels: levels,
+        worker_counts: counts,
+        gate: Gate::Require,
+    }
+}
+
+async fn bench(p: &Plan) -> Result<BenchResult, BenchError> {
+    run::run(p, Arc::new(Quiet::default()), CancellationToken::new()).await
+}
+
+fn within(measured: f64, expected: f64, tolerance: f64) -> bool {
+    (measured - expected).abs() <= expected * tolerance
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn throughput_latency_and_tokens_match_the_pools_capacity() {
+    let sims = studios(2).await;
+    let r = bench(&plan(
+        pool(&sims),
+        Mode::Concurrency,
+        vec![4, 16],
+        vec![],
+        3.0,
+    ))
+    .await
+    .unwrap();
+    let (at4, at16) = (&r.concurrency_benchmark[0], &r.concurrency_benchmark[1]);
+    // 4 slots, 240 ms per answer: 16.7 requests/s at saturation.
+    let capacity = 4.0 / 0.24;
+    assert!(
+        within(at16.requests_per_second, capacity, 0.10),
+        "{} req/s vs {capacity:.1}",
+        at16.requests_per_second
+    );
+    assert_eq!(at16.success_rate, 100.0);
+    // Below saturation nothing queues: TTFT and the streaming rate are the sim's.
+    assert!(within(at4.ttft_avg, 0.050, 0.10), "TTFT {} s", at4.ttft_avg);
+    assert!(
+        within(1.0 / at4.tpot_avg, 100.0, 0.10),
+        "{} tok/s per answer",
+        1.0 / at4.tpot_avg
+    );
+    assert!(!at4.tokens_approximate, "usage chunks were present");
+    assert!(
+        within(at16.output_tokens_per_second, capacity * 20.0, 0.10),
+        "{}",
+        at16.output_tokens_per_second
+    );
+    // Both studios served, evenly; the client kept up (Little's law).
+    assert_eq!(at16.worker_stats.len(), 2);
+    for s in at16.worker_stats.values() {
+        assert!((35.0..=65.0).contains(&s.load_percentage), "{s:?}");
+    }
+    assert!(!at16.littles_law.client_bound, "{:?}", at16.littles_law);
+    assert!(at16.host_usage.cpu_max_percent > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_two_three_identical_studios_scale_linearly() {
+    let sims = studios(3).await;
+    let r = bench(&plan(
+        pool(&sims),
+        Mode::Scaling,
+        vec![],
+        vec![1, 2, 3, 5],
+        2.5,
+    ))
+    .await
+    .unwrap();
+    let s = &r.worker_scaling_benchmark;
+    assert_eq!(s.len(), 3, "5 exceeds the pool and is skipped");
+    for (i, level) in s.iter().enumerate() {
+        let n = (i + 1) as f64;
+        assert_eq!(level.workers, i + 1);
+        assert_eq!(level.concurrency, 2 * (i + 1), "workers x slots");
+        assert!(
+            within(level.speedup, n, 0.10),
+            "{} workers: {:.2}x",
+            i + 1,
+            level.speedup
+        );
+        assert!(within(level.scaling_efficiency, 1.0, 0.10));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_keeps_the_users_names_and_compare_prints_the_table() {
+    let sims = studios(3).await;
+    let one = bench(&plan(
+        pool(&sims[..1]),
+        Mode::Concurrency,
+        vec![2, 6],
+        vec![],
+        2.0,
+    ))
+    .await
+    .unwrap();
+    let three = bench(&plan(pool(&sims), Mode::Both, vec![2, 6], vec![1, 3], 2.0))
+        .await
+        .unwrap();
+    // The user's jq lines, as serde_json paths.
+    let v: Value = serde_json::to_value(&three).unwrap();
+    for l in v["concurrency_benchmark"].as_array().unwrap() {
+        for key in ["concurrency", "requests_per_second", "success_rate"] {
+            assert!(l[key].is_number(), "concurrency_benchmark[].{key}");
+        }
+    }
+    for l in v["worker_scaling_benchmark"].as_array().unwrap() {
+        for key in [
+            "workers",
+            "requests_per_second",
+            "speedup",
+            "scaling_efficiency",
+        ] {
+            assert!(l[key].is_number(), "worker_scaling_benchmark[].{key}");
+        }
+    }
+    assert!(v["preflight"]["status"].is_string());
+    assert_eq!(v["config"]["workers"].as_array().unwrap().len(), 3);
+    assert!(v["host"]["cpus"].as_u64().unwrap() >= 1);
+
+    // compare: files on disk, through the CLI.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (
+        dir.path().join("single.json"),
+        dir.path().join("multiple.json"),
+    );
+    std::fs::write(&a, serde_json::to_string(&one).unwrap()).unwrap();
+    std::fs::write(&b, serde_json::to_string(&three).unwrap()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("compare")
+        .arg(&a)
+        .arg(&b)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains("PERFORMANCE COMPARISON"), "{text}");
+    assert!(text.lines().any(|l| l.starts_with("6 ")), "{text}");
+    let c = compare::compare(&[
+        ("single".into(), one.clone()),
+        ("multiple".into(), three.clone()),
+    ]);
+    let at6 = c.rows.iter().find(|r| r.concurrency == 6).unwrap();
+    // 1 studio: 2 slots; 3 studios: 6 slots. At concurrency 6 that is ~3x.
+    assert!(within(at6.speedup[1].unwrap(), 3.0, 0.12), "{:?}", at6);
+    assert!(
+        c.verdicts[0].contains("with 3 workers vs 1") && c.verdicts[0].contains("efficient"),
+        "{:?}",
+        c.verdicts
+    );
+    let json = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .arg("compare")
+        .arg(&a)
+        .arg(&b)
+        .arg("--json")
+        .output()
+        .unwrap();
+    let j: Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(j["runs"].as_array().unwrap().len(), 2);
+
+    // A slower pool gets the warning verdict.
+    let c = compare::compare(&[
+        ("multiple".into(), three.clone()),
+        ("single".into(), one.clone()),
+    ]);
+    assert!(
+        c.verdicts[0].contains("slower than multiple") && c.verdicts[0].contains("preflight"),
+        "{:?}",
+        c.verdicts
+    );
+
+    // Charts: PNGs decode, SVGs parse, one throughput line per run.
+    let charts = dir.path().join("charts");
+    let files = baton::chart::write_all(
+        &[("single".into(), &one), ("multiple".into(), &three)],
+        &charts,
+    )
+    .unwrap();
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for want in ["throughput", "latency", "ttft_tpot", "share", "scaling"] {
+        assert!(
+            names.contains(&format!("{want}.png")) && names.contains(&format!("{want}.svg")),
+            "{names:?}"
+        );
+    }
+    for f in &files {
+        if f.extension().unwrap() == "png" {
+            let decoder =
+                png::Decoder::new(std::io::BufReader::new(std::fs::File::open(f).unwrap()));
+            let reader = decoder.read_info().unwrap();
+            assert_eq!(
+                (reader.info().width, reader.info().height),
+                (1200, 800),
+                "{}",
+                f.display()
+            );
+        } else {
+            let text = std::fs::read_to_string(f).unwrap();
+            roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
+        }
+    }
+    let svg = std::fs::read_to_string(charts.join("throughput.svg")).unwrap();
+    let doc = roxmltree::Document::parse(&svg).unwrap();
+    let mut strokes: Vec<String> = doc
+        .descendants()
+        .filter(|n| n.has_tag_name("polyline"))
+        .filter_map(|n| n.attribute("stroke").map(str::to_string))
+        .filter(|c| c != "#000000") // axes
+        .collect();
+    strokes.sort();
+    strokes.dedup();
+    assert_eq!(strokes.len(), 2, "one series colour per run: {strokes:?}");
+    assert!(
+        svg.contains("requests per second") && svg.contains("single") && svg.contains("multiple")
+    );
+}
+
+#[tokio::test]
+async fn preflight_gates_a_pool_with_a_refusing_studio() {
+    let sims = studios(1).await;
+    let mut cfg = pool(&sims);
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut bad = cfg.workers[0].clone();
+    bad.id = "refusing".into();
+    bad.port = dead;
+    cfg.workers.push(bad);
+    let err = bench(&plan(cfg.clone(), Mode::Concurrency, vec![1], vec![], 1.0))
+        .await
+        .unwrap_err();
+    let msg = err.to_string();
+    assert!(matches!(err, BenchError::PreflightFailed(_)), "{msg}");
+    assert!(
+        msg.contains("refusing tcp") && msg.contains("--exclude-unhealthy"),
+        "{msg}"
+    );
+    let mut p = plan(cfg, Mode::Concurrency, vec![1], vec![], 1.0);
+    p.gate = Gate::ExcludeUnhealthy;
+    let r = bench(&p).await.unwrap();
+    let pf = r.preflight.unwrap();
+    assert_eq!(pf.excluded_workers, ["refusing"]);
+    assert_eq!(r.config["workers"].as_array().unwrap().len(), 1);
+    assert!(r.concurrency_benchmark[0].successful_requests > 0);
+}
+
+#[test]
+fn store_round_trip_and_migration_from_an_empty_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("baton.sqlite3");
+    std::fs::write(&path, b"").unwrap();
+    let store = baton::store::Store::open(&path).unwrap();
+    assert_eq!(store.schema_version(), 1);
+    let result: BenchResult = serde_json::from_value(serde_json::json!({
+        "baton_version": "0.1.0", "started_at": 1700000000, "finished_at": 1700000060, "interrupted": false,
+        "mode": "concurrency", "target": "balancer",
+        "settings": {"model": "m", "max_tokens": 8, "warmup_requests": 1, "repeat": 1,
+                     "concurrency_levels": [1], "worker_counts": [], "prompts": 1},
+        "config": {"workers": [{"id": "a"}, {"id": "b"}]},
+        "host": {"os": "linux", "arch": "x86_64", "cpus": 2, "memory_gb": 24.0},
+        "concurrency_benchmark": [], "worker_scaling_benchmark": []
+    }))
+    .unwrap();
+    let id = store.save_run(&result, Some("first")).unwrap();
+    let listed = store.list_runs().unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(
+        (listed[0].id, listed[0].workers, listed[0].label.as_deref()),
+        (id, 2, Some("first"))
+    );
+    assert_eq!(store.get_run(id).unwrap(), result);
+    assert!(matches!(
+        store.get_run(id + 1),
+        Err(baton::store::StoreError::NoSuchRun(_))
+    ));
+    drop(store);
+    // Reopening migrates nothing twice and keeps the data.
+    let again = baton::store::Store::open(&path).unwrap();
+    assert_eq!(again.schema_version(), 1);
+    assert_eq!(again.list_runs().unwrap().len(), 1);
+}
+
+#[test]
+fn ctrl_c_keeps_the_finished_levels() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("r.json");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args([
+            "bench",
+            "--simulate",
+            "1",
+            "--mode",
+            "concurrency",
+            "--concurrency-levels",
+            "1",
+            "2",
+            "4",
+            "8",
+            "--duration",
+            "1.5",
+            "--no-charts",
+            "-o",
+        ])
+        .arg(&out)
+        .env("HOME", dir.path())
+        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
+    for line in err.by_ref() {
+        let line = line.unwrap();
+        if line.contains("concurrency 1:") && line.contains("req/s") {
+            break;
+        }
+    }
+    // SIGINT, as Ctrl-C in a terminal sends.
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    std::thread::spawn(move || for _ in err {});
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130));
+    let r: BenchResult = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert!(r.interrupted);
+    assert!(
+        !r.concurrency_benchmark.is_empty() && r.concurrency_benchmark.len() < 4,
+        "{}",
+        r.concurrency_benchmark.len()
+    );
+    assert_eq!(r.concurrency_benchmark[0].concurrency, 1);
+}
