@@ -257,11 +257,7 @@ fn chat(max_tokens: u32) -> Value {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .pool_max_idle_per_host(2048)
-        .tcp_nodelay(true)
-        .build()
-        .unwrap()
+    load::client()
 }
 
 async fn drive(url: String, concurrency: usize, duration: Duration, max_tokens: u32) -> LoadReport {

@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::Value;
-use tokio::sync::Mutex;
 
 /// What to run.
 #[derive(Clone, Debug)]
@@ -113,6 +112,20 @@ fn histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid histogram bounds")
 }
 
+/// An HTTP client tuned for load generation: no redirects or retries (a
+/// benchmark must see what the server does), keep-alive for every client.
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(4096)
+        .tcp_nodelay(true)
+        .http1_only()
+        .no_proxy()
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never())
+        .build()
+        .expect("HTTP client")
+}
+
 /// Called after every request with (successes, failures) so far.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
@@ -123,9 +136,9 @@ pub async fn run(client: &reqwest::Client, spec: &LoadSpec) -> LoadReport {
 }
 
 /// The request bodies to cycle through.
-fn bodies(spec: &LoadSpec) -> Vec<Arc<Vec<u8>>> {
+fn bodies(spec: &LoadSpec) -> Vec<bytes::Bytes> {
     if spec.prompts.is_empty() {
-        return vec![Arc::new(
+        return vec![bytes::Bytes::from(
             serde_json::to_vec(&spec.body).expect("serializable body"),
         )];
     }
@@ -138,28 +151,53 @@ fn bodies(spec: &LoadSpec) -> Vec<Arc<Vec<u8>>> {
             } else {
                 b["messages"] = serde_json::json!([{"role": "user", "content": p}]);
             }
-            Arc::new(serde_json::to_vec(&b).expect("serializable body"))
+            bytes::Bytes::from(serde_json::to_vec(&b).expect("serializable body"))
         })
         .collect()
 }
 
+impl Shared {
+    fn new() -> Shared {
+        Shared {
+            latency: histogram(),
+            ttft: histogram(),
+            tpot: histogram(),
+            per_worker: BTreeMap::new(),
+            per_worker_failed: BTreeMap::new(),
+            errors: Vec::new(),
+            approximate: false,
+            window_ok: 0,
+        }
+    }
+
+    fn merge(&mut self, o: Shared) {
+        let _ = self.latency.add(&o.latency);
+        let _ = self.ttft.add(&o.ttft);
+        let _ = self.tpot.add(&o.tpot);
+        for (k, v) in o.per_worker {
+            *self.per_worker.entry(k).or_default() += v;
+        }
+        for (k, v) in o.per_worker_failed {
+            *self.per_worker_failed.entry(k).or_default() += v;
+        }
+        for e in o.errors {
+            if self.errors.len() < 10 {
+                self.errors.push(e);
+            }
+        }
+        self.approximate |= o.approximate;
+        self.window_ok += o.window_ok;
+    }
+}
+
 /// [`run`], reporting progress as it goes. Dropping the future stops every
-/// client at once (the tasks live in a `JoinSet`).
+/// client at once (the tasks live in a `JoinSet`). Each client keeps its
+/// own histograms, merged at the end, so clients never contend on a lock.
 pub async fn run_observed(
     client: &reqwest::Client,
     spec: &LoadSpec,
     progress: Option<Progress>,
 ) -> LoadReport {
-    let shared = Arc::new(Mutex::new(Shared {
-        latency: histogram(),
-        ttft: histogram(),
-        tpot: histogram(),
-        per_worker: BTreeMap::new(),
-        per_worker_failed: BTreeMap::new(),
-        errors: Vec::new(),
-        approximate: false,
-        window_ok: 0,
-    }));
     let ok = Arc::new(AtomicU64::new(0));
     let failed = Arc::new(AtomicU64::new(0));
     let tokens = Arc::new(AtomicU64::new(0));
@@ -174,11 +212,19 @@ pub async fn run_observed(
         .get("stream")
         .and_then(Value::as_bool)
         .unwrap_or(false);
+    // Parsed once: reqwest takes a Url as is.
+    let url = match reqwest::Url::parse(&spec.url) {
+        Ok(u) => u,
+        Err(e) => {
+            let mut s = Shared::new();
+            s.errors.push(format!("bad URL {}: {e}", spec.url));
+            return report(start, &ok, &failed, &tokens, &window_tokens, window, s);
+        }
+    };
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..spec.concurrency.max(1) {
-        let (client, spec) = (client.clone(), spec.clone());
-        let (shared, ok, failed, tokens, issued, bodies, seq, progress) = (
-            shared.clone(),
+        let (client, spec, url) = (client.clone(), spec.clone(), url.clone());
+        let (ok, failed, tokens, issued, bodies, seq, progress) = (
             ok.clone(),
             failed.clone(),
             tokens.clone(),
@@ -193,6 +239,7 @@ pub async fn run_observed(
             tokens: window_tokens.clone(),
         };
         tasks.spawn(async move {
+            let mut s = Shared::new();
             loop {
                 if spec.duration.is_some_and(|d| start.elapsed() >= d) {
                     break;
@@ -202,14 +249,14 @@ pub async fn run_observed(
                 {
                     break;
                 }
-                let body = &bodies[seq.fetch_add(1, Ordering::Relaxed) as usize % bodies.len()];
+                let body =
+                    bodies[seq.fetch_add(1, Ordering::Relaxed) as usize % bodies.len()].clone();
                 let t0 = Instant::now();
-                match one(&client, &spec, body, stream, t0, &counter).await {
+                match one(&client, &spec, &url, body, stream, t0, &counter).await {
                     Ok(o) => {
                         ok.fetch_add(1, Ordering::Relaxed);
                         tokens.fetch_add(o.tokens, Ordering::Relaxed);
                         let latency = t0.elapsed();
-                        let mut s = shared.lock().await;
                         let _ = s.latency.record(latency.as_micros().max(1) as u64);
                         if let Some(t) = o.ttft {
                             let _ = s.ttft.record(t.as_micros().max(1) as u64);
@@ -223,11 +270,15 @@ pub async fn run_observed(
                         if counter.inside() {
                             s.window_ok += 1;
                         }
-                        *s.per_worker.entry(o.worker).or_default() += 1;
+                        match s.per_worker.get_mut(&o.worker) {
+                            Some(n) => *n += 1,
+                            None => {
+                                s.per_worker.insert(o.worker, 1);
+                            }
+                        }
                     }
                     Err((e, worker)) => {
                         failed.fetch_add(1, Ordering::Relaxed);
-                        let mut s = shared.lock().await;
                         if let Some(w) = worker {
                             *s.per_worker_failed.entry(w).or_default() += 1;
                         }
@@ -240,16 +291,29 @@ pub async fn run_observed(
                     p(ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
                 }
             }
+            s
         });
     }
-    while tasks.join_next().await.is_some() {}
-    let elapsed = start.elapsed();
-    let s = Arc::try_unwrap(shared)
-        .ok()
-        .expect("all tasks done")
-        .into_inner();
+    let mut all = Shared::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(s) = r {
+            all.merge(s);
+        }
+    }
+    report(start, &ok, &failed, &tokens, &window_tokens, window, all)
+}
+
+fn report(
+    start: Instant,
+    ok: &AtomicU64,
+    failed: &AtomicU64,
+    tokens: &AtomicU64,
+    window_tokens: &AtomicU64,
+    window: Option<(Duration, Duration)>,
+    s: Shared,
+) -> LoadReport {
     LoadReport {
-        elapsed,
+        elapsed: start.elapsed(),
         ok: ok.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
         tokens: tokens.load(Ordering::Relaxed),
@@ -301,18 +365,20 @@ struct Outcome {
     approximate: bool,
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn one(
     client: &reqwest::Client,
     spec: &LoadSpec,
-    body: &[u8],
+    url: &reqwest::Url,
+    body: bytes::Bytes,
     stream: bool,
     t0: Instant,
     counter: &WindowCounter,
 ) -> Result<Outcome, (String, Option<String>)> {
     let mut rb = client
-        .post(&spec.url)
+        .post(url.clone())
         .header("content-type", "application/json")
-        .body(body.to_vec());
+        .body(body);
     if let Some(k) = &spec.api_key {
         rb = rb.bearer_auth(k);
     }

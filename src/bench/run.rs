@@ -456,12 +456,7 @@ async fn level(
     obs: &Arc<dyn Observer>,
     cancel: &CancellationToken,
 ) -> Option<Level> {
-    let client = reqwest::Client::builder()
-        .pool_max_idle_per_host(4096)
-        .tcp_nodelay(true)
-        .no_proxy()
-        .build()
-        .expect("HTTP client");
+    let client = load::client();
     let body = json!({
         "model": plan.model, "stream": true, "stream_options": {"include_usage": true},
         "max_tokens": plan.max_tokens,
