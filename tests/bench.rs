@@ -28,13 +28,13 @@ impl Observer for Quiet {
     }
 }
 
-/// Studios whose answer takes 50 ms + 19 x 10 ms = 240 ms for 20 tokens.
+/// Studios whose answer takes 200 ms + 19 x 10 ms = 390 ms for 20 tokens.
 async fn studios(n: usize) -> Vec<SimHandle> {
     let mut v = Vec::new();
     for i in 0..n {
         let cfg = SimConfig {
             slots: 2,
-            ttft: Duration::from_millis(50),
+            ttft: Duration::from_millis(200),
             tokens_per_second: 100.0,
             seed: i as u64 + 1,
             ..SimConfig::default()
@@ -97,8 +97,8 @@ async fn throughput_latency_and_tokens_match_the_pools_capacity() {
     .await
     .unwrap();
     let (at4, at16) = (&r.concurrency_benchmark[0], &r.concurrency_benchmark[1]);
-    // 4 slots, 240 ms per answer: 16.7 requests/s at saturation.
-    let capacity = 4.0 / 0.24;
+    // 4 slots, 390 ms per answer: 10.3 requests/s at saturation.
+    let capacity = 4.0 / 0.39;
     assert!(
         within(at16.requests_per_second, capacity, 0.10),
         "{} req/s vs {capacity:.1}",
@@ -106,7 +106,7 @@ async fn throughput_latency_and_tokens_match_the_pools_capacity() {
     );
     assert_eq!(at16.success_rate, 100.0);
     // Below saturation nothing queues: TTFT and the streaming rate are the sim's.
-    assert!(within(at4.ttft_avg, 0.050, 0.10), "TTFT {} s", at4.ttft_avg);
+    assert!(within(at4.ttft_avg, 0.200, 0.10), "TTFT {} s", at4.ttft_avg);
     assert!(
         within(1.0 / at4.tpot_avg, 100.0, 0.10),
         "{} tok/s per answer",

@@ -52,8 +52,10 @@ pub struct LoadReport {
     pub per_worker_failed: BTreeMap<String, u64>,
     /// Some answers carried no `usage`: token counts are counted chunks.
     pub approximate_tokens: bool,
-    /// Successful requests that finished inside the window.
-    pub window_ok: u64,
+    /// Successful requests inside the window, each counted by the fraction
+    /// of its duration that fell inside (so the figure does not jump with
+    /// whether a batch of answers ended just before or after the edge).
+    pub window_ok: f64,
     /// The first few failure messages.
     pub errors: Vec<String>,
     /// Steady-state window `[warmup, duration]` (zero without a duration).
@@ -91,7 +93,7 @@ impl LoadReport {
         if self.window.is_zero() {
             self.requests_per_second()
         } else {
-            self.window_ok as f64 / self.window.as_secs_f64()
+            self.window_ok / self.window.as_secs_f64()
         }
     }
 }
@@ -104,7 +106,7 @@ struct Shared {
     per_worker_failed: BTreeMap<String, u64>,
     errors: Vec<String>,
     approximate: bool,
-    window_ok: u64,
+    window_ok: f64,
 }
 
 fn histogram() -> Histogram<u64> {
@@ -166,7 +168,7 @@ impl Shared {
             per_worker_failed: BTreeMap::new(),
             errors: Vec::new(),
             approximate: false,
-            window_ok: 0,
+            window_ok: 0.0,
         }
     }
 
@@ -267,9 +269,7 @@ pub async fn run_observed(
                             }
                         }
                         s.approximate |= o.approximate;
-                        if counter.inside() {
-                            s.window_ok += 1;
-                        }
+                        s.window_ok += counter.share(t0, latency);
                         match s.per_worker.get_mut(&o.worker) {
                             Some(n) => *n += 1,
                             None => {
@@ -338,13 +338,18 @@ struct WindowCounter {
 }
 
 impl WindowCounter {
-    fn inside(&self) -> bool {
-        match self.window {
-            Some((from, to)) => {
-                let t = self.start.elapsed();
-                t >= from && t < to
-            }
-            None => true,
+    /// The fraction of a request (sent at `t0`, lasting `d`) inside the window.
+    fn share(&self, t0: Instant, d: Duration) -> f64 {
+        let Some((from, to)) = self.window else {
+            return 1.0;
+        };
+        let begin = t0.saturating_duration_since(self.start);
+        let end = begin + d;
+        let overlap = end.min(to).saturating_sub(begin.max(from));
+        if d.is_zero() {
+            f64::from(u8::from(begin >= from && begin < to))
+        } else {
+            overlap.as_secs_f64() / d.as_secs_f64()
         }
     }
 
