@@ -1,7 +1,6 @@
 //! `baton bench`: the user's benchmark, through Baton's balancer or any URL.
 
 use std::io::IsTerminal;
-use std::net::{Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
@@ -10,9 +9,8 @@ use std::time::Duration;
 use anyhow::Context;
 use baton::bench::report::BenchResult;
 use baton::bench::run::{self, Gate, Mode, Observer, Plan, Target};
-use baton::config::{BalancerSettings, Config, Worker};
-use baton::sim::{self, DEFAULT_MODEL, SimConfig, SimHandle};
-use baton::studio::StudioKind;
+use baton::config::Config;
+use baton::sim::{self, SimConfig, SimHandle};
 use clap::{Args, ValueEnum};
 use tokio_util::sync::CancellationToken;
 
@@ -127,39 +125,16 @@ impl Observer for Console {
     }
 }
 
+/// Identical simulated studios, so the scaling sweep shows clean 1x/2x/3x.
 async fn simulated(n: usize) -> anyhow::Result<(Config, Vec<SimHandle>)> {
-    let mut sims = Vec::new();
-    let mut workers = Vec::new();
-    for i in 0..n {
-        let cfg = SimConfig {
-            slots: 4,
-            tokens_per_second: 80.0,
-            ttft: Duration::from_millis(100),
-            seed: i as u64 + 1,
-            ..SimConfig::default()
-        };
-        let s = sim::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), cfg).await?;
-        workers.push(Worker {
-            id: format!("sim-studio-{}", i + 1),
-            host: s.addr().ip().to_string(),
-            port: s.addr().port(),
-            kind: StudioKind::LmStudio,
-            model: DEFAULT_MODEL.to_string(),
-            max_concurrent_requests: 4,
-            enabled: true,
-            weight: 1.0,
-            api_key: None,
-            members: Vec::new(),
-        });
-        sims.push(s);
-    }
-    Ok((
-        Config {
-            workers,
-            balancer: BalancerSettings::default(),
-        },
-        sims,
-    ))
+    let studio = |i: usize| SimConfig {
+        slots: 4,
+        tokens_per_second: 80.0,
+        ttft: Duration::from_millis(100),
+        seed: i as u64 + 1,
+        ..SimConfig::default()
+    };
+    Ok(sim::start_pool((0..n).map(studio).collect()).await?)
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {

@@ -1,15 +1,14 @@
 //! `baton serve`: the balancer, over a workers file or built-in simulated studios.
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use baton::balancer::Balancer;
-use baton::config::{BalancerSettings, Config, Worker};
-use baton::sim::{self, DEFAULT_MODEL, SimConfig, SimHandle};
-use baton::studio::StudioKind;
+use baton::config::Config;
+use baton::sim::{self, SimConfig, SimHandle};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -39,32 +38,7 @@ fn demo_studio(i: usize) -> SimConfig {
 }
 
 async fn start_demo(n: usize) -> anyhow::Result<(Config, Vec<SimHandle>)> {
-    let mut sims = Vec::new();
-    let mut workers = Vec::new();
-    for i in 0..n {
-        let cfg = demo_studio(i);
-        let s = sim::start(SocketAddr::from((Ipv4Addr::LOCALHOST, 0)), cfg.clone()).await?;
-        workers.push(Worker {
-            id: format!("sim-studio-{}", i + 1),
-            host: s.addr().ip().to_string(),
-            port: s.addr().port(),
-            kind: StudioKind::LmStudio,
-            model: DEFAULT_MODEL.to_string(),
-            max_concurrent_requests: cfg.slots as u32,
-            enabled: true,
-            weight: 1.0,
-            api_key: None,
-            members: Vec::new(),
-        });
-        sims.push(s);
-    }
-    Ok((
-        Config {
-            workers,
-            balancer: BalancerSettings::default(),
-        },
-        sims,
-    ))
+    Ok(sim::start_pool((0..n).map(demo_studio).collect()).await?)
 }
 
 pub async fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {

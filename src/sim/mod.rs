@@ -396,3 +396,43 @@ pub async fn start_many(
     }
     Ok(out)
 }
+
+/// A workers-file entry for a running simulated studio.
+pub fn worker_for(id: &str, sim: &SimHandle) -> crate::config::Worker {
+    crate::config::Worker {
+        id: id.to_string(),
+        host: sim.addr().ip().to_string(),
+        port: sim.addr().port(),
+        kind: sim.config().kind,
+        model: sim.config().models[0].clone(),
+        max_concurrent_requests: sim.config().slots as u32,
+        enabled: true,
+        weight: 1.0,
+        api_key: None,
+        members: Vec::new(),
+    }
+}
+
+/// Start one studio per config on 127.0.0.1 (free ports) and the workers
+/// file that points at them (`sim-studio-1`, `sim-studio-2`, ...): the
+/// built-in pool `serve` and `bench` use when no real studios are set up.
+pub async fn start_pool(
+    configs: Vec<SimConfig>,
+) -> io::Result<(crate::config::Config, Vec<SimHandle>)> {
+    let mut sims = Vec::with_capacity(configs.len());
+    for c in configs {
+        sims.push(start(SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)), c).await?);
+    }
+    let workers = sims
+        .iter()
+        .enumerate()
+        .map(|(i, s)| worker_for(&format!("sim-studio-{}", i + 1), s))
+        .collect();
+    Ok((
+        crate::config::Config {
+            workers,
+            balancer: crate::config::BalancerSettings::default(),
+        },
+        sims,
+    ))
+}

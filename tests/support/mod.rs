@@ -118,18 +118,7 @@ pub fn test_settings() -> baton::config::BalancerSettings {
 }
 
 pub fn worker_for(id: &str, sim: &baton::sim::SimHandle) -> baton::config::Worker {
-    baton::config::Worker {
-        id: id.to_string(),
-        host: sim.addr().ip().to_string(),
-        port: sim.addr().port(),
-        kind: baton::studio::StudioKind::LmStudio,
-        model: sim.config().models[0].clone(),
-        max_concurrent_requests: sim.config().slots as u32,
-        enabled: true,
-        weight: 1.0,
-        api_key: None,
-        members: Vec::new(),
-    }
+    baton::sim::worker_for(id, sim)
 }
 
 pub fn sim_cfg(slots: usize, ttft_ms: u64, tps: f64) -> baton::sim::SimConfig {
