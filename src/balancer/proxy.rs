@@ -446,6 +446,7 @@ async fn attempt(
         idle: settings.idle_timeout,
         events: 0,
         next_rate_at: RATE_FIRST_AT,
+        ejected: w.ejected.subscribe(),
         finished: false,
         ended: false,
     };
@@ -459,6 +460,9 @@ async fn attempt(
         .body(Body::from_stream(relay.into_stream()))
         .expect("valid response parts"))
 }
+
+/// How long a stream from an ejected worker may stall before it is ended.
+const EJECTED_GRACE: Duration = Duration::from_secs(1);
 
 /// Events after which the streaming rate is first measured (then at 4x, 16x, ...).
 const RATE_FIRST_AT: u64 = 8;
@@ -481,6 +485,8 @@ struct Relay {
     events: u64,
     /// Events count at which the streaming rate is next reported.
     next_rate_at: u64,
+    /// Fires when the worker is ejected.
+    ejected: tokio::sync::watch::Receiver<u64>,
     finished: bool,
     ended: bool,
 }
@@ -522,7 +528,17 @@ impl Relay {
                 r.count(&b);
                 return Some((Ok(b), r));
             }
-            match tokio::time::timeout(r.idle, r.upstream.next()).await {
+            // Wait for the next chunk up to the idle timeout; but once the
+            // worker is ejected (its probe found it dead), a stalled stream
+            // gets only a short grace instead of the whole idle timeout.
+            let idle = r.idle;
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, r.upstream.next()) => n,
+                _ = r.ejected.changed() => {
+                    tokio::time::timeout(EJECTED_GRACE.min(idle), r.upstream.next()).await
+                }
+            };
+            match next {
                 Ok(Some(Ok(b))) => {
                     r.count(&b);
                     Some((Ok(b), r))
@@ -535,13 +551,14 @@ impl Relay {
                     let (_, detail) = classify(&e);
                     r.fail(Failure::Stream, &format!("stream broke: {detail}"))
                 }
-                Err(_) => {
-                    let idle = r.idle;
-                    r.fail(
-                        Failure::Timeout,
-                        &format!("no data for {idle:?} mid-stream"),
-                    )
-                }
+                Err(_) if r.worker().state() == WState::Ejected => r.fail(
+                    Failure::Timeout,
+                    "the worker was ejected and its stream stalled",
+                ),
+                Err(_) => r.fail(
+                    Failure::Timeout,
+                    &format!("no data for {idle:?} mid-stream"),
+                ),
             }
         })
     }

@@ -233,3 +233,4 @@ pub async fn stream_chat(
 }
 
 pub mod netlab;
+pub mod seed000;

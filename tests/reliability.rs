@@ -1,0 +1,100 @@
+//! The user's failure (seeds/000), reproduced with real network faults:
+//! two studios, one black-holed after Baton has seen it healthy. The pool
+//! must stay as fast as the healthy studio alone, lose nothing, and take
+//! the studio back when its link returns.
+
+mod support;
+
+use std::time::Duration;
+
+use baton::sim::{self, SimConfig};
+use serde_json::json;
+use support::netlab::{self, Host};
+use support::seed000;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seed_000_a_black_holed_studio_costs_nothing() {
+    if let Some(why) = netlab::unavailable() {
+        eprintln!("SKIPPED (network namespaces): {why}");
+        return;
+    }
+    let o = seed000::run(3.0).await;
+    assert!(o.warm_share > 0.2, "both took traffic while healthy");
+    assert!(
+        o.ejected_after < Duration::from_secs(3),
+        "ejected after {:?}",
+        o.ejected_after
+    );
+    for l in &o.levels {
+        let ratio = l.pool.window_requests_per_second() / l.alone.window_requests_per_second();
+        let latency = l.pool.mean_latency_ms() / l.alone.mean_latency_ms();
+        eprintln!(
+            "concurrency {}: one studio {:.2} req/s avg {:.0} ms; pool with a black hole {:.2} req/s avg {:.0} ms ({ratio:.2}x)",
+            l.concurrency,
+            l.alone.window_requests_per_second(),
+            l.alone.mean_latency_ms(),
+            l.pool.window_requests_per_second(),
+            l.pool.mean_latency_ms()
+        );
+        assert_eq!(l.pool.failed, 0, "{:?}", l.pool.errors);
+        assert!(
+            ratio >= 0.95,
+            "concurrency {}: {ratio:.2}x of one studio (the user saw 0.94x and 0.59x)",
+            l.concurrency
+        );
+        assert!(
+            (latency - 1.0).abs() <= 0.10,
+            "concurrency {}: average latency {latency:.2}x of one studio",
+            l.concurrency
+        );
+        assert!(!l.pool.per_worker.contains_key("mac-studio-07"));
+    }
+    assert!(
+        o.readmitted_after.is_some(),
+        "not readmitted within 20 s of the link coming back"
+    );
+    assert!(
+        o.share_after > 0.3,
+        "readmitted studio served {:.0}% of requests",
+        o.share_after * 100.0
+    );
+    assert_eq!(o.failed_after, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_studio_going_dark_mid_stream_ends_its_streams_within_seconds() {
+    if let Some(why) = netlab::unavailable() {
+        eprintln!("SKIPPED (network namespaces): {why}");
+        return;
+    }
+    let h = Host::new().unwrap();
+    let s = sim::start_on(
+        h.listen(1234),
+        SimConfig {
+            tokens_per_second: 5.0,
+            ..seed000::studio()
+        },
+    )
+    .await
+    .unwrap();
+    let b = seed000::start(&[("dark", &s)]).await;
+    let c = baton::bench::load::client();
+    let r = c
+        .post(format!("{}/chat/completions", b.url()))
+        .json(&json!({"model": sim::DEFAULT_MODEL, "stream": true, "max_tokens": 200, "messages": [{"role": "user", "content": "x"}]}))
+        .send()
+        .await
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    h.black_hole().unwrap();
+    let text = tokio::time::timeout(Duration::from_secs(10), r.text())
+        .await
+        .expect("the stream ended")
+        .unwrap();
+    let took = t0.elapsed();
+    // Not the 30 s idle timeout: ejection (probe timeout) plus a 1 s grace.
+    assert!(took < Duration::from_secs(6), "took {took:?}");
+    let sse = support::parse_sse(&text).unwrap();
+    let last = sse.events.last().unwrap();
+    assert_eq!(last["error"]["code"], "upstream_failed", "{last}");
+}
