@@ -115,6 +115,54 @@ impl Shared {
     }
 }
 
+/// Time a client has to send its request head; slow-loris connections that
+/// trickle headers are closed after it.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request head accepted (answered with 431 beyond it).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
+/// Accept loop: our own instead of `axum::serve` so that request heads have
+/// a read timeout and a size limit, which `axum::serve` does not set.
+async fn serve(listener: TcpListener, app: axum::Router, stop: CancellationToken) {
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEAD_BYTES);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => return,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off briefly.
+                    tracing::warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            },
+        };
+        // Small SSE chunks must leave at once, not wait for Nagle.
+        let _ = stream.set_nodelay(true);
+        let conn = http.serve_connection(
+            hyper_util::rt::TokioIo::new(stream),
+            hyper_util::service::TowerToHyperService::new(app.clone()),
+        );
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    // Finish what is in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
+                }
+            }
+        });
+    }
+}
+
 fn build_client(s: &BalancerSettings) -> Result<reqwest::Client, Error> {
     reqwest::Client::builder()
         .connect_timeout(s.connect_timeout)
@@ -189,18 +237,7 @@ impl Balancer {
         }
         let app = proxy::router(shared.clone());
         let stop = shared.shutdown.clone();
-        let task = tokio::spawn(async move {
-            use axum::serve::ListenerExt;
-            // Small SSE chunks must leave at once, not wait for Nagle.
-            let listener = listener.tap_io(|tcp| {
-                let _ = tcp.set_nodelay(true);
-            });
-            let serve = axum::serve(listener, app)
-                .with_graceful_shutdown(async move { stop.cancelled().await });
-            if let Err(e) = serve.await {
-                tracing::error!("balancer server stopped: {e}");
-            }
-        });
+        let task = tokio::spawn(serve(listener, app, stop));
         tracing::debug!(%addr, "balancer listening");
         Ok(Balancer {
             shared,
