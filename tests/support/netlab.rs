@@ -253,3 +253,191 @@ fn echo_responder(sock: socket2::Socket, delay: Duration, stop: Arc<AtomicBool>)
         let _ = sock.send_to(&reply, &from);
     }
 }
+
+impl Host {
+    /// Drop `pct`% of the packets entering the host, at random (nftables numgen).
+    pub fn loss(&self, pct: u32) -> Result<(), String> {
+        self.exec(&["nft", "add", "table", "inet", "loss"])?;
+        self.exec(&[
+            "nft",
+            "add chain inet loss input { type filter hook input priority 0 ; }",
+        ])?;
+        self.exec(&[
+            "nft",
+            &format!("add rule inet loss input numgen random mod 100 < {pct} drop"),
+        ])
+    }
+
+    pub fn clear_loss(&self) -> Result<(), String> {
+        self.exec(&["nft", "delete", "table", "inet", "loss"])
+    }
+
+    /// Answer every new TCP connection to `port` with a reset.
+    pub fn reset_tcp(&self, port: u16) -> Result<(), String> {
+        self.exec(&["nft", "add", "table", "inet", "rst"])?;
+        self.exec(&[
+            "nft",
+            "add chain inet rst input { type filter hook input priority 0 ; }",
+        ])?;
+        self.exec(&[
+            "nft",
+            &format!("add rule inet rst input tcp dport {port} reject with tcp reset"),
+        ])
+    }
+
+    pub fn clear_reset(&self) -> Result<(), String> {
+        self.exec(&["nft", "delete", "table", "inet", "rst"])
+    }
+}
+
+/// A simulated studio as its own process inside a host's namespace, so it
+/// can be killed, restarted, paused and resumed like a real server.
+pub struct StudioProcess {
+    ns: String,
+    args: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl StudioProcess {
+    /// `baton sim` on `ip:port` inside `host`, with extra sim flags.
+    pub fn start(host: &Host, port: u16, extra: &[&str]) -> StudioProcess {
+        let mut args: Vec<String> = vec![
+            "sim".into(),
+            "--base".into(),
+            host.ip.to_string(),
+            "--port".into(),
+            port.to_string(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut p = StudioProcess {
+            ns: host.ns.clone(),
+            args,
+            child: None,
+        };
+        p.spawn();
+        p
+    }
+
+    fn spawn(&mut self) {
+        let child = Command::new("ip")
+            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_baton")])
+            .args(&self.args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start baton sim in the namespace");
+        self.child = Some(child);
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
+    /// Kill -9, as a crashed server.
+    pub fn kill(&mut self) {
+        self.signal("-KILL");
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// SIGSTOP: the process keeps its sockets but answers nothing.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+}
+
+impl Drop for StudioProcess {
+    fn drop(&mut self) {
+        self.resume();
+        self.kill();
+    }
+}
+
+/// A TCP relay in front of a studio that delays every chunk by a settable
+/// number of milliseconds (this kernel has no netem).
+pub struct DelayRelay {
+    pub delay_ms: Arc<std::sync::atomic::AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl DelayRelay {
+    /// Listen on `host`'s `listen_port` (inside its namespace), forward to `upstream`.
+    pub fn start(host: &Host, listen_port: u16, upstream: SocketAddr) -> DelayRelay {
+        let listener = host.listen(listen_port);
+        listener.set_nonblocking(true).unwrap();
+        let delay_ms = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (d, s) = (delay_ms.clone(), stop.clone());
+        tokio::spawn(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            while !s.load(Ordering::Relaxed) {
+                let Ok(Ok((inbound, _))) =
+                    tokio::time::timeout(Duration::from_millis(200), listener.accept()).await
+                else {
+                    continue;
+                };
+                let d = d.clone();
+                tokio::spawn(async move {
+                    let Ok(outbound) = tokio::net::TcpStream::connect(upstream).await else {
+                        return;
+                    };
+                    let (ri, wi) = inbound.into_split();
+                    let (ro, wo) = outbound.into_split();
+                    tokio::join!(pump(ri, wo, d.clone()), pump(ro, wi, d));
+                });
+            }
+        });
+        DelayRelay { delay_ms, stop }
+    }
+
+    pub fn set_delay(&self, ms: u64) {
+        self.delay_ms.store(ms, Ordering::Relaxed);
+    }
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+async fn pump(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay_ms: Arc<std::sync::atomic::AtomicU64>,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match from.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        let d = delay_ms.load(Ordering::Relaxed);
+        if d > 0 {
+            tokio::time::sleep(Duration::from_millis(d)).await;
+        }
+        if to.write_all(&buf[..n]).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
