@@ -762,3 +762,74 @@ async fn long_answers_fill_every_slot_soon_after_a_cold_start() {
         t.abort();
     }
 }
+
+#[tokio::test]
+async fn a_failure_after_half_an_event_still_ends_with_well_formed_sse() {
+    use axum::routing::{get, post};
+    // A studio that sends one whole event, half of the next, then dies.
+    let app = axum::Router::new()
+        .route(
+            "/v1/models",
+            get(|| async { axum::Json(json!({"object": "list", "data": [{"id": "m"}]})) }),
+        )
+        .route(
+            "/v1/chat/completions",
+            post(|| async {
+                let parts: Vec<Result<bytes::Bytes, std::io::Error>> = vec![
+                    Ok(bytes::Bytes::from_static(
+                        b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}]}\n\ndata: {\"choi",
+                    )),
+                    Err(std::io::Error::other("studio crashed")),
+                ];
+                axum::response::Response::builder()
+                    .header("content-type", "text/event-stream")
+                    // The crash comes after the first bytes have reached Baton.
+                    .body(axum::body::Body::from_stream(
+                        futures_util::stream::iter(parts).then(|p| async move {
+                            if p.is_err() {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                            }
+                            p
+                        }),
+                    ))
+                    .unwrap()
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let mut w = support::worker_for(
+        "x",
+        &baton::sim::start("127.0.0.1:0".parse().unwrap(), sim_cfg(1, 1, 1000.0))
+            .await
+            .unwrap(),
+    );
+    w.port = addr.port();
+    w.model = "m".into();
+    let cfg = baton::config::Config {
+        workers: vec![w],
+        balancer: test_settings(),
+    };
+    let b = baton::balancer::Balancer::start(&cfg, None, None)
+        .await
+        .unwrap();
+    assert!(b.wait_ready(Duration::from_secs(3)).await);
+    let r = client()
+        .post(format!("{}/chat/completions", b.url()))
+        .json(&json!({"model": "m", "stream": true, "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    let text = r.text().await.unwrap();
+    let sse = parse_sse(&text).unwrap_or_else(|e| panic!("malformed SSE: {e}\n{text}"));
+    assert_eq!(sse.content_events(), 1);
+    assert_eq!(
+        sse.events.last().unwrap()["error"]["code"],
+        "upstream_failed"
+    );
+    assert_eq!(
+        sse.events.len(),
+        2,
+        "the whole event and the error, nothing in between: {text}"
+    );
+}

@@ -98,3 +98,61 @@ async fn a_studio_going_dark_mid_stream_ends_its_streams_within_seconds() {
     let last = sse.events.last().unwrap();
     assert_eq!(last["error"]["code"], "upstream_failed", "{last}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn random_loss_and_tcp_resets_are_seen_for_what_they_are() {
+    if let Some(why) = netlab::unavailable() {
+        eprintln!("SKIPPED (network namespaces): {why}");
+        return;
+    }
+    use baton::preflight::{self, Status, Thresholds};
+    let lossy = Host::new().unwrap();
+    let resetting = Host::new().unwrap();
+    let _a = sim::start_on(lossy.listen(1234), seed000::studio())
+        .await
+        .unwrap();
+    let b = sim::start_on(resetting.listen(1234), seed000::studio())
+        .await
+        .unwrap();
+    lossy.loss(40).unwrap();
+    resetting.reset_tcp(1234).unwrap();
+    let mut wa = sim::worker_for("lossy", &b);
+    wa.host = lossy.ip.to_string();
+    let mut wb = sim::worker_for("resetting", &b);
+    wb.host = resetting.ip.to_string();
+    let cfg = baton::config::Config {
+        workers: vec![wa, wb],
+        balancer: Default::default(),
+    };
+    let t = Thresholds {
+        ping_count: 20,
+        ..Thresholds::default()
+    };
+    let r = preflight::run(&cfg, &t).await;
+    let check = |w: &str, name: &str| {
+        r.hosts
+            .iter()
+            .find(|h| h.worker == w)
+            .unwrap()
+            .checks
+            .iter()
+            .find(|c| c.name == name)
+            .unwrap()
+            .clone()
+    };
+    let ping = check("lossy", "ping");
+    let loss = ping.ping.as_ref().unwrap().loss_pct;
+    assert!(
+        loss > 0.0 && loss < 100.0,
+        "40% random loss measured as {loss}%"
+    );
+    assert_eq!(ping.status, Status::Fail);
+    assert!(ping.remedy.unwrap().contains("packet loss"));
+    let tcp = check("resetting", "tcp");
+    assert_eq!(tcp.status, Status::Fail);
+    assert!(tcp.value.contains("refused"), "{tcp:?}");
+    lossy.clear_loss().unwrap();
+    resetting.clear_reset().unwrap();
+    let r = preflight::run(&cfg, &Thresholds::default()).await;
+    assert_eq!(r.status, Status::Pass, "{}", preflight::render(&r));
+}

@@ -447,6 +447,7 @@ async fn attempt(
         events: 0,
         next_rate_at: RATE_FIRST_AT,
         ejected: w.ejected.subscribe(),
+        pending: bytes::BytesMut::new(),
         finished: false,
         ended: false,
     };
@@ -487,6 +488,8 @@ struct Relay {
     next_rate_at: u64,
     /// Fires when the worker is ejected.
     ejected: tokio::sync::watch::Receiver<u64>,
+    /// SSE bytes after the last complete event.
+    pending: bytes::BytesMut,
     finished: bool,
     ended: bool,
 }
@@ -519,46 +522,78 @@ impl Relay {
         }
     }
 
+    /// For SSE, pass on whole events only: bytes after the last event
+    /// boundary wait for the rest of their event. Then a failure can always
+    /// end the stream with a well-formed error event, never glued to half
+    /// of a data line. (Studios send whole events per chunk, so this adds no
+    /// delay in practice.)
+    fn frame(&mut self, b: Bytes) -> Option<Bytes> {
+        if !self.sse {
+            return Some(b);
+        }
+        if self.pending.is_empty() && b.ends_with(b"\n\n") {
+            return Some(b);
+        }
+        self.pending.extend_from_slice(&b);
+        let end = self.pending.windows(2).rposition(|w| w == b"\n\n")? + 2;
+        Some(self.pending.split_to(end).freeze())
+    }
+
     fn into_stream(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
         futures_util::stream::unfold(self, |mut r| async move {
             if r.ended {
                 return None;
             }
-            if let Some(b) = r.first.take() {
-                r.count(&b);
-                return Some((Ok(b), r));
+            if let Some(b) = r.first.take()
+                && let Some(out) = r.frame(b)
+            {
+                r.count(&out);
+                return Some((Ok(out), r));
             }
-            // Wait for the next chunk up to the idle timeout; but once the
-            // worker is ejected (its probe found it dead), a stalled stream
-            // gets only a short grace instead of the whole idle timeout.
-            let idle = r.idle;
-            let next = tokio::select! {
-                n = tokio::time::timeout(idle, r.upstream.next()) => n,
-                _ = r.ejected.changed() => {
-                    tokio::time::timeout(EJECTED_GRACE.min(idle), r.upstream.next()).await
-                }
-            };
-            match next {
-                Ok(Some(Ok(b))) => {
-                    r.count(&b);
-                    Some((Ok(b), r))
-                }
-                Ok(None) => {
-                    r.succeed();
-                    None
-                }
-                Ok(Some(Err(e))) => {
-                    let (_, detail) = classify(&e);
-                    r.fail(Failure::Stream, &format!("stream broke: {detail}"))
-                }
-                Err(_) if r.worker().state() == WState::Ejected => r.fail(
-                    Failure::Timeout,
-                    "the worker was ejected and its stream stalled",
-                ),
-                Err(_) => r.fail(
-                    Failure::Timeout,
-                    &format!("no data for {idle:?} mid-stream"),
-                ),
+            loop {
+                // Wait for the next chunk up to the idle timeout; but once the
+                // worker is ejected (its probe found it dead), a stalled stream
+                // gets only a short grace instead of the whole idle timeout.
+                let idle = r.idle;
+                let next = tokio::select! {
+                    n = tokio::time::timeout(idle, r.upstream.next()) => n,
+                    _ = r.ejected.changed() => {
+                        tokio::time::timeout(EJECTED_GRACE.min(idle), r.upstream.next()).await
+                    }
+                };
+                return match next {
+                    Ok(Some(Ok(b))) => match r.frame(b) {
+                        Some(out) => {
+                            r.count(&out);
+                            Some((Ok(out), r))
+                        }
+                        None => continue,
+                    },
+                    Ok(None) => {
+                        r.succeed();
+                        r.ended = true;
+                        // Whatever trailed the last boundary (a studio that
+                        // omits the final blank line) still goes out.
+                        let rest = std::mem::take(&mut r.pending).freeze();
+                        if rest.is_empty() {
+                            None
+                        } else {
+                            Some((Ok(rest), r))
+                        }
+                    }
+                    Ok(Some(Err(e))) => {
+                        let (_, detail) = classify(&e);
+                        r.fail(Failure::Stream, &format!("stream broke: {detail}"))
+                    }
+                    Err(_) if r.worker().state() == WState::Ejected => r.fail(
+                        Failure::Timeout,
+                        "the worker was ejected and its stream stalled",
+                    ),
+                    Err(_) => r.fail(
+                        Failure::Timeout,
+                        &format!("no data for {idle:?} mid-stream"),
+                    ),
+                };
             }
         })
     }
@@ -592,6 +627,8 @@ impl Relay {
     ) -> Option<(Result<Bytes, std::io::Error>, Relay)> {
         self.finished = true;
         self.ended = true;
+        // An incomplete event is dropped, so the error event stands alone.
+        self.pending.clear();
         let w = self.worker().clone();
         w.count_failure(reason);
         eject(&w, reason, detail);
