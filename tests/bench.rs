@@ -415,3 +415,19 @@ fn ctrl_c_keeps_the_finished_levels() {
     );
     assert_eq!(r.concurrency_benchmark[0].concurrency, 1);
 }
+
+#[test]
+fn preflight_reports_are_kept_in_the_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = baton::store::Store::open(&dir.path().join("s.sqlite3")).unwrap();
+    assert!(store.last_preflight().unwrap().is_none());
+    let report: baton::preflight::Report = serde_json::from_value(serde_json::json!({
+        "status": "warn", "started_at": 1700000000, "duration_ms": 12.5,
+        "thresholds": baton::preflight::Thresholds::default(),
+        "hosts": []
+    }))
+    .unwrap();
+    store.save_preflight(&report).unwrap();
+    let back = store.last_preflight().unwrap().unwrap();
+    assert_eq!(back.status, baton::preflight::Status::Warn);
+}

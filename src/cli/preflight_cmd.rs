@@ -66,8 +66,13 @@ pub async fn run(a: PreflightArgs) -> anyhow::Result<ExitCode> {
         eprintln!("Checking {} worker(s)...", config.enabled_workers().count());
     }
     let report = preflight::run(&config, &t).await;
+    // Kept for the dashboard and the benchmark: the latest as a file, and
+    // every report in the history store.
     if let Err(e) = preflight::save_last(&report) {
         tracing::warn!("could not keep the preflight report: {e}");
+    }
+    if let Err(e) = baton::store::Store::open_default().and_then(|s| s.save_preflight(&report)) {
+        tracing::warn!("could not record the preflight in the history: {e}");
     }
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
