@@ -4,6 +4,7 @@
 //! One module per concern; data flows one way: [`config`] → engine → API.
 
 pub mod balancer;
+pub mod batch;
 pub mod bench;
 pub mod chart;
 pub mod config;

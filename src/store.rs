@@ -30,6 +30,32 @@ const MIGRATIONS: &[&str] = &[
          status TEXT NOT NULL,
          report_json TEXT NOT NULL
      );",
+    // 2: batch jobs and their tasks.
+    "CREATE TABLE batch_jobs (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         created_at INTEGER NOT NULL,
+         input_dir TEXT NOT NULL,
+         out_dir TEXT NOT NULL,
+         preset TEXT NOT NULL,
+         params_json TEXT NOT NULL,
+         UNIQUE (input_dir, out_dir, preset)
+     );
+     CREATE TABLE batch_tasks (
+         id INTEGER PRIMARY KEY AUTOINCREMENT,
+         job_id INTEGER NOT NULL REFERENCES batch_jobs(id),
+         document TEXT NOT NULL,
+         doc_hash TEXT NOT NULL,
+         part INTEGER NOT NULL,
+         prompt_id TEXT NOT NULL,
+         status TEXT NOT NULL,
+         attempts INTEGER NOT NULL DEFAULT 0,
+         error TEXT,
+         worker TEXT,
+         tokens INTEGER,
+         latency_ms REAL,
+         result_path TEXT,
+         UNIQUE (job_id, document, doc_hash, part, prompt_id)
+     );",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -199,6 +225,11 @@ impl Store {
             )
             .map_err(|e| self.err(e))?;
         Ok(self.conn.last_insert_rowid())
+    }
+
+    /// The connection, for modules that keep their own tables here (batch).
+    pub fn conn(&self) -> &Connection {
+        &self.conn
     }
 
     pub fn last_preflight(&self) -> Result<Option<Report>, StoreError> {

@@ -1,5 +1,6 @@
 //! Command-line definitions and dispatch.
 
+mod batch_cmd;
 mod bench_cmd;
 mod config_cmd;
 mod discover_cmd;
@@ -32,6 +33,8 @@ pub enum Command {
     Serve(serve_cmd::ServeArgs),
     /// Benchmark the pool: concurrency and worker-count sweeps, JSON, charts, history
     Bench(bench_cmd::BenchArgs),
+    /// Process a folder of documents with prompt presets across the pool (resumable)
+    Batch(batch_cmd::BatchArgs),
     /// Compare benchmark runs (files or run ids): the speedup table and a verdict
     Compare(results_cmd::CompareArgs),
     /// List past benchmark runs, or show one
@@ -67,6 +70,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Preflight(a) => preflight_cmd::run(a).await,
         Command::Discover(a) => discover_cmd::run(a).await,
         Command::Bench(a) => bench_cmd::run(a).await,
+        Command::Batch(a) => batch_cmd::run(a).await,
         Command::Compare(a) => results_cmd::compare(a),
         Command::Runs(a) => results_cmd::runs(a),
         Command::Chart(a) => results_cmd::chart(a),

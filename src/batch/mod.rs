@@ -1,0 +1,572 @@
+//! Batch jobs: every (document, prompt) of a folder is a task sent through
+//! the pool; job state lives in the SQLite store so a job survives crashes
+//! and re-runs without losing or repeating work.
+//!
+//! Order of effects per task: the answer is written to its own file
+//! (atomically), then the task is marked done. Outputs (one Markdown file
+//! per document, `results.jsonl`) are rebuilt from the store at the end of
+//! every run, so a crash at any point leaves nothing partial and nothing
+//! twice.
+
+pub mod inputs;
+pub mod presets;
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use rusqlite::{OptionalExtension, params};
+use serde::Serialize;
+use serde_json::{Value, json};
+use tokio_util::sync::CancellationToken;
+
+use crate::balancer::Balancer;
+use crate::bench::run::Target;
+use crate::store::Store;
+pub use inputs::LongDocs;
+
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub input: PathBuf,
+    pub out_dir: PathBuf,
+    pub preset: String,
+    pub prompts_file: Option<PathBuf>,
+    pub model: String,
+    /// Requests in flight; default: the pool's total slots.
+    pub concurrency: Option<usize>,
+    /// Longest document part sent, in characters.
+    pub max_chars: usize,
+    pub long_docs: LongDocs,
+    pub max_attempts: u32,
+    pub max_tokens: Option<u32>,
+    /// Put failed tasks back in the queue first.
+    pub retry_failed: bool,
+}
+
+/// Progress and messages for whoever shows them.
+pub trait Observer: Send + Sync {
+    fn note(&self, line: &str);
+    fn started(&self, total: u64, already_done: u64);
+    fn progress(&self, done: u64, failed: u64);
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    pub job_id: i64,
+    pub tasks: u64,
+    pub done: u64,
+    pub failed: u64,
+    pub pending: u64,
+    pub ran_now: u64,
+    pub elapsed_s: f64,
+    pub tasks_per_minute: f64,
+    pub per_worker: BTreeMap<String, u64>,
+    pub skipped_files: Vec<(String, String)>,
+    /// Documents longer than the limit, and what was done about it.
+    pub long_documents: Vec<String>,
+    pub interrupted: bool,
+    pub out_dir: PathBuf,
+}
+
+#[derive(Clone, Debug)]
+struct Task {
+    id: i64,
+    document: String,
+    part: usize,
+    prompt_id: String,
+    body: Value,
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let tmp = path.with_file_name(format!(
+        ".{}.tmp",
+        path.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ));
+    std::fs::write(&tmp, data)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// Find the job for this input/output/preset, or create it.
+fn job_id(
+    store: &Store,
+    input: &Path,
+    out: &Path,
+    preset: &str,
+    params: &Value,
+) -> rusqlite::Result<i64> {
+    let (i, o) = (input.display().to_string(), out.display().to_string());
+    let existing: Option<i64> = store
+        .conn()
+        .query_row(
+            "SELECT id FROM batch_jobs WHERE input_dir = ?1 AND out_dir = ?2 AND preset = ?3",
+            params![i, o, preset],
+            |r| r.get(0),
+        )
+        .optional()?;
+    if let Some(id) = existing {
+        return Ok(id);
+    }
+    store.conn().execute(
+        "INSERT INTO batch_jobs (created_at, input_dir, out_dir, preset, params_json) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![now(), i, o, preset, params.to_string()],
+    )?;
+    Ok(store.conn().last_insert_rowid())
+}
+
+/// The saved options of a job, for `--resume` / `--retry-failed`.
+pub fn job_options(store: &Store, id: i64) -> anyhow::Result<(PathBuf, PathBuf, String, Value)> {
+    store
+        .conn()
+        .query_row(
+            "SELECT input_dir, out_dir, preset, params_json FROM batch_jobs WHERE id = ?1",
+            [id],
+            |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, String>(2)?,
+                    r.get::<_, String>(3)?,
+                ))
+            },
+        )
+        .optional()?
+        .map(|(i, o, p, j)| {
+            (
+                PathBuf::from(i),
+                PathBuf::from(o),
+                p,
+                serde_json::from_str(&j).unwrap_or(Value::Null),
+            )
+        })
+        .ok_or_else(|| anyhow::anyhow!("batch job {id} is not in the store"))
+}
+
+/// Run (or resume) a batch job. `stop` stops taking new tasks and lets the
+/// running ones finish; `abort` also drops the running ones (they stay
+/// pending for the next run).
+pub async fn run(
+    opts: &Options,
+    target: &Target,
+    store_path: &Path,
+    obs: Arc<dyn Observer>,
+    stop: CancellationToken,
+    abort: CancellationToken,
+) -> anyhow::Result<Summary> {
+    let started = Instant::now();
+    let presets = presets::load(opts.prompts_file.as_deref())?;
+    let preset = presets.get(&opts.preset).cloned().ok_or_else(|| {
+        anyhow::anyhow!(
+            "unknown preset `{}`; known presets: {}\n  fix: pick one, or define it in a prompts file (--prompts)",
+            opts.preset,
+            presets.keys().cloned().collect::<Vec<_>>().join(", ")
+        )
+    })?;
+    if !opts.input.is_dir() {
+        anyhow::bail!(
+            "input folder {} does not exist or is not a folder\n  fix: pass a folder of .txt, .md or .pdf files with --input",
+            opts.input.display()
+        );
+    }
+    let (docs, skipped) = inputs::read_dir(&opts.input)?;
+    for s in &skipped {
+        obs.note(&format!("skipped {}: {}", s.name, s.reason));
+    }
+    if docs.is_empty() {
+        anyhow::bail!(
+            "no documents to process in {} ({} file(s) skipped)\n  fix: put .txt, .md or .pdf files there",
+            opts.input.display(),
+            skipped.len()
+        );
+    }
+    let input = opts.input.canonicalize()?;
+    std::fs::create_dir_all(&opts.out_dir)?;
+    let out = opts.out_dir.canonicalize()?;
+    let store = Store::open(store_path)?;
+    let params = json!({"model": opts.model, "max_chars": opts.max_chars,
+                        "long_docs": format!("{:?}", opts.long_docs).to_lowercase(),
+                        "max_attempts": opts.max_attempts, "prompts_file": opts.prompts_file});
+    let job = job_id(&store, &input, &out, &opts.preset, &params)?;
+
+    // Tasks: one per (document, part, prompt); a changed document hashes
+    // differently and gets new tasks.
+    let mut long_documents = Vec::new();
+    let mut bodies: BTreeMap<(String, usize, String), Value> = BTreeMap::new();
+    {
+        let tx = store.conn().unchecked_transaction()?;
+        for d in &docs {
+            let parts = inputs::parts(&d.text, opts.max_chars, opts.long_docs);
+            let chars = d.text.chars().count();
+            if chars > opts.max_chars {
+                long_documents.push(match opts.long_docs {
+                    LongDocs::Truncate => format!(
+                        "{}: {chars} characters, truncated to the first {}",
+                        d.name, opts.max_chars
+                    ),
+                    LongDocs::Split => format!(
+                        "{}: {chars} characters, split into {} parts",
+                        d.name,
+                        parts.len()
+                    ),
+                });
+            }
+            for (i, part) in parts.iter().enumerate() {
+                for p in &preset.prompts {
+                    tx.execute(
+                        "INSERT OR IGNORE INTO batch_tasks (job_id, document, doc_hash, part, prompt_id, status) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
+                        params![job, d.name, d.hash, i as i64, p.id],
+                    )?;
+                    let mut body = json!({"model": opts.model, "stream": false,
+                        "messages": [{"role": "user", "content": p.template.replace("{document}", part)}]});
+                    if let Some(m) = opts.max_tokens {
+                        body["max_tokens"] = m.into();
+                    }
+                    bodies.insert((d.name.clone(), i, p.id.clone()), body);
+                }
+            }
+        }
+        if opts.retry_failed {
+            tx.execute("UPDATE batch_tasks SET status = 'pending', attempts = 0, error = NULL WHERE job_id = ?1 AND status = 'failed'", [job])?;
+        }
+        tx.commit()?;
+    }
+    for l in &long_documents {
+        obs.note(&format!("long document: {l} (--max-chars, --long-docs)"));
+    }
+    let current = |doc: &str, hash: &str| docs.iter().any(|d| d.name == doc && d.hash == hash);
+    let mut pending = VecDeque::new();
+    let mut total = 0u64;
+    let mut already = 0u64;
+    {
+        let mut st = store.conn().prepare("SELECT id, document, doc_hash, part, prompt_id, status FROM batch_tasks WHERE job_id = ?1 ORDER BY id")?;
+        let rows = st.query_map([job], |r| {
+            Ok((
+                r.get::<_, i64>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, String>(2)?,
+                r.get::<_, i64>(3)?,
+                r.get::<_, String>(4)?,
+                r.get::<_, String>(5)?,
+            ))
+        })?;
+        for row in rows {
+            let (id, document, hash, part, prompt_id, status) = row?;
+            if !current(&document, &hash) {
+                continue;
+            }
+            total += 1;
+            match status.as_str() {
+                "pending" => {
+                    let body =
+                        bodies[&(document.clone(), part as usize, prompt_id.clone())].clone();
+                    pending.push_back(Task {
+                        id,
+                        document,
+                        part: part as usize,
+                        prompt_id,
+                        body,
+                    });
+                }
+                _ => already += 1,
+            }
+        }
+    }
+    obs.note(&format!(
+        "job {job}: {} document(s) x {} prompt(s) = {total} task(s); {already} already finished, {} to run",
+        docs.len(),
+        preset.prompts.len(),
+        pending.len()
+    ));
+    obs.started(total, already);
+
+    let ran_now;
+    let mut per_worker_now: BTreeMap<String, u64> = BTreeMap::new();
+    if !pending.is_empty() {
+        // Where requests go.
+        let (url, api_key, balancer, slots) = match target {
+            Target::Url { url, api_key } => (
+                url.trim_end_matches('/').to_string(),
+                api_key.clone(),
+                None,
+                4usize,
+            ),
+            Target::Balancer(cfg) => {
+                let b = Balancer::start(cfg, Some("127.0.0.1:0".parse()?), None).await?;
+                if !b.wait_ready(Duration::from_secs(10)).await {
+                    anyhow::bail!(
+                        "no worker became ready within 10 s; run `baton preflight` to see why"
+                    );
+                }
+                let slots = cfg
+                    .enabled_workers()
+                    .map(|w| w.max_concurrent_requests as usize)
+                    .sum();
+                (b.url(), None, Some(b), slots)
+            }
+        };
+        let concurrency = opts.concurrency.unwrap_or(slots).max(1);
+        let client = crate::bench::load::client();
+        let queue = Arc::new(Mutex::new(pending));
+        let store = Arc::new(Mutex::new(store));
+        let tasks_dir = out.join(".baton").join("tasks");
+        let counts = Arc::new(Mutex::new((0u64, 0u64, BTreeMap::<String, u64>::new())));
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..concurrency {
+            let (queue, store, counts, client, url, api_key, stop, abort, obs, tasks_dir) = (
+                queue.clone(),
+                store.clone(),
+                counts.clone(),
+                client.clone(),
+                url.clone(),
+                api_key.clone(),
+                stop.clone(),
+                abort.clone(),
+                obs.clone(),
+                tasks_dir.clone(),
+            );
+            let max_attempts = opts.max_attempts.max(1);
+            set.spawn(async move {
+                loop {
+                    if stop.is_cancelled() {
+                        return;
+                    }
+                    let Some(task) = queue.lock().expect("queue lock").pop_front() else { return };
+                    let mut attempt = 0;
+                    let outcome = loop {
+                        attempt += 1;
+                        let r = tokio::select! {
+                            r = one(&client, &url, api_key.as_deref(), &task.body) => r,
+                            _ = abort.cancelled() => return,
+                        };
+                        match r {
+                            Ok(ok) => break Ok(ok),
+                            Err(e) if attempt < max_attempts => {
+                                let wait = Duration::from_millis(500 * (1 << (attempt - 1).min(5)));
+                                tracing::debug!(task = task.id, "attempt {attempt} failed ({e}); retrying in {wait:?}");
+                                tokio::select! {
+                                    _ = tokio::time::sleep(wait) => {}
+                                    _ = abort.cancelled() => return,
+                                }
+                            }
+                            Err(e) => break Err(e),
+                        }
+                    };
+                    let s = store.lock().expect("store lock");
+                    match outcome {
+                        Ok((text, worker, tokens, latency)) => {
+                            let path = tasks_dir.join(format!("{}.md", task.id));
+                            if let Err(e) = write_atomic(&path, text.as_bytes()) {
+                                obs.note(&format!("cannot write {}: {e}", path.display()));
+                                continue;
+                            }
+                            let _ = s.conn().execute(
+                                "UPDATE batch_tasks SET status = 'done', attempts = attempts + ?2, worker = ?3, tokens = ?4, latency_ms = ?5, result_path = ?6, error = NULL WHERE id = ?1",
+                                params![task.id, attempt, worker, tokens as i64, latency, path.display().to_string()],
+                            );
+                            let mut c = counts.lock().expect("counts lock");
+                            c.0 += 1;
+                            *c.2.entry(worker).or_default() += 1;
+                            obs.progress(c.0, c.1);
+                        }
+                        Err(e) => {
+                            let _ = s.conn().execute(
+                                "UPDATE batch_tasks SET status = 'failed', attempts = attempts + ?2, error = ?3 WHERE id = ?1",
+                                params![task.id, attempt, e],
+                            );
+                            obs.note(&format!("failed after {attempt} attempt(s): {} / {} (part {}): {e}", task.document, task.prompt_id, task.part + 1));
+                            let mut c = counts.lock().expect("counts lock");
+                            c.1 += 1;
+                            obs.progress(c.0, c.1);
+                        }
+                    }
+                }
+            });
+        }
+        while set.join_next().await.is_some() {}
+        if let Some(b) = balancer {
+            b.shutdown().await;
+        }
+        let c = counts.lock().expect("counts lock");
+        ran_now = c.0 + c.1;
+        per_worker_now = c.2.clone();
+    } else {
+        ran_now = 0;
+    }
+
+    // Rebuild the outputs from the store.
+    let store = Store::open(store_path)?;
+    let (done, failed, pending_left) = write_outputs(&store, job, &docs, &preset, &out)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    Ok(Summary {
+        job_id: job,
+        tasks: total,
+        done,
+        failed,
+        pending: pending_left,
+        ran_now,
+        elapsed_s: elapsed,
+        tasks_per_minute: if elapsed > 0.0 {
+            ran_now as f64 * 60.0 / elapsed
+        } else {
+            0.0
+        },
+        per_worker: per_worker_now,
+        skipped_files: skipped.into_iter().map(|s| (s.name, s.reason)).collect(),
+        long_documents,
+        interrupted: stop.is_cancelled() || abort.is_cancelled(),
+        out_dir: out,
+    })
+}
+
+/// Send one task; returns (text, worker, output tokens, latency ms).
+async fn one(
+    client: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    body: &Value,
+) -> Result<(String, String, u64, f64), String> {
+    let t0 = Instant::now();
+    let mut rb = client.post(format!("{url}/chat/completions")).json(body);
+    if let Some(k) = key {
+        rb = rb.bearer_auth(k);
+    }
+    let r = rb
+        .send()
+        .await
+        .map_err(|e| format!("request failed: {e}"))?;
+    let status = r.status();
+    let worker = r
+        .headers()
+        .get("x-baton-worker")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string();
+    let text = r
+        .text()
+        .await
+        .map_err(|e| format!("reading the answer failed: {e}"))?;
+    if !status.is_success() {
+        return Err(format!(
+            "HTTP {status}: {}",
+            text.chars().take(200).collect::<String>()
+        ));
+    }
+    let v: Value =
+        serde_json::from_str(&text).map_err(|e| format!("the answer is not JSON: {e}"))?;
+    let content = v
+        .pointer("/choices/0/message/content")
+        .and_then(Value::as_str)
+        .ok_or("the answer has no message content")?
+        .to_string();
+    let tokens = v
+        .pointer("/usage/completion_tokens")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    Ok((content, worker, tokens, t0.elapsed().as_secs_f64() * 1000.0))
+}
+
+/// Write one Markdown file per document and `results.jsonl` from the store:
+/// every task of the current documents exactly once. Returns (done, failed, pending).
+fn write_outputs(
+    store: &Store,
+    job: i64,
+    docs: &[inputs::Document],
+    preset: &presets::Preset,
+    out: &Path,
+) -> anyhow::Result<(u64, u64, u64)> {
+    let mut st = store.conn().prepare(
+        "SELECT id, document, doc_hash, part, prompt_id, status, attempts, error, worker, tokens, latency_ms, result_path
+         FROM batch_tasks WHERE job_id = ?1 ORDER BY document, part, id",
+    )?;
+    #[allow(clippy::type_complexity)]
+    let rows: Vec<(
+        i64,
+        String,
+        String,
+        i64,
+        String,
+        String,
+        i64,
+        Option<String>,
+        Option<String>,
+        Option<i64>,
+        Option<f64>,
+        Option<String>,
+    )> = st
+        .query_map([job], |r| {
+            Ok((
+                r.get(0)?,
+                r.get(1)?,
+                r.get(2)?,
+                r.get(3)?,
+                r.get(4)?,
+                r.get(5)?,
+                r.get(6)?,
+                r.get(7)?,
+                r.get(8)?,
+                r.get(9)?,
+                r.get(10)?,
+                r.get(11)?,
+            ))
+        })?
+        .collect::<Result<_, _>>()?;
+    let (mut done, mut failed, mut pending) = (0, 0, 0);
+    let mut jsonl = String::new();
+    for d in docs {
+        let mine: Vec<_> = rows
+            .iter()
+            .filter(|r| r.1 == d.name && r.2 == d.hash)
+            .collect();
+        let mut md = format!("# {}\n\n", d.name);
+        for p in &preset.prompts {
+            md += &format!("## {}\n\n", p.title);
+            let parts: Vec<_> = mine.iter().filter(|r| r.4 == p.id).collect();
+            for r in &parts {
+                if parts.len() > 1 {
+                    md += &format!("### Part {}\n\n", r.3 + 1);
+                }
+                match r.5.as_str() {
+                    "done" => {
+                        let text =
+                            r.11.as_ref()
+                                .and_then(|p| std::fs::read_to_string(p).ok())
+                                .unwrap_or_default();
+                        md += text.trim();
+                        md += "\n\n";
+                    }
+                    "failed" => md += &format!("*Failed: {}*\n\n", r.7.clone().unwrap_or_default()),
+                    _ => md += "*Not processed yet.*\n\n",
+                }
+            }
+        }
+        for r in &mine {
+            match r.5.as_str() {
+                "done" => done += 1,
+                "failed" => failed += 1,
+                _ => pending += 1,
+            }
+            jsonl += &json!({"document": r.1, "part": r.3 + 1, "prompt": r.4, "status": r.5, "attempts": r.6,
+                             "worker": r.8, "tokens": r.9, "latency_ms": r.10, "error": r.7}).to_string();
+            jsonl.push('\n');
+        }
+        let stem = Path::new(&d.name)
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| d.name.clone());
+        write_atomic(&out.join(format!("{stem}.md")), md.as_bytes())?;
+    }
+    write_atomic(&out.join("results.jsonl"), jsonl.as_bytes())?;
+    Ok((done, failed, pending))
+}
