@@ -434,3 +434,75 @@ async fn bad_input_gets_clear_errors() {
     let e = err(o).await;
     assert!(e.contains("p.toml") && e.contains("line 2"), "{e}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ctrl_c_stops_cleanly_and_resume_finishes_the_job() {
+    let dir = tempfile::tempdir().unwrap();
+    let (input, out) = (dir.path().join("papers"), dir.path().join("out"));
+    docs(&input, 20);
+    std::fs::write(input.join("long.txt"), "word ".repeat(400)).unwrap();
+    let sims = studios(&[2], 80.0).await;
+    let cfg = dir.path().join("workers.json");
+    let Target::Balancer(c) = pool(&sims) else {
+        unreachable!()
+    };
+    std::fs::write(&cfg, c.to_json().to_string()).unwrap();
+    let baton = |args: &[&str]| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
+        c.arg("batch")
+            .args(args)
+            .arg("-c")
+            .arg(&cfg)
+            .env("XDG_DATA_HOME", dir.path().join("data"))
+            .env("HOME", dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null());
+        c
+    };
+    let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
+    let mut child = baton(&[
+        "--input",
+        i,
+        "-o",
+        o,
+        "--max-tokens",
+        "16",
+        "--max-chars",
+        "500",
+    ])
+    .spawn()
+    .unwrap();
+    let tasks_dir = out.join(".baton").join("tasks");
+    assert!(
+        support::wait_until(Duration::from_secs(30), || std::fs::read_dir(&tasks_dir)
+            .map(|d| d.count() >= 5)
+            .unwrap_or(false))
+        .await
+    );
+    std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(130), "interrupted runs say so");
+    let partial = results(&out);
+    assert_eq!(partial.len(), 105, "every task listed, finished or not");
+    let finished = partial.iter().filter(|x| x["status"] == "done").count();
+    assert!((5..105).contains(&finished), "{finished}");
+    assert!(
+        partial
+            .iter()
+            .all(|x| x["status"] == "done" || x["status"] == "pending")
+    );
+    no_temp_files(&out);
+    // --resume with the job's saved settings finishes the rest.
+    let status = baton(&["--resume", "1"]).status().unwrap();
+    assert!(status.success(), "{status:?}");
+    let r = results(&out);
+    assert!(r.iter().all(|x| x["status"] == "done"));
+    let md = std::fs::read_to_string(out.join("long.md")).unwrap();
+    assert!(
+        md.contains("only the first 500 were sent"),
+        "truncation is stated: {md}"
+    );
+}

@@ -197,7 +197,8 @@ pub async fn run(
     let store = Store::open(store_path)?;
     let params = json!({"model": opts.model, "max_chars": opts.max_chars,
                         "long_docs": format!("{:?}", opts.long_docs).to_lowercase(),
-                        "max_attempts": opts.max_attempts, "prompts_file": opts.prompts_file});
+                        "max_attempts": opts.max_attempts, "max_tokens": opts.max_tokens,
+                        "prompts_file": opts.prompts_file});
     let job = job_id(&store, &input, &out, &opts.preset, &params)?;
 
     // Tasks: one per (document, part, prompt); a changed document hashes
@@ -407,7 +408,7 @@ pub async fn run(
 
     // Rebuild the outputs from the store.
     let store = Store::open(store_path)?;
-    let (done, failed, pending_left) = write_outputs(&store, job, &docs, &preset, &out)?;
+    let (done, failed, pending_left) = write_outputs(&store, job, &docs, &preset, &out, opts)?;
     let elapsed = started.elapsed().as_secs_f64();
     Ok(Summary {
         job_id: job,
@@ -485,6 +486,7 @@ fn write_outputs(
     docs: &[inputs::Document],
     preset: &presets::Preset,
     out: &Path,
+    opts: &Options,
 ) -> anyhow::Result<(u64, u64, u64)> {
     let mut st = store.conn().prepare(
         "SELECT id, document, doc_hash, part, prompt_id, status, attempts, error, worker, tokens, latency_ms, result_path
@@ -530,6 +532,19 @@ fn write_outputs(
             .filter(|r| r.1 == d.name && r.2 == d.hash)
             .collect();
         let mut md = format!("# {}\n\n", d.name);
+        let chars = d.text.chars().count();
+        if chars > opts.max_chars {
+            md += &match opts.long_docs {
+                LongDocs::Truncate => format!(
+                    "*Note: the document has {chars} characters; only the first {} were sent.*\n\n",
+                    opts.max_chars
+                ),
+                LongDocs::Split => format!(
+                    "*Note: the document has {chars} characters; it was sent in parts of {}.*\n\n",
+                    opts.max_chars
+                ),
+            };
+        }
         for p in &preset.prompts {
             md += &format!("## {}\n\n", p.title);
             let parts: Vec<_> = mine.iter().filter(|r| r.4 == p.id).collect();

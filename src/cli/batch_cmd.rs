@@ -132,6 +132,12 @@ pub async fn run(a: BatchArgs) -> anyhow::Result<ExitCode> {
             .and_then(|v| v.as_str())
             .map(str::to_string)
     };
+    let saved_num = |k: &str| {
+        saved
+            .as_ref()
+            .and_then(|s| s.get(k))
+            .and_then(|v| v.as_u64())
+    };
     let target = match &a.url {
         Some(u) => Target::Url {
             url: u.clone(),
@@ -170,13 +176,18 @@ pub async fn run(a: BatchArgs) -> anyhow::Result<ExitCode> {
             .or(saved_str("prompts_file").map(PathBuf::from)),
         model,
         concurrency: a.concurrency,
-        max_chars: a.max_chars,
-        long_docs: match a.long_docs {
-            LongArg::Truncate => LongDocs::Truncate,
-            LongArg::Split => LongDocs::Split,
+        // A resumed job keeps the settings it was started with.
+        max_chars: saved_num("max_chars")
+            .map(|n| n as usize)
+            .unwrap_or(a.max_chars),
+        long_docs: match (saved_str("long_docs").as_deref(), a.long_docs) {
+            (Some("split"), _) | (None, LongArg::Split) => LongDocs::Split,
+            _ => LongDocs::Truncate,
         },
-        max_attempts: a.max_attempts,
-        max_tokens: a.max_tokens,
+        max_attempts: saved_num("max_attempts")
+            .map(|n| n as u32)
+            .unwrap_or(a.max_attempts),
+        max_tokens: a.max_tokens.or(saved_num("max_tokens").map(|n| n as u32)),
         retry_failed: a.retry_failed.is_some(),
     };
     let bar = std::io::stderr().is_terminal().then(|| {
