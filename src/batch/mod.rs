@@ -448,12 +448,7 @@ async fn one(
         .await
         .map_err(|e| format!("request failed: {e}"))?;
     let status = r.status();
-    let worker = r
-        .headers()
-        .get("x-baton-worker")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+    let worker = crate::bench::load::worker_of(&r);
     let text = r
         .text()
         .await

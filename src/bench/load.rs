@@ -128,6 +128,15 @@ pub fn client() -> reqwest::Client {
         .expect("HTTP client")
 }
 
+/// The worker an answer names in Baton's `x-baton-worker` header, or `-`.
+pub fn worker_of(r: &reqwest::Response) -> String {
+    r.headers()
+        .get(crate::balancer::WORKER_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("-")
+        .to_string()
+}
+
 /// Called after every request with (successes, failures) so far.
 pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
 
@@ -392,12 +401,7 @@ async fn one(
         .await
         .map_err(|e| (format!("request failed: {e}"), None))?;
     let status = r.status();
-    let worker = r
-        .headers()
-        .get("x-baton-worker")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("-")
-        .to_string();
+    let worker = worker_of(&r);
     let named = (worker != "-").then(|| worker.clone());
     let fail = |m: String| (m, named.clone());
     if !status.is_success() {
