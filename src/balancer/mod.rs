@@ -170,6 +170,10 @@ fn build_client(s: &BalancerSettings) -> Result<reqwest::Client, Error> {
         .pool_idle_timeout(Duration::from_secs(60))
         .http1_only()
         .no_proxy()
+        // Retrying is the balancer's own job (on another worker, before the
+        // first byte); a proxy never follows redirects.
+        .redirect(reqwest::redirect::Policy::none())
+        .retry(reqwest::retry::never())
         .build()
         .map_err(|e| Error::Client(e.to_string()))
 }
