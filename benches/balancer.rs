@@ -203,6 +203,7 @@ fn rss_mb(pid: u32) -> f64 {
         .unwrap_or(f64::NAN)
 }
 
+/// A worker entry for a backend that is not a simulated studio (nginx).
 fn worker(id: &str, addr: SocketAddr, slots: u32) -> Worker {
     Worker {
         id: id.to_string(),
@@ -222,13 +223,7 @@ fn config_for(sims: &[&SimHandle], strategy: Strategy) -> Config {
     let workers = sims
         .iter()
         .enumerate()
-        .map(|(i, s)| {
-            worker(
-                &format!("studio-{}", i + 1),
-                s.addr(),
-                s.config().slots as u32,
-            )
-        })
+        .map(|(i, s)| sim::worker_for(&format!("studio-{}", i + 1), s))
         .collect();
     Config {
         workers,

@@ -422,12 +422,10 @@ pub fn merge_into(path: &Path, found: &[Found]) -> anyhow::Result<Vec<String>> {
         }));
         added.push(id);
     }
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(&root)? + "\n")?;
-    std::fs::rename(&tmp, path)?;
+    crate::files::write_atomic(
+        path,
+        (serde_json::to_string_pretty(&root)? + "\n").as_bytes(),
+    )?;
     Ok(added)
 }
 

@@ -9,6 +9,7 @@ pub mod bench;
 pub mod chart;
 pub mod config;
 pub mod discover;
+pub mod files;
 pub mod logging;
 pub mod netinfo;
 pub mod preflight;

@@ -261,14 +261,31 @@ impl Balancer {
 
     /// Wait until at least one worker is ready; false on timeout.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        self.wait_ready_count(1, timeout).await
+    }
+
+    /// Wait until every worker is ready; false on timeout.
+    pub async fn wait_all_ready(&self, timeout: Duration) -> bool {
+        let all = self
+            .shared
+            .pool
+            .workers()
+            .iter()
+            .filter(|w| w.state() != State::Removed)
+            .count();
+        self.wait_ready_count(all.max(1), timeout).await
+    }
+
+    async fn wait_ready_count(&self, n: usize, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
+            // Register for the notification before looking, so none is missed.
             let notified = self.shared.ready.notified();
-            if self.ready_workers() > 0 {
+            if self.ready_workers() >= n {
                 return true;
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.ready_workers() > 0;
+                return self.ready_workers() >= n;
             }
         }
     }

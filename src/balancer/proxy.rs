@@ -236,7 +236,9 @@ async fn forward(State(s): St, req: Request) -> Response {
     let started = Instant::now();
     let path = req.uri().path().to_string();
     let (parts, body) = req.into_parts();
-    let limit = s.settings().max_body_bytes;
+    // One snapshot of the settings per request, so a reload mid-request is consistent.
+    let settings = s.settings();
+    let limit = settings.max_body_bytes;
     let body = match read_body(body, &parts.headers, limit).await {
         Ok(b) => b,
         Err(r) => {
@@ -278,7 +280,6 @@ async fn forward(State(s): St, req: Request) -> Response {
         }
     };
 
-    let settings = s.settings();
     let mut tried: Vec<Arc<WorkerEntry>> = Vec::new();
     let mut last_failure: Option<String> = None;
     loop {

@@ -407,29 +407,11 @@ impl Endpoint {
                     None,
                 )
                 .await?;
-                // Wait until every worker serving the model is ready.
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-                loop {
-                    let st = b.stats();
-                    let serving: Vec<_> = st
-                        .workers
-                        .iter()
-                        .filter(|w| w.models.contains(&plan.model))
-                        .collect();
-                    if !serving.is_empty()
-                        && serving.len() == workers.len()
-                        && serving.iter().all(|w| w.state == "ready")
-                    {
-                        break;
-                    }
-                    if tokio::time::Instant::now() > deadline {
-                        if serving.iter().any(|w| w.state == "ready") {
-                            obs.note("not every worker became ready; benchmarking those that did");
-                            break;
-                        }
+                if !b.wait_all_ready(Duration::from_secs(10)).await {
+                    if b.ready_workers() == 0 {
                         return Err(BenchError::NotReady(plan.model.clone()));
                     }
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    obs.note("not every worker became ready; benchmarking those that did");
                 }
                 Ok(Endpoint {
                     url: b.url(),

@@ -308,13 +308,11 @@ fn save(
             None => format!("run-{}.json", result.started_at),
         }),
     };
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, serde_json::to_string_pretty(result)? + "\n")
-        .with_context(|| format!("writing {}", tmp.display()))?;
-    std::fs::rename(&tmp, &path)?;
+    baton::files::write_atomic(
+        &path,
+        (serde_json::to_string_pretty(result)? + "\n").as_bytes(),
+    )
+    .with_context(|| format!("writing {}", path.display()))?;
     let mut msg = format!("Results: {}", path.display());
     if let Some(id) = id {
         msg += &format!("  (run {id} in `baton runs`)");

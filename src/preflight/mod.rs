@@ -473,15 +473,10 @@ pub fn last_path() -> Option<PathBuf> {
 /// Keep this report as the last preflight (written atomically).
 pub fn save_last(r: &Report) -> std::io::Result<PathBuf> {
     let path = last_path().ok_or_else(|| std::io::Error::other("no home directory"))?;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension("json.tmp");
-    std::fs::write(
-        &tmp,
-        serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?,
+    crate::files::write_atomic(
+        &path,
+        &serde_json::to_vec_pretty(r).map_err(std::io::Error::other)?,
     )?;
-    std::fs::rename(&tmp, &path)?;
     Ok(path)
 }
 

@@ -174,17 +174,7 @@ impl Lab {
     }
 
     pub async fn wait_all_ready(&self) {
-        let n = self.config.workers.len();
-        let ok = wait_until(Duration::from_secs(5), || {
-            self.balancer
-                .stats()
-                .workers
-                .iter()
-                .filter(|w| w.state == "ready")
-                .count()
-                == n
-        })
-        .await;
+        let ok = self.balancer.wait_all_ready(Duration::from_secs(5)).await;
         assert!(ok, "workers not ready: {:?}", self.balancer.stats());
     }
 

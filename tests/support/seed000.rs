@@ -52,9 +52,7 @@ pub async fn start(sims: &[(&str, &SimHandle)]) -> Balancer {
     let b = Balancer::start(&cfg, Some("127.0.0.1:0".parse().unwrap()), None)
         .await
         .unwrap();
-    let all = wait_for(Duration::from_secs(5), || b.ready_workers() == sims.len())
-        .await
-        .is_some();
+    let all = b.wait_all_ready(Duration::from_secs(5)).await;
     assert!(all, "{:?}", b.stats());
     b
 }
