@@ -223,4 +223,5 @@ pub async fn stream_chat(
 }
 
 pub mod netlab;
+pub mod real;
 pub mod seed000;
