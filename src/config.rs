@@ -174,42 +174,106 @@ impl Config {
         self.workers.iter().filter(|w| w.enabled)
     }
 
-    /// Serialize back to the file format (secrets stay references).
+    /// Serialize back to the file format (secrets stay references). This is
+    /// the one serialization of the file: `Config::parse(to_json())` gives
+    /// back the same configuration, `balancer` section included (only the
+    /// settings that differ from the defaults are written).
     pub fn to_json(&self) -> Value {
-        let workers: Vec<Value> = self
-            .workers
-            .iter()
-            .map(|w| {
-                let mut m = Map::new();
-                m.insert("id".into(), w.id.clone().into());
-                m.insert("host".into(), w.host.clone().into());
-                m.insert("port".into(), w.port.into());
-                m.insert("type".into(), w.kind.as_str().into());
-                m.insert("model".into(), w.model.clone().into());
-                m.insert(
-                    "max_concurrent_requests".into(),
-                    w.max_concurrent_requests.into(),
-                );
-                if !w.enabled {
-                    m.insert("enabled".into(), false.into());
+        let workers: Vec<Value> = self.workers.iter().map(Worker::to_json).collect();
+        let mut root = Map::new();
+        root.insert("workers".into(), Value::Array(workers));
+        let balancer = self.balancer.to_json();
+        if !balancer.as_object().is_some_and(Map::is_empty) {
+            root.insert("balancer".into(), balancer);
+        }
+        Value::Object(root)
+    }
+
+    /// The file's text: pretty JSON with a trailing newline.
+    pub fn to_text(&self) -> String {
+        let mut t = serde_json::to_string_pretty(&self.to_json()).expect("JSON values serialize");
+        t.push('\n');
+        t
+    }
+}
+
+impl Worker {
+    /// This worker as a workers-file entry (optional fields only when set).
+    pub fn to_json(&self) -> Value {
+        let mut m = Map::new();
+        m.insert("id".into(), self.id.clone().into());
+        m.insert("host".into(), self.host.clone().into());
+        m.insert("port".into(), self.port.into());
+        m.insert("type".into(), self.kind.as_str().into());
+        m.insert("model".into(), self.model.clone().into());
+        m.insert(
+            "max_concurrent_requests".into(),
+            self.max_concurrent_requests.into(),
+        );
+        if !self.enabled {
+            m.insert("enabled".into(), false.into());
+        }
+        if self.weight != 1.0 {
+            m.insert("weight".into(), self.weight.into());
+        }
+        if let Some(r) = &self.api_key {
+            let (k, v) = match r {
+                SecretRef::Keychain(n) => ("keychain", n),
+                SecretRef::Env(n) => ("env", n),
+            };
+            m.insert("api_key".into(), serde_json::json!({ k: v }));
+        }
+        if !self.members.is_empty() {
+            m.insert("members".into(), self.members.clone().into());
+        }
+        Value::Object(m)
+    }
+}
+
+impl BalancerSettings {
+    /// The `balancer` section: only what differs from the defaults.
+    pub fn to_json(&self) -> Value {
+        let d = BalancerSettings::default();
+        let mut m = Map::new();
+        if let Some(l) = self.listen {
+            m.insert("listen".into(), l.to_string().into());
+        }
+        let mut ms = |key: &str, v: Duration, default: Duration| {
+            if v != default {
+                m.insert(key.into(), (v.as_millis() as u64).into());
+            }
+        };
+        ms(
+            "connect_timeout_ms",
+            self.connect_timeout,
+            d.connect_timeout,
+        );
+        ms(
+            "first_token_timeout_ms",
+            self.first_token_timeout,
+            d.first_token_timeout,
+        );
+        ms("idle_timeout_ms", self.idle_timeout, d.idle_timeout);
+        ms("queue_timeout_ms", self.queue_timeout, d.queue_timeout);
+        ms("probe_interval_ms", self.probe_interval, d.probe_interval);
+        ms("probe_timeout_ms", self.probe_timeout, d.probe_timeout);
+        if self.queue_limit != d.queue_limit {
+            m.insert("queue_limit".into(), self.queue_limit.into());
+        }
+        if self.max_body_bytes != d.max_body_bytes {
+            m.insert("max_body_bytes".into(), self.max_body_bytes.into());
+        }
+        if self.strategy != d.strategy {
+            m.insert(
+                "strategy".into(),
+                match self.strategy {
+                    Strategy::LeastTime => "least_time",
+                    Strategy::RoundRobin => "round_robin",
                 }
-                if w.weight != 1.0 {
-                    m.insert("weight".into(), w.weight.into());
-                }
-                if let Some(r) = &w.api_key {
-                    let (k, v) = match r {
-                        SecretRef::Keychain(n) => ("keychain", n),
-                        SecretRef::Env(n) => ("env", n),
-                    };
-                    m.insert("api_key".into(), serde_json::json!({ k: v }));
-                }
-                if !w.members.is_empty() {
-                    m.insert("members".into(), w.members.clone().into());
-                }
-                Value::Object(m)
-            })
-            .collect();
-        serde_json::json!({ "workers": workers })
+                .into(),
+            );
+        }
+        Value::Object(m)
     }
 }
 

@@ -373,20 +373,10 @@ pub async fn fingerprint(
     Some(f)
 }
 
-/// Add found studios to a workers file, keeping every existing entry (and
-/// anything else in the file); new ids are unique. Returns the ids added.
-pub fn merge_into(path: &Path, found: &[Found]) -> anyhow::Result<Vec<String>> {
-    let mut root: Value = if path.exists() {
-        // Validate first, so a broken file is reported, not overwritten.
-        crate::config::Config::load(path)?;
-        serde_json::from_str(&std::fs::read_to_string(path)?)?
-    } else {
-        serde_json::json!({ "workers": [] })
-    };
-    let workers = root
-        .get_mut("workers")
-        .and_then(Value::as_array_mut)
-        .ok_or_else(|| anyhow::anyhow!("{}: `workers` is not a list", path.display()))?;
+/// Append found servers to a workers list as entries: servers already there
+/// (same host and port) or listing no model are skipped, new ids are
+/// unique. Returns the ids added.
+pub fn add_found(workers: &mut Vec<Value>, found: &[Found]) -> Vec<String> {
     let mut ids: BTreeSet<String> = workers
         .iter()
         .filter_map(|w| w["id"].as_str().map(str::to_string))
@@ -422,6 +412,24 @@ pub fn merge_into(path: &Path, found: &[Found]) -> anyhow::Result<Vec<String>> {
         }));
         added.push(id);
     }
+    added
+}
+
+/// Add found studios to a workers file, keeping every existing entry (and
+/// anything else in the file); new ids are unique. Returns the ids added.
+pub fn merge_into(path: &Path, found: &[Found]) -> anyhow::Result<Vec<String>> {
+    let mut root: Value = if path.exists() {
+        // Validate first, so a broken file is reported, not overwritten.
+        crate::config::Config::load(path)?;
+        serde_json::from_str(&std::fs::read_to_string(path)?)?
+    } else {
+        serde_json::json!({ "workers": [] })
+    };
+    let workers = root
+        .get_mut("workers")
+        .and_then(Value::as_array_mut)
+        .ok_or_else(|| anyhow::anyhow!("{}: `workers` is not a list", path.display()))?;
+    let added = add_found(workers, found);
     crate::files::write_atomic(
         path,
         (serde_json::to_string_pretty(&root)? + "\n").as_bytes(),

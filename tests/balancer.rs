@@ -185,7 +185,7 @@ async fn client_errors_pass_through_and_never_eject() {
         assert!(v["error"]["message"].as_str().unwrap().contains("messages"));
     }
     let w = lab.worker("s0");
-    assert_eq!(w.state, "ready");
+    assert_eq!(w.state, baton::balancer::State::Ready);
     assert_eq!(w.client_errors, 5);
     assert_eq!(w.failures.values().sum::<u64>(), 0);
     assert_eq!(w.ejections.values().sum::<u64>(), 0);
@@ -212,8 +212,11 @@ async fn a_refusing_studio_costs_no_client_error() {
         assert_eq!(sse.unwrap().content_events(), 5);
     }
     let w = lab.worker("s1");
-    assert_ne!(w.state, "ready");
-    assert!(w.ejections["connect"] >= 1, "{w:?}");
+    assert_ne!(w.state, baton::balancer::State::Ready);
+    assert!(
+        w.ejections[&baton::balancer::Failure::Connect] >= 1,
+        "{w:?}"
+    );
     assert_eq!(lab.sims[1].stats().requests, 0);
 }
 
@@ -249,8 +252,11 @@ async fn a_hanging_studio_is_ejected_and_its_requests_move() {
         t0.elapsed()
     );
     let w = lab.worker("s1");
-    assert_ne!(w.state, "ready", "{w:?}");
-    assert!(w.ejections["timeout"] >= 1, "{w:?}");
+    assert_ne!(w.state, baton::balancer::State::Ready, "{w:?}");
+    assert!(
+        w.ejections[&baton::balancer::Failure::Timeout] >= 1,
+        "{w:?}"
+    );
     // Never chosen again while hung.
     let seen = lab.sims[1].stats().requests;
     for _ in 0..10 {
@@ -261,7 +267,9 @@ async fn a_hanging_studio_is_ejected_and_its_requests_move() {
     // Recovers: readmitted through the half-open probe, then takes traffic.
     lab.sims[1].set_faults(Faults::default());
     assert!(
-        wait_until(Duration::from_secs(5), || lab.worker("s1").state == "ready").await,
+        wait_until(Duration::from_secs(5), || lab.worker("s1").state
+            == baton::balancer::State::Ready)
+        .await,
         "{:?}",
         lab.worker("s1")
     );
@@ -296,7 +304,10 @@ async fn ttft_timeout_ejects_a_studio_whose_probe_still_passes() {
         assert_eq!((status, worker.as_str()), (200, "s0"));
     }
     let w = lab.worker("s1");
-    assert!(w.ejections["timeout"] >= 1, "{w:?}");
+    assert!(
+        w.ejections[&baton::balancer::Failure::Timeout] >= 1,
+        "{w:?}"
+    );
     assert!(
         w.requests <= 2,
         "the slow studio was tried {} times",
@@ -320,7 +331,11 @@ async fn fast_5xx_studio_is_retried_then_ejected() {
         assert_eq!((status, worker.as_str()), (200, "s0"));
     }
     let w = lab.worker("s1");
-    assert_eq!(w.ejections["status_5xx"], 1, "{w:?}");
+    assert_eq!(
+        w.ejections[&baton::balancer::Failure::Status5xx],
+        1,
+        "{w:?}"
+    );
     // Ejected after two 503s; the half-open probe's completion keeps it out.
     assert!(lab.sims[1].stats().errors <= 4, "{:?}", lab.sims[1].stats());
 }
@@ -343,7 +358,10 @@ async fn a_drop_mid_stream_ends_with_an_sse_error_event() {
     let last = sse.events.last().unwrap();
     assert_eq!(last["error"]["code"], "upstream_failed", "{last}");
     assert!(last["error"]["message"].as_str().unwrap().contains("s0"));
-    assert_eq!(lab.worker("s0").failures["stream"], 1);
+    assert_eq!(
+        lab.worker("s0").failures[&baton::balancer::Failure::Stream],
+        1
+    );
 }
 
 #[tokio::test]
@@ -519,7 +537,11 @@ async fn bad_input_gets_openai_shaped_errors() {
     check(&r.json().await.unwrap());
     // No worker serving the model is ready: 503 with Retry-After.
     lab.sims[0].set_listening(false);
-    assert!(wait_until(Duration::from_secs(3), || lab.worker("s0").state != "ready").await);
+    assert!(
+        wait_until(Duration::from_secs(3), || lab.worker("s0").state
+            != baton::balancer::State::Ready)
+        .await
+    );
     let r = lab.chat(&c, &chat_body(1, false)).await;
     assert_eq!(r.status(), 503);
     assert!(r.headers().contains_key("retry-after"));
@@ -558,7 +580,7 @@ async fn stats_metrics_and_health_describe_the_pool() {
     assert!(
         st.workers
             .iter()
-            .all(|w| w.ewma_latency_ms > 0.0 && w.state == "ready")
+            .all(|w| w.ewma_latency_ms > 0.0 && w.state == baton::balancer::State::Ready)
     );
     let m = c
         .get(format!("{base}/metrics"))

@@ -116,6 +116,6 @@ fn any_request_gets_a_clean_answer() {
             .stats()
             .workers
             .iter()
-            .all(|w| w.in_flight == 0 && w.state == "ready")
+            .all(|w| w.in_flight == 0 && w.state == baton::balancer::State::Ready)
     );
 }

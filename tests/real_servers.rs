@@ -52,7 +52,7 @@ fn assert_no_ejections(b: &Balancer, context: &str) {
         let ejections: u64 = w.ejections.values().sum();
         let failures: u64 = w.failures.values().sum();
         assert!(
-            ejections == 0 && failures == 0 && w.state == "ready",
+            ejections == 0 && failures == 0 && w.state == baton::balancer::State::Ready,
             "{context}: worker {} has {ejections} ejections and {failures} failures \
              (state {}); the healthy real servers never failed:\n{}",
             w.id,

@@ -1,44 +1,417 @@
-//! Health: a background prober per worker, ejection (circuit open) on the
-//! first connect failure or timeout, and readmission through one half-open
-//! probe with exponential backoff.
+//! A studio's health: its state, why it left rotation, and the one policy
+//! that decides when it leaves and comes back.
+//!
+//! Real traffic first. A studio whose answers are making progress (bytes
+//! arriving) is alive, whatever a probe says: single-threaded servers
+//! answer probes only between generations, and any Mac under full load
+//! answers them slowly. So:
+//! - a refused or unreachable connect ejects at once (nothing listens);
+//! - a connect or probe timeout ejects only a studio with no answer making
+//!   progress (the seed-000 black hole has none, so it still goes in ~1-2 s);
+//! - active probes run only while the studio is idle (holding one of its
+//!   slots, so no request lands on it mid-probe) or while its answers have
+//!   stalled, never while it is serving;
+//! - a failure on a reused connection is a stale connection, not a sick
+//!   studio (the upstream pool retries it fresh and nothing is counted);
+//! - one cut answer does not eject a studio whose other answers complete.
+//!
+//! Ejection opens the circuit; the studio comes back only through a
+//! half-open probe (model list and a one-token completion) after an
+//! exponential backoff.
 
 use std::sync::Arc;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use axum::http::{Method, Request, StatusCode, header};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
-use super::pool::{Failure, State, WorkerEntry};
+use super::upstream::SendError;
+use super::worker::WorkerEntry;
+use crate::preflight::connect::ConnectFailure;
+use crate::studio::StudioKind;
 
 /// First wait before a half-open probe; doubles on each failed probe.
 const BACKOFF_START: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
 
+/// Consecutive 5xx answers after which a studio is ejected: one can be a
+/// bad request the studio chokes on, two in a row is the studio.
+const EJECT_AFTER_5XX: u32 = 2;
+
+/// Consecutive cut answers (no complete one in between) that eject a
+/// studio. One cut answer is that answer's problem (a client of a
+/// single-threaded server interrupted it, say); three in a row is the
+/// studio's.
+const EJECT_AFTER_CUTS: u32 = 3;
+
+/// Shortest time without a byte from a busy studio that counts as stalled.
+/// Tokens arrive every few tens of ms; a studio that sends nothing for a
+/// second while it has answers to give is worth a look.
+const MIN_STALL: Duration = Duration::from_secs(1);
+
+/// A stall is also judged against the studio's own time to first token:
+/// three times its usual wait is not a long prompt any more.
+const STALL_TTFT_FACTOR: f64 = 3.0;
+
+/// How often an idle studio's model list is refreshed when its kind has a
+/// cheaper health endpoint than the model list.
+const MODELS_REFRESH: Duration = Duration::from_secs(30);
+
+/// Where a worker stands with the balancer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+#[repr(u8)]
+pub enum State {
+    /// Configured, not yet probed. Requests for it wait.
+    Starting = 0,
+    /// Takes traffic.
+    Ready = 1,
+    /// Circuit open: no traffic until a half-open probe passes.
+    Ejected = 2,
+    /// Half-open: one probe in flight decides readmission.
+    Probing = 3,
+    /// Finishes what it has, takes nothing new (asked by the user).
+    Draining = 4,
+    /// Removed by a reload: finishes what it has, then goes away.
+    Removed = 5,
+}
+
+impl State {
+    pub const ALL: [State; 6] = [
+        State::Starting,
+        State::Ready,
+        State::Ejected,
+        State::Probing,
+        State::Draining,
+        State::Removed,
+    ];
+
+    fn from_u8(v: u8) -> State {
+        match v {
+            0 => State::Starting,
+            1 => State::Ready,
+            2 => State::Ejected,
+            3 => State::Probing,
+            4 => State::Draining,
+            _ => State::Removed,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Starting => "starting",
+            State::Ready => "ready",
+            State::Ejected => "ejected",
+            State::Probing => "probing",
+            State::Draining => "draining",
+            State::Removed => "removed",
+        }
+    }
+
+    /// Still one of the pool's studios (not removed by a reload).
+    pub fn is_live(self) -> bool {
+        self != State::Removed
+    }
+}
+
+impl std::fmt::Display for State {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Why a worker was ejected or a request failed on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Failure {
+    /// The connect failed: nothing listens, or the host is unreachable.
+    Connect,
+    /// No answer in time (connect, first byte, probe or mid-stream).
+    Timeout,
+    /// The studio answered with a 5xx status.
+    Status5xx,
+    /// An answer was cut: the body broke, or ended without a finish.
+    Stream,
+    /// The probe got an answer that was not a model list.
+    Probe,
+}
+
+impl Failure {
+    pub const ALL: [Failure; 5] = [
+        Failure::Connect,
+        Failure::Timeout,
+        Failure::Status5xx,
+        Failure::Stream,
+        Failure::Probe,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Failure::Connect => "connect",
+            Failure::Timeout => "timeout",
+            Failure::Status5xx => "status_5xx",
+            Failure::Stream => "stream",
+            Failure::Probe => "probe",
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// The details behind the state, under one small lock.
+#[derive(Debug, Default)]
+pub(crate) struct Detail {
+    pub last_reason: Option<Failure>,
+    pub last_error: Option<String>,
+    pub backoff: Duration,
+    pub retry_at: Option<Instant>,
+    pub probe_rtt_ms: Option<f64>,
+    pub consecutive_5xx: u32,
+    pub consecutive_cuts: u32,
+    pub models_at: Option<Instant>,
+}
+
+/// One worker's health.
+pub(crate) struct Health {
+    state: AtomicU8,
+    /// When a byte last arrived from the studio or a request was last sent
+    /// to it, in ms since `epoch`: what "making progress" is judged by.
+    last_progress_ms: AtomicU64,
+    epoch: Instant,
+    pub detail: Mutex<Detail>,
+    /// Bumped on every ejection so requests waiting for a first byte here
+    /// can move on at once.
+    pub ejected: watch::Sender<u64>,
+    /// Wakes the prober early (an answer was cut: look now).
+    pub check_now: Notify,
+}
+
+impl Health {
+    pub fn new() -> Health {
+        let (ejected, _) = watch::channel(0);
+        Health {
+            state: AtomicU8::new(State::Starting as u8),
+            last_progress_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+            detail: Mutex::new(Detail::default()),
+            ejected,
+            check_now: Notify::new(),
+        }
+    }
+
+    pub fn state(&self) -> State {
+        State::from_u8(self.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_state(&self, s: State) {
+        self.state.store(s as u8, Ordering::Release);
+    }
+
+    /// Something came from (or went to) the studio just now.
+    pub fn progress(&self) {
+        let ms = self.epoch.elapsed().as_millis() as u64;
+        self.last_progress_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Time since the last progress.
+    pub fn since_progress(&self) -> Duration {
+        let now = self.epoch.elapsed().as_millis() as u64;
+        Duration::from_millis(now.saturating_sub(self.last_progress_ms.load(Ordering::Relaxed)))
+    }
+
+    pub fn last_error(&self) -> Option<String> {
+        self.detail.lock().expect("health lock").last_error.clone()
+    }
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Health::new()
+    }
+}
+
+/// How long a busy studio may send nothing before it counts as stalled.
+pub(crate) fn stall_window(w: &WorkerEntry) -> Duration {
+    let ttft = w.learned().ttft_ms;
+    MIN_STALL.max(Duration::from_secs_f64(ttft * STALL_TTFT_FACTOR / 1000.0))
+}
+
+/// The studio has requests in flight and bytes are flowing: it is alive.
+pub(crate) fn making_progress(w: &WorkerEntry) -> bool {
+    w.in_flight() > 0 && w.health.since_progress() < stall_window(w)
+}
+
+/// What the request path should do after a failed attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// The studio is in trouble: try another one.
+    TryAnother,
+    /// The studio is busy, not sick (its other answers flow): try again,
+    /// it may be this one or another.
+    Congested,
+}
+
+/// The request could not get a response head from the studio.
+pub(crate) fn on_send_error(s: &Shared, w: &WorkerEntry, e: &SendError) -> Verdict {
+    match e {
+        SendError::Connect(kind, detail) => {
+            w.count_failure(Failure::Connect);
+            // Refused or unreachable is decisive: nothing is listening.
+            let decisive = matches!(
+                kind,
+                ConnectFailure::Refused
+                    | ConnectFailure::NoRoute
+                    | ConnectFailure::NetworkUnreachable
+                    | ConnectFailure::NotPermitted
+            );
+            if decisive || !making_progress(w) {
+                eject(
+                    s,
+                    w,
+                    Failure::Connect,
+                    &format!("connect {}: {detail}", kind.describe()),
+                );
+            }
+            Verdict::TryAnother
+        }
+        SendError::ConnectTimeout(t) => {
+            if making_progress(w) {
+                // Its other answers are flowing: a full backlog or our own
+                // burst of connects, not a dead host.
+                w.counters.congestion.fetch_add(1, Ordering::Relaxed);
+                return Verdict::Congested;
+            }
+            w.count_failure(Failure::Timeout);
+            eject(
+                s,
+                w,
+                Failure::Timeout,
+                &format!("connect timed out after {t:?}"),
+            );
+            Verdict::TryAnother
+        }
+        SendError::Request(detail) => {
+            // A fresh connection accepted the request and closed without
+            // a response: count it, let the prober judge the studio.
+            w.count_failure(Failure::Stream);
+            note_cut(s, w, detail);
+            Verdict::TryAnother
+        }
+    }
+}
+
+/// No first byte within the first-token timeout.
+pub(crate) fn on_first_byte_timeout(s: &Shared, w: &WorkerEntry, detail: &str) {
+    w.count_failure(Failure::Timeout);
+    eject(s, w, Failure::Timeout, detail);
+}
+
+/// A 5xx answer; two in a row eject.
+pub(crate) fn on_status_5xx(s: &Shared, w: &WorkerEntry, status: StatusCode) {
+    w.count_failure(Failure::Status5xx);
+    let n = {
+        let mut d = w.health.detail.lock().expect("health lock");
+        d.consecutive_5xx += 1;
+        d.consecutive_5xx
+    };
+    if n >= EJECT_AFTER_5XX {
+        eject(
+            s,
+            w,
+            Failure::Status5xx,
+            &format!("{n} consecutive answers {status}"),
+        );
+    }
+}
+
+/// An answer completed (or a non-5xx status arrived): the streaks end.
+pub(crate) fn on_good_answer(w: &WorkerEntry) {
+    let mut d = w.health.detail.lock().expect("health lock");
+    d.consecutive_5xx = 0;
+    d.consecutive_cuts = 0;
+}
+
+/// The first byte arrived with a non-5xx status.
+pub(crate) fn on_first_byte(w: &WorkerEntry) {
+    w.health.detail.lock().expect("health lock").consecutive_5xx = 0;
+}
+
+/// An answer was cut after the client got bytes (body broke, ended
+/// without a finish, or stalled past the idle timeout).
+pub(crate) fn on_cut_answer(s: &Shared, w: &WorkerEntry, reason: Failure, detail: &str) {
+    w.count_failure(reason);
+    note_cut(s, w, detail);
+}
+
+fn note_cut(s: &Shared, w: &WorkerEntry, detail: &str) {
+    let n = {
+        let mut d = w.health.detail.lock().expect("health lock");
+        d.consecutive_cuts += 1;
+        d.last_error = Some(detail.to_string());
+        d.consecutive_cuts
+    };
+    if n >= EJECT_AFTER_CUTS {
+        eject(
+            s,
+            w,
+            Failure::Stream,
+            &format!("{n} answers in a row cut: {detail}"),
+        );
+    } else {
+        // Let the prober look now rather than at its next tick.
+        w.health.check_now.notify_one();
+    }
+}
+
 /// Take a worker out of rotation now. Requests waiting for a first byte
 /// from it are told through `ejected` and move on.
-pub(super) fn eject(w: &WorkerEntry, reason: Failure, detail: &str) {
-    let mut h = w.health.lock().expect("health lock");
+pub(crate) fn eject(s: &Shared, w: &WorkerEntry, reason: Failure, detail: &str) {
     let state = w.state();
-    if !matches!(state, State::Ready | State::Starting | State::Probing) {
+    if !matches!(
+        state,
+        State::Ready | State::Starting | State::Probing | State::Draining
+    ) {
         return;
     }
-    // A failed half-open probe doubles the wait; a fresh ejection starts small.
-    h.backoff = if state == State::Probing {
-        (h.backoff * 2).clamp(BACKOFF_START, BACKOFF_MAX)
-    } else {
-        BACKOFF_START
-    };
-    h.retry_at = Some(Instant::now() + h.backoff);
-    h.last_reason = Some(reason);
-    h.last_error = Some(detail.to_string());
-    h.consecutive_5xx = 0;
-    w.set_state(State::Ejected);
-    drop(h);
+    {
+        let mut d = w.health.detail.lock().expect("health lock");
+        // A failed half-open probe doubles the wait; a fresh ejection starts small.
+        d.backoff = if state == State::Probing {
+            (d.backoff * 2).clamp(BACKOFF_START, BACKOFF_MAX)
+        } else {
+            BACKOFF_START
+        };
+        d.retry_at = Some(Instant::now() + d.backoff);
+        d.last_reason = Some(reason);
+        d.last_error = Some(detail.to_string());
+        d.consecutive_5xx = 0;
+        d.consecutive_cuts = 0;
+    }
+    w.health.set_state(State::Ejected);
+    w.upstream.clear();
     // A failed half-open probe continues the same outage: not a new ejection.
     if state != State::Probing {
-        w.counters.ejections[reason as usize].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        w.counters.ejections[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
-    w.ejected.send_modify(|n| *n += 1);
+    w.health.ejected.send_modify(|n| *n += 1);
+    // Waiters held back for it, or only it could serve, are looked at again.
+    s.pool.dispatch();
+    s.changed();
     if state == State::Probing {
         tracing::debug!(worker = w.id(), "half-open probe failed: {detail}");
     } else {
@@ -51,172 +424,263 @@ pub(super) fn eject(w: &WorkerEntry, reason: Failure, detail: &str) {
 }
 
 /// Put a worker (back) into rotation.
-fn admit(shared: &Shared, w: &WorkerEntry, models: Vec<String>, rtt: Duration) {
+fn admit(shared: &Shared, w: &WorkerEntry, models: Option<Vec<String>>, rtt: Duration) {
     let was = w.state();
     {
-        let mut h = w.health.lock().expect("health lock");
-        let mut all = models;
-        if !all.contains(&w.cfg.model) {
-            all.push(w.cfg.model.clone());
-        }
-        h.models = all;
-        h.probe_rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
-        h.retry_at = None;
+        let mut d = w.health.detail.lock().expect("health lock");
+        d.probe_rtt_ms = Some(rtt.as_secs_f64() * 1000.0);
+        d.retry_at = None;
         if was != State::Ready {
-            h.backoff = Duration::ZERO;
-            h.last_error = None;
+            d.backoff = Duration::ZERO;
+            d.last_error = None;
         }
+        if models.is_some() {
+            d.models_at = Some(Instant::now());
+        }
+    }
+    if let Some(m) = models {
+        w.set_models(m);
     }
     if matches!(was, State::Probing | State::Ejected) {
         // What it learned before the outage may be stale: start fresh.
-        *w.learned.lock().expect("learned lock") = Default::default();
+        w.forget_speed();
     }
-    if was == State::Removed {
-        return;
-    }
-    if was != State::Ready {
-        w.set_state(State::Ready);
+    if matches!(was, State::Starting | State::Probing | State::Ejected) {
+        w.health.set_state(State::Ready);
         match was {
             State::Starting => tracing::debug!(worker = w.id(), url = %w.base_url, "worker ready"),
             _ => tracing::info!(worker = w.id(), "worker readmitted"),
         }
         shared.pool.dispatch();
-        shared.ready.notify_waiters();
+        shared.changed();
     }
 }
 
 /// Probe loop for one worker; ends when the worker is removed or `stop` fires.
 pub(super) async fn run(shared: Arc<Shared>, w: Arc<WorkerEntry>, stop: CancellationToken) {
     loop {
-        let state = w.state();
-        if state == State::Removed {
-            return;
-        }
-        if state == State::Ejected {
-            let retry_at = w.health.lock().expect("health lock").retry_at;
-            let wait = retry_at
-                .map(|t| t.saturating_duration_since(Instant::now()))
-                .unwrap_or_default();
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(wait) => {}
+        match w.state() {
+            State::Removed => return,
+            State::Starting => {
+                // First contact: the model list tells what it serves.
+                match probe(&shared, &w, Probe::Models).await {
+                    Ok((models, rtt)) => admit(&shared, &w, models, rtt),
+                    Err((reason, detail)) => {
+                        w.count_failure(Failure::Probe);
+                        eject(&shared, &w, reason, &detail);
+                        continue;
+                    }
+                }
             }
-            if w.state() != State::Ejected {
+            State::Ejected | State::Probing => {
+                let retry_at = w.health.detail.lock().expect("health lock").retry_at;
+                let wait = retry_at
+                    .map(|t| t.saturating_duration_since(Instant::now()))
+                    .unwrap_or_default();
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = tokio::time::sleep(wait) => {}
+                }
+                if w.state() != State::Ejected {
+                    continue;
+                }
+                w.health.set_state(State::Probing);
+                // Half-open: the model list and one real token must both
+                // work, so a studio that lists models but fails generations
+                // stays out.
+                match probe(&shared, &w, Probe::Readmit).await {
+                    Ok((models, rtt)) => admit(&shared, &w, models, rtt),
+                    Err((reason, detail)) => {
+                        eject(&shared, &w, reason, &detail);
+                    }
+                }
                 continue;
             }
-            w.set_state(State::Probing);
-            // Half-open: the models list and one real token must both work,
-            // so a studio that lists models but fails generations stays out.
-            match probe(&shared, &w, true).await {
-                Ok((models, rtt)) => admit(&shared, &w, models, rtt),
-                Err((reason, detail)) => eject(&w, reason, &detail),
-            }
-            continue;
-        }
-        match probe(&shared, &w, false).await {
-            Ok((models, rtt)) => admit(&shared, &w, models, rtt),
-            Err((reason, detail)) => {
-                w.count_failure(Failure::Probe);
-                eject(&w, reason, &detail);
-                continue;
+            State::Ready | State::Draining => {
+                check_serving(&shared, &w).await;
             }
         }
         let interval = shared.settings().probe_interval;
-        let mut ejected = w.ejected.subscribe();
+        let mut ejected = w.health.ejected.subscribe();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+            _ = w.health.check_now.notified() => {}
             // Ejected by live traffic: start the backoff now.
             _ = ejected.changed() => {}
         }
     }
 }
 
-type ProbeResult = Result<(Vec<String>, Duration), (Failure, String)>;
-
-/// One probe: `GET /v1/models` with validated JSON, and for half-open probes
-/// a one-token completion of the configured model.
-async fn probe(shared: &Shared, w: &WorkerEntry, with_completion: bool) -> ProbeResult {
-    let timeout = shared.settings().probe_timeout;
-    let t0 = Instant::now();
-    let req = shared.with_auth(shared.client().get(format!("{}/v1/models", w.base_url)), w);
-    let resp = match tokio::time::timeout(timeout, req.send()).await {
-        Err(_) => {
-            return Err((
-                Failure::Timeout,
-                format!("models probe timed out after {timeout:?}"),
-            ));
-        }
-        Ok(Err(e)) => return Err(classify(&e)),
-        Ok(Ok(r)) => r,
-    };
-    let status = resp.status();
-    let body = match tokio::time::timeout(timeout.saturating_sub(t0.elapsed()), resp.bytes()).await
+/// One look at a worker in rotation: leave a serving one alone, probe an
+/// idle one while holding a slot, probe a stalled one.
+async fn check_serving(shared: &Arc<Shared>, w: &Arc<WorkerEntry>) {
+    if making_progress(w) {
+        return;
+    }
+    let kind = if w
+        .health
+        .detail
+        .lock()
+        .expect("health lock")
+        .models_at
+        .is_none_or(|t| t.elapsed() > MODELS_REFRESH)
     {
-        Err(_) => return Err((Failure::Timeout, "models probe body timed out".into())),
-        Ok(Err(e)) => return Err((Failure::Connect, format!("models probe failed: {e}"))),
-        Ok(Ok(b)) => b,
+        Probe::Models
+    } else {
+        Probe::Alive
     };
+    // Idle: hold one of its slots, so no request reaches a single-threaded
+    // studio while the probe is inside it.
+    let slot = if w.in_flight() == 0 {
+        match shared.pool.try_claim_idle(w) {
+            Some(s) => Some(s),
+            // A request took it a moment ago: it is serving, not idle.
+            None => return,
+        }
+    } else {
+        None
+    };
+    let result = probe(shared, w, kind).await;
+    drop(slot);
+    match result {
+        Ok((models, rtt)) => admit(shared, w, models, rtt),
+        Err((reason, detail)) => {
+            // Its answers may have started flowing while we waited.
+            if reason == Failure::Timeout && making_progress(w) {
+                return;
+            }
+            w.count_failure(Failure::Probe);
+            eject(shared, w, reason, &detail);
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    /// The kind's cheapest health endpoint.
+    Alive,
+    /// The model list (validated), to learn what it serves.
+    Models,
+    /// The model list and a one-token completion: readmission.
+    Readmit,
+}
+
+/// The cheapest endpoint that says a studio of this kind is up.
+pub fn health_path(kind: StudioKind) -> &'static str {
+    match kind {
+        StudioKind::LlamaCpp | StudioKind::Vllm => "/health",
+        StudioKind::Ollama => "/api/version",
+        // LM Studio answers 200 to any path, MLX's /health says nothing
+        // of the model, exo has none: the model list is the honest check.
+        StudioKind::LmStudio | StudioKind::Mlx | StudioKind::Exo | StudioKind::Openai => {
+            "/v1/models"
+        }
+    }
+}
+
+type ProbeResult = Result<(Option<Vec<String>>, Duration), (Failure, String)>;
+
+async fn probe(shared: &Shared, w: &WorkerEntry, what: Probe) -> ProbeResult {
+    let timeout = shared.settings().probe_timeout;
+    let path = match what {
+        Probe::Alive => health_path(w.cfg.kind),
+        Probe::Models | Probe::Readmit => "/v1/models",
+    };
+    let t0 = Instant::now();
+    let (status, body) = exchange(shared, w, Method::GET, path, Bytes::new(), timeout).await?;
     let rtt = t0.elapsed();
     if !status.is_success() {
-        return Err((Failure::Probe, format!("GET /v1/models answered {status}")));
+        return Err((Failure::Probe, format!("GET {path} answered {status}")));
     }
-    let models = crate::studio::parse_openai_models(&body).ok_or_else(|| {
-        (
-            Failure::Probe,
-            "GET /v1/models did not return a model list (is this an OpenAI-compatible server?)"
-                .to_string(),
-        )
-    })?;
-    if with_completion {
+    let models = if path == "/v1/models" {
+        Some(crate::studio::parse_openai_models(&body).ok_or_else(|| {
+            (
+                Failure::Probe,
+                "GET /v1/models did not return a model list (is this an OpenAI-compatible server?)"
+                    .to_string(),
+            )
+        })?)
+    } else {
+        None
+    };
+    if what == Probe::Readmit {
         let body = serde_json::json!({
             "model": w.cfg.model, "max_tokens": 1, "stream": false,
             "messages": [{"role": "user", "content": "ping"}],
         });
-        let req = shared.with_auth(
-            shared
-                .client()
-                .post(format!("{}/v1/chat/completions", w.base_url)),
-            w,
-        );
         // A cold model may need to load: allow more than the list probe.
         let limit = timeout.max(Duration::from_secs(1)) * 5;
-        match tokio::time::timeout(limit, req.json(&body).send()).await {
-            Err(_) => {
-                return Err((
-                    Failure::Timeout,
-                    format!("completion probe timed out after {limit:?}"),
-                ));
-            }
-            Ok(Err(e)) => return Err(classify(&e)),
-            Ok(Ok(r)) if r.status().is_server_error() => {
-                return Err((
-                    Failure::Status5xx,
-                    format!("completion probe answered {}", r.status()),
-                ));
-            }
-            // 2xx, or a 4xx that proves the server is alive and answering.
-            Ok(Ok(r)) => {
-                let _ = tokio::time::timeout(limit, r.bytes()).await;
-            }
+        let (status, _) = exchange(
+            shared,
+            w,
+            Method::POST,
+            "/v1/chat/completions",
+            Bytes::from(body.to_string()),
+            limit,
+        )
+        .await?;
+        if status.is_server_error() {
+            return Err((
+                Failure::Status5xx,
+                format!("completion probe answered {status}"),
+            ));
         }
+        // 2xx, or a 4xx that proves the server is alive and answering.
     }
     Ok((models, rtt))
 }
 
-/// Map a transport error to a failure reason and a readable detail.
-pub(super) fn classify(e: &reqwest::Error) -> (Failure, String) {
-    let mut detail = e.to_string();
-    let mut src = std::error::Error::source(e);
-    while let Some(s) = src {
-        detail = format!("{detail}: {s}");
-        src = s.source();
-    }
-    if e.is_timeout() {
-        (Failure::Timeout, detail)
-    } else if e.is_connect() {
-        (Failure::Connect, detail)
-    } else {
-        (Failure::Stream, detail)
+/// One small request over the studio's connection pool, whole body read,
+/// within `limit`.
+async fn exchange(
+    shared: &Shared,
+    w: &WorkerEntry,
+    method: Method,
+    path: &str,
+    body: Bytes,
+    limit: Duration,
+) -> Result<(StatusCode, Bytes), (Failure, String)> {
+    let settings = shared.settings();
+    let make = || {
+        let mut b = Request::builder()
+            .method(method.clone())
+            .uri(path)
+            .header(header::HOST, w.upstream.authority());
+        if !body.is_empty() {
+            b = b.header(header::CONTENT_TYPE, "application/json");
+        }
+        if let Some(a) = &w.auth_header {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        b.body(Full::new(body.clone()))
+            .expect("valid probe request")
+    };
+    let work = async {
+        let (resp, conn) = w
+            .upstream
+            .send(make, settings.connect_timeout)
+            .await
+            .map_err(|e| match e {
+                SendError::Connect(..) => (Failure::Connect, format!("{path} probe: {e}")),
+                SendError::ConnectTimeout(_) => (Failure::Timeout, format!("{path} probe: {e}")),
+                SendError::Request(d) => (Failure::Probe, format!("{path} probe failed: {d}")),
+            })?;
+        let status = resp.status();
+        let bytes = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| (Failure::Probe, format!("{path} probe body broke: {e}")))?
+            .to_bytes();
+        w.upstream.put_back(conn, false);
+        Ok((status, bytes))
+    };
+    match tokio::time::timeout(limit, work).await {
+        Ok(r) => r,
+        Err(_) => Err((
+            Failure::Timeout,
+            format!("{method} {path} probe timed out after {limit:?}"),
+        )),
     }
 }

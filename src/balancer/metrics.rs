@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::pool::{Failure, Pool, State, WorkerEntry};
+use super::health::{Failure, State};
+use super::pool::Pool;
+use super::worker::WorkerEntry;
 
 /// Upper bounds of the latency buckets, in seconds.
 const BUCKETS: [f64; 14] = [
@@ -74,7 +76,7 @@ pub struct Metrics {
 pub struct WorkerStats {
     pub id: String,
     pub url: String,
-    pub state: String,
+    pub state: State,
     pub models: Vec<String>,
     pub slots: u64,
     pub in_flight: u64,
@@ -82,8 +84,22 @@ pub struct WorkerStats {
     pub successes: u64,
     pub client_errors: u64,
     pub cancelled: u64,
-    pub failures: std::collections::BTreeMap<String, u64>,
-    pub ejections: std::collections::BTreeMap<String, u64>,
+    /// Output tokens streamed (SSE data events), all answers.
+    pub tokens: u64,
+    pub failures: std::collections::BTreeMap<Failure, u64>,
+    pub ejections: std::collections::BTreeMap<Failure, u64>,
+    /// Why it was last ejected, while it is out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ejected_for: Option<Failure>,
+    /// Connect timeouts forgiven because its other answers were flowing.
+    pub congestion: u64,
+    /// Connections opened to it, and requests retried on a fresh one after
+    /// a kept-alive connection turned out closed (not failures).
+    pub connections_opened: u64,
+    pub stale_retries: u64,
+    /// It closes connections after streamed answers (learned), so streams
+    /// get fresh ones.
+    pub closes_after_stream: bool,
     pub ewma_latency_ms: f64,
     pub ewma_ttft_ms: f64,
     pub tokens_per_second: f64,
@@ -125,27 +141,32 @@ pub fn snapshot(pool: &Pool, uptime: Duration) -> Snapshot {
 fn worker_stats(w: &Arc<WorkerEntry>, total_successes: u64) -> WorkerStats {
     let c = &w.counters;
     let l = w.learned();
-    let h = w.health.lock().expect("health lock");
+    let h = w.health.detail.lock().expect("health lock");
     let successes = c.successes.load(Ordering::Relaxed);
+    let state = w.state();
     WorkerStats {
         id: w.id().to_string(),
         url: w.base_url.clone(),
-        state: w.state().as_str().to_string(),
-        models: h.models.clone(),
+        state,
+        models: w.models(),
         slots: w.slots(),
         in_flight: w.in_flight(),
         requests: c.requests.load(Ordering::Relaxed),
         successes,
         client_errors: c.client_errors.load(Ordering::Relaxed),
         cancelled: c.cancelled.load(Ordering::Relaxed),
-        failures: Failure::ALL
-            .iter()
-            .map(|f| (f.as_str().to_string(), c.failure(*f)))
-            .collect(),
-        ejections: Failure::ALL
-            .iter()
-            .map(|f| (f.as_str().to_string(), c.ejections(*f)))
-            .collect(),
+        tokens: c.tokens.load(Ordering::Relaxed),
+        failures: Failure::ALL.iter().map(|f| (*f, c.failure(*f))).collect(),
+        ejections: Failure::ALL.iter().map(|f| (*f, c.ejections(*f))).collect(),
+        ejected_for: if matches!(state, State::Ejected | State::Probing) {
+            h.last_reason
+        } else {
+            None
+        },
+        congestion: c.congestion.load(Ordering::Relaxed),
+        connections_opened: w.upstream.connects.load(Ordering::Relaxed),
+        stale_retries: w.upstream.stale_retries.load(Ordering::Relaxed),
+        closes_after_stream: w.upstream.closes_after_stream(),
         ewma_latency_ms: l.latency_ms,
         ewma_ttft_ms: l.ttft_ms,
         tokens_per_second: l.tokens_per_second,
@@ -217,13 +238,7 @@ pub fn render(pool: &Pool, m: &Metrics) -> String {
     out.push_str("# HELP baton_worker_state 1 for the state each worker is in.\n# TYPE baton_worker_state gauge\n");
     for w in &workers {
         let now = w.state();
-        for s in [
-            State::Starting,
-            State::Ready,
-            State::Ejected,
-            State::Probing,
-            State::Removed,
-        ] {
+        for s in State::ALL {
             let _ = writeln!(
                 out,
                 "baton_worker_state{{worker=\"{}\",state=\"{}\"}} {}",

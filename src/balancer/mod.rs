@@ -1,18 +1,29 @@
 //! The balancer: one OpenAI-compatible endpoint over many studios.
 //!
-//! - [`pool`]: workers, slots and the FIFO queue (the scheduler)
-//! - [`health`]: probes, ejection and readmission
-//! - [`proxy`]: the HTTP server and request forwarding with retries
+//! - [`pool`]: slots and the FIFO queue (the scheduler) and its invariant
+//! - `worker`: one studio's entry: configuration, counters, learned speed
+//! - `health`: a studio's state and the one policy for ejection and
+//!   readmission (real traffic first, probes only while idle or stalled)
+//! - `upstream`: connections to a studio (keep-alive that never outlives
+//!   the studio's, stale connections retried fresh, bounded connects)
+//! - `proxy`: the HTTP server and request forwarding with retries
+//! - `relay` and `answer`: streaming an answer through, and telling a
+//!   complete answer from a cut one
 //! - [`metrics`]: Prometheus text and the JSON stats snapshot
 //!
 //! A dead studio costs at most one connect timeout (hundreds of ms) once:
-//! it is ejected at the first failure and requests move to another studio
-//! before their first byte, so the pool is never slower than its healthy part.
+//! it is ejected at the first decisive failure and requests move to another
+//! studio before their first byte, so the pool is never slower than its
+//! healthy part. A busy studio is never mistaken for a dead one.
 
+mod answer;
 mod health;
 pub mod metrics;
 pub mod pool;
 mod proxy;
+mod relay;
+mod upstream;
+mod worker;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -20,12 +31,14 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::Notify;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BalancerSettings, Config, Worker};
-use pool::{Pool, QueueSettings, State, WorkerEntry};
+use pool::{Pool, QueueSettings};
+use worker::WorkerEntry;
 
+pub use health::{Failure, State, health_path};
 pub use metrics::{Snapshot, WorkerStats};
 
 /// Response header naming the worker that served a request.
@@ -55,22 +68,21 @@ pub enum Error {
         id: String,
         source: crate::secrets::SecretError,
     },
-    #[error("cannot build the HTTP client: {0}")]
-    Client(String),
+    #[error("no worker `{0}` in the running balancer")]
+    UnknownWorker(String),
 }
 
 /// State shared by the server, the probers and every request.
 pub(crate) struct Shared {
     pool: Arc<Pool>,
-    client: RwLock<reqwest::Client>,
     settings: RwLock<BalancerSettings>,
     metrics: metrics::Metrics,
     api_key: Option<String>,
     started: Instant,
-    /// Notified whenever a worker becomes ready.
-    ready: Notify,
     probers: Mutex<HashMap<usize, CancellationToken>>,
     shutdown: CancellationToken,
+    /// Bumped whenever a worker's state changes, for subscribers that show it.
+    changes: watch::Sender<u64>,
 }
 
 impl Shared {
@@ -78,15 +90,9 @@ impl Shared {
         self.settings.read().expect("settings lock").clone()
     }
 
-    fn client(&self) -> reqwest::Client {
-        self.client.read().expect("client lock").clone()
-    }
-
-    fn with_auth(&self, rb: reqwest::RequestBuilder, w: &WorkerEntry) -> reqwest::RequestBuilder {
-        match &w.auth {
-            Some(k) => rb.bearer_auth(k),
-            None => rb,
-        }
+    /// A worker's state changed: wake whoever shows it.
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn start_worker(self: &Arc<Self>, w: Arc<WorkerEntry>) {
@@ -112,6 +118,7 @@ impl Shared {
         // Waiters only this worker could serve get a clear error now.
         self.pool.dispatch();
         self.pool.prune();
+        self.changed();
     }
 }
 
@@ -163,21 +170,6 @@ async fn serve(listener: TcpListener, app: axum::Router, stop: CancellationToken
     }
 }
 
-fn build_client(s: &BalancerSettings) -> Result<reqwest::Client, Error> {
-    reqwest::Client::builder()
-        .connect_timeout(s.connect_timeout)
-        .tcp_nodelay(true)
-        .pool_idle_timeout(Duration::from_secs(60))
-        .http1_only()
-        .no_proxy()
-        // Retrying is the balancer's own job (on another worker, before the
-        // first byte); a proxy never follows redirects.
-        .redirect(reqwest::redirect::Policy::none())
-        .retry(reqwest::retry::never())
-        .build()
-        .map_err(|e| Error::Client(e.to_string()))
-}
-
 fn queue_settings(s: &BalancerSettings) -> QueueSettings {
     QueueSettings {
         limit: s.queue_limit,
@@ -193,6 +185,16 @@ pub struct ReloadSummary {
     pub removed: Vec<String>,
     pub changed: Vec<String>,
     pub unchanged: Vec<String>,
+}
+
+/// Takes [`Snapshot`]s of a balancer's figures (for live displays).
+#[derive(Clone)]
+pub struct StatsSource(Arc<Shared>);
+
+impl StatsSource {
+    pub fn snapshot(&self) -> Snapshot {
+        metrics::snapshot(&self.0.pool, self.0.started.elapsed())
+    }
 }
 
 /// A running balancer. Dropping it stops the server.
@@ -227,14 +229,13 @@ impl Balancer {
             .map_err(|source| Error::Bind { addr, source })?;
         let shared = Arc::new(Shared {
             pool: Pool::new(queue_settings(&settings)),
-            client: RwLock::new(build_client(&settings)?),
             settings: RwLock::new(settings),
             metrics: metrics::Metrics::default(),
             api_key,
             started: Instant::now(),
-            ready: Notify::new(),
             probers: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
+            changes: watch::channel(0).0,
         });
         for w in entries {
             shared.start_worker(Arc::new(w));
@@ -271,20 +272,23 @@ impl Balancer {
             .pool
             .workers()
             .iter()
-            .filter(|w| w.state() != State::Removed)
+            .filter(|w| w.state().is_live())
             .count();
         self.wait_ready_count(all.max(1), timeout).await
     }
 
     async fn wait_ready_count(&self, n: usize, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
+        // Subscribed before looking, so no change is missed.
+        let mut changes = self.shared.changes.subscribe();
         loop {
-            // Register for the notification before looking, so none is missed.
-            let notified = self.shared.ready.notified();
             if self.ready_workers() >= n {
                 return true;
             }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+            if tokio::time::timeout_at(deadline, changes.changed())
+                .await
+                .is_err()
+            {
                 return self.ready_workers() >= n;
             }
         }
@@ -311,12 +315,6 @@ impl Balancer {
         let entries = resolve_workers(config)?;
         let s = &self.shared;
         let settings = config.balancer.clone();
-        {
-            let old = s.settings();
-            if old.connect_timeout != settings.connect_timeout {
-                *s.client.write().expect("client lock") = build_client(&settings)?;
-            }
-        }
         s.pool.set_settings(queue_settings(&settings));
         *s.settings.write().expect("settings lock") = settings;
 
@@ -324,7 +322,7 @@ impl Balancer {
             .pool
             .workers()
             .into_iter()
-            .filter(|w| w.state() != State::Removed)
+            .filter(|w| w.state().is_live())
             .collect();
         let mut summary = ReloadSummary::default();
         for w in &current {
@@ -333,7 +331,7 @@ impl Balancer {
                     summary.removed.push(w.cfg.id.clone());
                     s.remove_worker(w);
                 }
-                Some(e) if e.cfg != w.cfg || e.auth != w.auth => {
+                Some(e) if e.cfg != w.cfg || e.auth_header != w.auth_header => {
                     summary.changed.push(w.cfg.id.clone());
                     s.remove_worker(w);
                 }
@@ -354,6 +352,36 @@ impl Balancer {
             "configuration reloaded"
         );
         Ok(summary)
+    }
+
+    /// Take a worker out of rotation without cancelling anything: it
+    /// finishes what it has and takes nothing new (`false` puts it back).
+    pub fn drain(&self, id: &str, on: bool) -> Result<(), Error> {
+        let w = self
+            .shared
+            .pool
+            .workers()
+            .into_iter()
+            .find(|w| w.id() == id && w.state().is_live())
+            .ok_or_else(|| Error::UnknownWorker(id.to_string()))?;
+        match (on, w.state()) {
+            (true, State::Ready) => w.set_state(State::Draining),
+            (false, State::Draining) => w.set_state(State::Ready),
+            _ => {}
+        }
+        self.shared.pool.dispatch();
+        self.shared.changed();
+        Ok(())
+    }
+
+    /// A cheap handle that takes snapshots of this balancer's figures.
+    pub fn stats_source(&self) -> StatsSource {
+        StatsSource(self.shared.clone())
+    }
+
+    /// A receiver that changes whenever a worker's state changes.
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.shared.changes.subscribe()
     }
 
     /// Stop accepting, let the server task end.

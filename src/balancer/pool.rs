@@ -3,121 +3,30 @@
 //! All slot accounting happens under one short mutex (no `.await` inside),
 //! which makes "claim a slot" atomic and lets a released slot go straight to
 //! the oldest waiter that can use it.
+//!
+//! **Invariant (work conservation).** No request waits while a ready
+//! worker that serves its model (and that it has not already failed on)
+//! has a free slot, with one exception: a *hold-back*, where every free
+//! worker is far slower than a busy one that will free a slot sooner than
+//! the slow one would finish. A hold-back is only ever decided while that
+//! faster worker is busy, so its next release re-examines the decision: it
+//! cannot outlive the moment the faster slot frees. To keep this true,
+//! every event that can change a decision calls [`Pool::dispatch`]: a slot
+//! released, a worker ready or readmitted, ejected, drained or removed, a
+//! speed learned, and a request enqueued. [`Pool::check_invariant`] states
+//! the same rule independently; the randomized tests below check it after
+//! every step.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
-use crate::config::{Strategy, Worker};
-
-/// Client paths the balancer forwards to workers.
-pub const PROXIED: [&str; 4] = [
-    "/v1/chat/completions",
-    "/v1/completions",
-    "/v1/embeddings",
-    "/v1/responses",
-];
-
-/// Where a worker stands with the balancer.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[repr(u8)]
-pub enum State {
-    /// Configured, not yet probed.
-    Starting = 0,
-    /// Takes traffic.
-    Ready = 1,
-    /// Circuit open: no traffic until a half-open probe passes.
-    Ejected = 2,
-    /// Half-open: one probe in flight decides readmission.
-    Probing = 3,
-    /// Removed by a reload: finishes what it has, takes nothing new.
-    Removed = 4,
-}
-
-impl State {
-    fn from_u8(v: u8) -> State {
-        match v {
-            0 => State::Starting,
-            1 => State::Ready,
-            2 => State::Ejected,
-            3 => State::Probing,
-            _ => State::Removed,
-        }
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            State::Starting => "starting",
-            State::Ready => "ready",
-            State::Ejected => "ejected",
-            State::Probing => "probing",
-            State::Removed => "removed",
-        }
-    }
-}
-
-/// Why a worker was ejected or a request failed on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Failure {
-    Connect,
-    Timeout,
-    Status5xx,
-    Stream,
-    Probe,
-}
-
-impl Failure {
-    pub const ALL: [Failure; 5] = [
-        Failure::Connect,
-        Failure::Timeout,
-        Failure::Status5xx,
-        Failure::Stream,
-        Failure::Probe,
-    ];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Failure::Connect => "connect",
-            Failure::Timeout => "timeout",
-            Failure::Status5xx => "status_5xx",
-            Failure::Stream => "stream",
-            Failure::Probe => "probe",
-        }
-    }
-
-    fn index(self) -> usize {
-        self as usize
-    }
-}
-
-/// Latency figures learned from traffic, as exponentially weighted averages.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct Learned {
-    /// End-to-end request time in ms; 0 until the first success.
-    pub latency_ms: f64,
-    pub ttft_ms: f64,
-    pub tokens_per_second: f64,
-}
-
-impl Learned {
-    /// Expected time to complete a request of `tokens` output tokens:
-    /// TTFT plus generation at the learned rate, else the plain latency
-    /// average; `None` while nothing is known.
-    pub fn expected_ms(&self, tokens: f64) -> Option<f64> {
-        if self.ttft_ms > 0.0 && self.tokens_per_second > 0.0 {
-            Some(self.ttft_ms + tokens / self.tokens_per_second * 1000.0)
-        } else if self.latency_ms > 0.0 {
-            Some(self.latency_ms)
-        } else {
-            None
-        }
-    }
-}
-
-const EWMA_ALPHA: f64 = 0.2;
+use super::health::State;
+use super::worker::{EWMA_ALPHA, WorkerEntry};
+use crate::config::Strategy;
 
 /// Answer length assumed before any answer has been seen.
 const DEFAULT_TOKENS: f64 = 256.0;
@@ -127,180 +36,9 @@ const TIE_BAND: f64 = 1.10;
 /// ... or within this many milliseconds: noise next to any LLM request.
 const TIE_MS: f64 = 5.0;
 
-fn ewma(old: f64, sample: f64) -> f64 {
-    if old == 0.0 {
-        sample
-    } else {
-        old + EWMA_ALPHA * (sample - old)
-    }
-}
-
-/// Per-worker counters (monotonic).
-#[derive(Default)]
-pub struct Counters {
-    pub requests: AtomicU64,
-    pub successes: AtomicU64,
-    pub client_errors: AtomicU64,
-    pub cancelled: AtomicU64,
-    pub failures: [AtomicU64; 5],
-    pub ejections: [AtomicU64; 5],
-    pub tokens: AtomicU64,
-}
-
-impl Counters {
-    pub fn failure(&self, f: Failure) -> u64 {
-        self.failures[f.index()].load(Ordering::Relaxed)
-    }
-    pub fn ejections(&self, f: Failure) -> u64 {
-        self.ejections[f.index()].load(Ordering::Relaxed)
-    }
-}
-
-/// Health bookkeeping, guarded by its own small lock.
-#[derive(Debug)]
-pub struct Health {
-    /// Models the worker's last probe listed, plus the configured one.
-    pub models: Vec<String>,
-    pub last_reason: Option<Failure>,
-    pub last_error: Option<String>,
-    pub backoff: Duration,
-    pub retry_at: Option<Instant>,
-    pub probe_rtt_ms: Option<f64>,
-    /// Consecutive 5xx answers on real traffic.
-    pub consecutive_5xx: u32,
-}
-
-/// One worker as the balancer sees it.
-pub struct WorkerEntry {
-    pub cfg: Worker,
-    /// The worker's own API key, resolved from the keychain or environment.
-    pub auth: Option<String>,
-    pub base_url: String,
-    /// Pre-parsed upstream URLs of the proxied endpoints (no parse per request).
-    endpoints: Vec<(&'static str, reqwest::Url)>,
-    state: AtomicU8,
-    /// Slots in use; only changed under the scheduler lock.
-    in_flight: AtomicU64,
-    pub counters: Counters,
-    pub learned: Mutex<Learned>,
-    pub health: Mutex<Health>,
-    /// Bumped on every ejection so requests waiting for a first byte here
-    /// can move on at once.
-    pub ejected: watch::Sender<u64>,
-}
-
-impl WorkerEntry {
-    pub fn new(cfg: Worker, auth: Option<String>) -> WorkerEntry {
-        let (ejected, _) = watch::channel(0);
-        WorkerEntry {
-            auth,
-            endpoints: PROXIED
-                .iter()
-                .filter_map(|p| {
-                    reqwest::Url::parse(&format!("{}{p}", cfg.base_url()))
-                        .ok()
-                        .map(|u| (*p, u))
-                })
-                .collect(),
-            base_url: cfg.base_url(),
-            state: AtomicU8::new(State::Starting as u8),
-            in_flight: AtomicU64::new(0),
-            counters: Counters::default(),
-            learned: Mutex::new(Learned::default()),
-            health: Mutex::new(Health {
-                models: vec![cfg.model.clone()],
-                last_reason: None,
-                last_error: None,
-                backoff: Duration::ZERO,
-                retry_at: None,
-                probe_rtt_ms: None,
-                consecutive_5xx: 0,
-            }),
-            ejected,
-            cfg,
-        }
-    }
-
-    /// The upstream URL for a client path.
-    pub fn endpoint(&self, path: &str) -> reqwest::Url {
-        match self.endpoints.iter().find(|(p, _)| *p == path) {
-            Some((_, u)) => u.clone(),
-            None => {
-                reqwest::Url::parse(&format!("{}{path}", self.base_url)).expect("valid worker URL")
-            }
-        }
-    }
-
-    pub fn id(&self) -> &str {
-        &self.cfg.id
-    }
-
-    pub fn state(&self) -> State {
-        State::from_u8(self.state.load(Ordering::Acquire))
-    }
-
-    pub(super) fn set_state(&self, s: State) {
-        self.state.store(s as u8, Ordering::Release);
-    }
-
-    pub fn in_flight(&self) -> u64 {
-        self.in_flight.load(Ordering::Relaxed)
-    }
-
-    pub fn slots(&self) -> u64 {
-        u64::from(self.cfg.max_concurrent_requests)
-    }
-
-    pub fn learned(&self) -> Learned {
-        *self.learned.lock().expect("learned lock")
-    }
-
-    pub fn serves(&self, model: &str) -> bool {
-        self.health
-            .lock()
-            .expect("health lock")
-            .models
-            .iter()
-            .any(|m| m == model)
-    }
-
-    pub fn models(&self) -> Vec<String> {
-        self.health.lock().expect("health lock").models.clone()
-    }
-
-    /// Record the time to first byte of a streamed answer, as soon as it is
-    /// known: routing learns a new studio's speed within its first answer.
-    pub fn learn_ttft(&self, ttft: Duration) {
-        let mut l = self.learned.lock().expect("learned lock");
-        l.ttft_ms = ewma(l.ttft_ms, ttft.as_secs_f64() * 1000.0);
-    }
-
-    /// Record a streaming rate measured part-way through an answer.
-    pub fn learn_rate(&self, tokens_per_second: f64) {
-        if tokens_per_second.is_finite() && tokens_per_second > 0.0 {
-            let mut l = self.learned.lock().expect("learned lock");
-            l.tokens_per_second = ewma(l.tokens_per_second, tokens_per_second);
-        }
-    }
-
-    /// Record a finished request's figures.
-    pub fn learn(&self, latency: Duration, ttft: Option<Duration>, tokens: u64) {
-        let mut l = self.learned.lock().expect("learned lock");
-        let ms = latency.as_secs_f64() * 1000.0;
-        l.latency_ms = ewma(l.latency_ms, ms);
-        if let Some(t) = ttft {
-            let t_ms = t.as_secs_f64() * 1000.0;
-            let gen_s = (ms - t_ms) / 1000.0;
-            if tokens > 1 && gen_s > 0.0 {
-                l.tokens_per_second = ewma(l.tokens_per_second, (tokens - 1) as f64 / gen_s);
-            }
-        }
-    }
-
-    pub fn count_failure(&self, f: Failure) {
-        self.counters.failures[f.index()].fetch_add(1, Ordering::Relaxed);
-    }
-}
+/// A free worker is held back only when it would finish this many times
+/// later than waiting for a faster busy one.
+const HOLD_BACK_FACTOR: f64 = 1.5;
 
 /// A request waiting in the queue for a slot.
 struct Waiter {
@@ -357,6 +95,15 @@ impl Drop for SlotGuard {
     }
 }
 
+/// What the scheduler decides for one request.
+enum Pick {
+    Take(Arc<WorkerEntry>),
+    /// Every usable slot is busy.
+    Wait,
+    /// Free slots exist only on workers far slower than a busy faster one.
+    HoldBack,
+}
+
 impl Pool {
     pub fn new(settings: QueueSettings) -> Arc<Pool> {
         Arc::new(Pool {
@@ -411,6 +158,20 @@ impl Pool {
             .retain(|w| !(w.state() == State::Removed && w.in_flight() == 0));
     }
 
+    /// Claim a slot on `w` only if it is ready and has nothing in flight:
+    /// a probe holds it so no request reaches the studio mid-probe.
+    pub(crate) fn try_claim_idle(self: &Arc<Self>, w: &Arc<WorkerEntry>) -> Option<SlotGuard> {
+        let _s = self.sched.lock().expect("sched lock");
+        if w.in_flight() != 0 || !matches!(w.state(), State::Ready | State::Draining) {
+            return None;
+        }
+        w.in_flight.fetch_add(1, Ordering::Relaxed);
+        Some(SlotGuard {
+            pool: self.clone(),
+            worker: w.clone(),
+        })
+    }
+
     /// Claim a slot for `model` on a worker not in `exclude`, waiting in the
     /// FIFO queue when every suitable slot is busy.
     pub async fn acquire(
@@ -429,16 +190,16 @@ impl Pool {
             let mut s = self.sched.lock().expect("sched lock");
             let has_candidate = s.workers.iter().any(|w| {
                 matches!(w.state(), State::Ready | State::Starting)
-                    && !exclude.iter().any(|e| Arc::ptr_eq(e, w))
+                    && !excluded(exclude, w)
                     && w.serves(model)
             });
             if !has_candidate {
                 return Err(NoSlot::NoCandidate);
             }
-            // Only take a slot directly when nobody older is waiting for it.
+            // Take a slot directly only when nobody older is waiting.
             let ahead = if is_retry { 0 } else { s.queue.len() };
             if ahead == 0
-                && let Some(w) = pick(&mut s, model, tokens, exclude, 0, settings.strategy)
+                && let Pick::Take(w) = pick(&mut s, model, tokens, exclude, 0, settings.strategy)
             {
                 w.in_flight.fetch_add(1, Ordering::Relaxed);
                 return Ok(SlotGuard {
@@ -463,6 +224,10 @@ impl Pool {
             } else {
                 s.queue.push_back(waiter);
             }
+            // The waiters ahead may be unable to use a slot this request
+            // can (another model, a hold-back): look again now, or this
+            // request could wait with a free slot in front of it.
+            dispatch_locked(&mut s, settings.strategy);
             rx
         };
         match tokio::time::timeout(settings.timeout, rx).await {
@@ -491,33 +256,104 @@ impl Pool {
         self.dispatch();
     }
 
-    /// Hand free slots to waiters, oldest first. Called whenever a slot
-    /// frees or a worker becomes ready.
+    /// Hand free slots to waiters, oldest first. Called on every event that
+    /// can change a scheduling decision (see the module's invariant).
     pub fn dispatch(&self) {
         let strategy = self.settings().strategy;
         let mut s = self.sched.lock().expect("sched lock");
-        let mut i = 0;
-        while i < s.queue.len() {
-            if s.queue[i].tx.is_closed() {
-                s.queue.remove(i);
+        dispatch_locked(&mut s, strategy);
+    }
+
+    /// The work-conservation invariant, checked independently of `pick`:
+    /// `Err` names the first waiter that waits although a slot it may use
+    /// is free and no faster busy worker justifies holding it back.
+    #[cfg(test)]
+    pub(crate) fn check_invariant(&self) -> Result<(), String> {
+        let s = self.sched.lock().expect("sched lock");
+        let typical = *self.typical_tokens.lock().expect("tokens lock");
+        for (i, waiter) in s.queue.iter().enumerate() {
+            if waiter.tx.is_closed() {
                 continue;
             }
-            if !s
+            let usable: Vec<&Arc<WorkerEntry>> = s
                 .workers
                 .iter()
-                .any(|w| w.state() == State::Ready && w.in_flight() < w.slots())
-            {
-                break;
+                .filter(|w| {
+                    w.state() == State::Ready
+                        && !excluded(&waiter.exclude, w)
+                        && w.serves(&waiter.model)
+                })
+                .collect();
+            let several = usable.len() > 1;
+            let speed_known = |w: &WorkerEntry| w.learned().expected_ms(typical).is_some();
+            // Busy = no free slot, or in slow start with one request out.
+            let free: Vec<_> = usable
+                .iter()
+                .filter(|w| w.has_free_slot() && !(several && !speed_known(w) && w.in_flight() > 0))
+                .collect();
+            if free.is_empty() {
+                continue;
             }
-            let (model, exclude) = (s.queue[i].model.clone(), s.queue[i].exclude.clone());
-            let tokens = s.queue[i].tokens;
-            let Some(w) = pick(&mut s, &model, tokens, &exclude, i, strategy) else {
+            let expected = |w: &WorkerEntry| w.learned().expected_ms(waiter.tokens);
+            let slowest_free_beaten = free.iter().all(|f| {
+                usable.iter().any(|b| {
+                    !b.has_free_slot()
+                        && b.in_flight() > 0
+                        && match (expected(b), expected(f)) {
+                            (Some(bt), Some(ft)) => bt < ft,
+                            _ => false,
+                        }
+                })
+            });
+            if !slowest_free_beaten {
+                return Err(format!(
+                    "waiter {i} for `{}` waits while {} has a free slot and no faster worker is busy",
+                    waiter.model,
+                    free[0].id()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn excluded(exclude: &[Arc<WorkerEntry>], w: &Arc<WorkerEntry>) -> bool {
+    exclude.iter().any(|e| Arc::ptr_eq(e, w))
+}
+
+fn dispatch_locked(s: &mut Sched, strategy: Strategy) {
+    let mut i = 0;
+    while i < s.queue.len() {
+        if s.queue[i].tx.is_closed() {
+            s.queue.remove(i);
+            continue;
+        }
+        if !s
+            .workers
+            .iter()
+            .any(|w| w.state() == State::Ready && w.has_free_slot())
+        {
+            break;
+        }
+        let (model, exclude) = (s.queue[i].model.clone(), s.queue[i].exclude.clone());
+        let tokens = s.queue[i].tokens;
+        match pick(s, &model, tokens, &exclude, i, strategy) {
+            Pick::Take(w) => {
+                let waiter = s.queue.remove(i).expect("index in range");
+                w.in_flight.fetch_add(1, Ordering::Relaxed);
+                if waiter.tx.send(w.clone()).is_err() {
+                    // The waiter gave up a moment ago: take the slot back.
+                    w.in_flight.fetch_sub(1, Ordering::Relaxed);
+                }
+            }
+            Pick::HoldBack => i += 1,
+            Pick::Wait => {
                 // Drop waiters no worker can ever serve now (all excluded or gone).
                 let servable = s.workers.iter().any(|w| {
                     matches!(
                         w.state(),
                         State::Ready | State::Starting | State::Probing | State::Ejected
-                    ) && !exclude.iter().any(|e| Arc::ptr_eq(e, w))
+                    ) && !excluded(&exclude, w)
                         && w.serves(&model)
                 });
                 if servable {
@@ -525,13 +361,6 @@ impl Pool {
                 } else {
                     s.queue.remove(i);
                 }
-                continue;
-            };
-            let waiter = s.queue.remove(i).expect("index in range");
-            w.in_flight.fetch_add(1, Ordering::Relaxed);
-            if waiter.tx.send(w.clone()).is_err() {
-                // The waiter gave up a moment ago: take the slot back.
-                w.in_flight.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -540,9 +369,11 @@ impl Pool {
 /// Choose the worker for the waiter at queue position `position`.
 ///
 /// Least expected completion time: among ready workers with a free slot,
-/// the lowest learned latency scaled by how full the worker is. A worker
-/// much slower than the rest is held back while waiting for a fast slot
-/// would finish sooner (so a 10x slower studio does not drag the tail).
+/// the lowest learned time scaled by how full the worker is. A free worker
+/// much slower than a *busy* faster one is held back while waiting for the
+/// fast slot would finish sooner (so a 10x slower studio does not drag the
+/// tail); only busy workers can justify it, since only their release wakes
+/// the queue again.
 fn pick(
     s: &mut Sched,
     model: &str,
@@ -550,22 +381,18 @@ fn pick(
     exclude: &[Arc<WorkerEntry>],
     position: usize,
     strategy: Strategy,
-) -> Option<Arc<WorkerEntry>> {
+) -> Pick {
     let n = s.workers.len();
     if n == 0 {
-        return None;
+        return Pick::Wait;
     }
     let candidates: Vec<&Arc<WorkerEntry>> = s
         .workers
         .iter()
-        .filter(|w| {
-            w.state() == State::Ready
-                && !exclude.iter().any(|e| Arc::ptr_eq(e, w))
-                && w.serves(model)
-        })
+        .filter(|w| w.state() == State::Ready && !excluded(exclude, w) && w.serves(model))
         .collect();
     if candidates.is_empty() {
-        return None;
+        return Pick::Wait;
     }
     let start = s.rotation % n;
     s.rotation = s.rotation.wrapping_add(1);
@@ -581,9 +408,9 @@ fn pick(
     if strategy == Strategy::RoundRobin {
         return candidates
             .iter()
-            .filter(|w| w.in_flight() < w.slots())
+            .filter(|w| w.has_free_slot())
             .min_by_key(|w| rotated(w))
-            .map(|w| (*w).clone());
+            .map_or(Pick::Wait, |w| Pick::Take((*w).clone()));
     }
     // Unknown speed (no traffic yet) counts as the best known one, so new
     // workers get tried.
@@ -596,30 +423,25 @@ fn pick(
         .flatten()
         .copied()
         .fold(f64::INFINITY, f64::min);
-    let lat = |w: &WorkerEntry| {
-        let i = candidates
-            .iter()
-            .position(|c| std::ptr::eq(c.as_ref(), w))
-            .unwrap_or(0);
-        match expected[i] {
-            Some(l) => l.max(0.001),
-            None if best_known.is_finite() => best_known.max(0.001),
-            None => 1.0,
-        }
+    let lat = |i: usize| match expected[i] {
+        Some(l) => l.max(0.001),
+        None if best_known.is_finite() => best_known.max(0.001),
+        None => 1.0,
     };
-    let mut best: Option<(&Arc<WorkerEntry>, f64, usize)> = None;
-    let choice = candidates.len() > 1;
-    for w in candidates.iter().copied() {
-        if w.in_flight() >= w.slots() {
-            continue;
-        }
-        // Slow start: while a worker's speed is unknown (new, or just
-        // readmitted) it gets one request at a time, so a studio far slower
-        // than the rest costs one slow answer, not a slot-full of them.
-        if choice && w.learned().expected_ms(tokens).is_none() && w.in_flight() >= 1 {
-            continue;
-        }
-        let score = lat(w) * (1.0 + w.in_flight() as f64 / w.slots() as f64) / w.cfg.weight;
+    let several = candidates.len() > 1;
+    // Slow start: while a worker's speed is unknown (new, or just
+    // readmitted) it gets one request at a time, so a studio far slower
+    // than the rest costs one slow answer, not a slot-full of them.
+    let free: Vec<usize> = (0..candidates.len())
+        .filter(|&i| {
+            let w = candidates[i];
+            w.has_free_slot() && !(several && expected[i].is_none() && w.in_flight() >= 1)
+        })
+        .collect();
+    let mut best: Option<(usize, f64, usize)> = None;
+    for &i in &free {
+        let w = candidates[i];
+        let score = lat(i) * (1.0 + w.in_flight() as f64 / w.slots() as f64) / w.cfg.weight;
         let order = rotated(w);
         let better = match best {
             None => true,
@@ -630,22 +452,272 @@ fn pick(
             }
         };
         if better {
-            best = Some((w, score, order));
+            best = Some((i, score, order));
         }
     }
-    let (chosen, _, _) = best?;
-    // Hold-back rule: compare with waiting for a slot on the others.
-    let others: Vec<&&Arc<WorkerEntry>> = candidates
-        .iter()
-        .filter(|w| !Arc::ptr_eq(w, chosen))
+    let Some((chosen, _, _)) = best else {
+        return Pick::Wait;
+    };
+    if hold_back(&candidates, &expected, &free, position) {
+        return Pick::HoldBack;
+    }
+    Pick::Take(candidates[chosen].clone())
+}
+
+/// Hold-back: every free worker (speeds known) would finish far later than
+/// waiting for a slot on a faster *busy* one. Only busy workers count: a
+/// free fast one would have been chosen, and only a busy one's release
+/// wakes the queue again.
+fn hold_back(
+    candidates: &[&Arc<WorkerEntry>],
+    expected: &[Option<f64>],
+    free: &[usize],
+    position: usize,
+) -> bool {
+    let mut fastest_free = f64::INFINITY;
+    for &i in free {
+        match expected[i] {
+            Some(l) => fastest_free = fastest_free.min(l.max(0.001)),
+            // Unknown speed: it may be fast; try it.
+            None => return false,
+        }
+    }
+    let faster_busy: Vec<(u64, f64)> = (0..candidates.len())
+        .filter(|i| !free.contains(i))
+        .filter_map(|i| {
+            let w = candidates[i];
+            let l = expected[i]?.max(0.001);
+            (!w.has_free_slot() && w.in_flight() > 0 && l < fastest_free).then_some((w.slots(), l))
+        })
         .collect();
-    if !others.is_empty() {
-        let rate: f64 = others.iter().map(|w| w.slots() as f64 / lat(w)).sum();
-        let fastest = others.iter().map(|w| lat(w)).fold(f64::INFINITY, f64::min);
-        let wait_instead = (position as f64 + 1.0) / rate + fastest;
-        if lat(chosen) > wait_instead * 1.5 {
-            return None;
+    if faster_busy.is_empty() {
+        return false;
+    }
+    let rate: f64 = faster_busy.iter().map(|(slots, l)| *slots as f64 / l).sum();
+    let fastest = faster_busy
+        .iter()
+        .map(|(_, l)| *l)
+        .fold(f64::INFINITY, f64::min);
+    let wait_instead = (position as f64 + 1.0) / rate + fastest;
+    fastest_free > wait_instead * HOLD_BACK_FACTOR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Worker;
+    use crate::studio::StudioKind;
+    use proptest::prelude::{
+        ProptestConfig, Strategy as Gen, TestCaseError, prop, prop_oneof, proptest,
+    };
+
+    fn settings() -> QueueSettings {
+        QueueSettings {
+            limit: 1000,
+            timeout: Duration::from_secs(600),
+            strategy: Strategy::LeastTime,
         }
     }
-    Some(chosen.clone())
+
+    fn worker(i: usize, slots: u32, model: &str) -> Arc<WorkerEntry> {
+        let w = WorkerEntry::new(
+            Worker {
+                id: format!("w{i}"),
+                host: "127.0.0.1".into(),
+                port: 1,
+                kind: StudioKind::Openai,
+                model: model.into(),
+                max_concurrent_requests: slots,
+                enabled: true,
+                weight: 1.0,
+                api_key: None,
+                members: vec![],
+            },
+            None,
+        );
+        w.set_state(State::Ready);
+        Arc::new(w)
+    }
+
+    /// Let every spawned task run until it blocks.
+    async fn settle() {
+        for _ in 0..20 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn back_to_back_requests_never_wait_with_idle_workers_of_very_different_speeds() {
+        // The stall that hung `wrk -c1`: a tie (within 5 ms) rotated to a
+        // worker 50x slower than another *idle* one, and the hold-back rule
+        // then parked the request with nothing in flight to wake it.
+        let pool = Pool::new(settings());
+        let ws: Vec<_> = (0..3).map(|i| worker(i, 4, "m")).collect();
+        for w in &ws {
+            pool.add(w.clone());
+        }
+        ws[0].learn(Duration::from_micros(100), None, 0);
+        ws[1].learn(Duration::from_millis(5), None, 0);
+        for _ in 0..1000 {
+            let g =
+                tokio::time::timeout(Duration::from_secs(1), pool.acquire("m", None, &[], false))
+                    .await
+                    .expect("a request waited with idle workers")
+                    .unwrap();
+            drop(g);
+        }
+    }
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        Arrive {
+            model: usize,
+            max_tokens: Option<u64>,
+        },
+        Release(usize),
+        Eject(usize),
+        Readmit(usize),
+        Drain(usize),
+        Learn {
+            worker: usize,
+            latency_us: u64,
+            ttft_us: u64,
+            tps: u32,
+        },
+        Remove(usize),
+        Add {
+            slots: u32,
+            model: usize,
+        },
+    }
+
+    fn op() -> impl Gen<Value = Op> {
+        prop_oneof![
+            4 => (0..2usize, prop::option::of(1..512u64))
+                .prop_map(|(model, max_tokens)| Op::Arrive { model, max_tokens }),
+            4 => (0..64usize).prop_map(Op::Release),
+            1 => (0..6usize).prop_map(Op::Eject),
+            1 => (0..6usize).prop_map(Op::Readmit),
+            1 => (0..6usize).prop_map(Op::Drain),
+            // Speeds from instant to slow, with many near-ties and 100x gaps.
+            3 => (0..6usize, prop::sample::select(vec![50u64, 100, 1_000, 5_000, 6_000, 50_000, 2_000_000]),
+                  prop::sample::select(vec![0u64, 0, 100, 20_000, 250_000, 3_000_000]),
+                  prop::sample::select(vec![0u32, 0, 20, 40, 400]))
+                .prop_map(|(worker, latency_us, ttft_us, tps)| Op::Learn { worker, latency_us, ttft_us, tps }),
+            1 => (0..6usize).prop_map(Op::Remove),
+            1 => (1..5u32, 0..2usize).prop_map(|(slots, model)| Op::Add { slots, model }),
+        ]
+    }
+
+    const MODELS: [&str; 2] = ["m0", "m1"];
+
+    async fn run_schedule(initial: Vec<(u32, usize)>, ops: Vec<Op>) -> Result<(), String> {
+        let pool = Pool::new(settings());
+        let mut ws: Vec<Arc<WorkerEntry>> = Vec::new();
+        for (i, (slots, m)) in initial.into_iter().enumerate() {
+            let w = worker(i, slots, MODELS[m]);
+            pool.add(w.clone());
+            ws.push(w);
+        }
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<SlotGuard>();
+        let mut held: Vec<SlotGuard> = Vec::new();
+        for (step, op) in ops.into_iter().enumerate() {
+            match op.clone() {
+                Op::Arrive { model, max_tokens } => {
+                    let (p, tx) = (pool.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        if let Ok(g) = p.acquire(MODELS[model], max_tokens, &[], false).await {
+                            let _ = tx.send(g);
+                        }
+                    });
+                }
+                Op::Release(k) => {
+                    if !held.is_empty() {
+                        let g = held.swap_remove(k % held.len());
+                        drop(g);
+                    }
+                }
+                Op::Eject(k) => {
+                    if let Some(w) = ws.get(k % ws.len().max(1))
+                        && matches!(w.state(), State::Ready | State::Draining)
+                    {
+                        w.set_state(State::Ejected);
+                        pool.dispatch();
+                    }
+                }
+                Op::Readmit(k) => {
+                    if let Some(w) = ws.get(k % ws.len().max(1))
+                        && matches!(w.state(), State::Ejected | State::Starting)
+                    {
+                        w.forget_speed();
+                        w.set_state(State::Ready);
+                        pool.dispatch();
+                    }
+                }
+                Op::Drain(k) => {
+                    if let Some(w) = ws.get(k % ws.len().max(1))
+                        && w.state() == State::Ready
+                    {
+                        w.set_state(State::Draining);
+                        pool.dispatch();
+                    }
+                }
+                Op::Learn {
+                    worker,
+                    latency_us,
+                    ttft_us,
+                    tps,
+                } => {
+                    if let Some(w) = ws.get(worker % ws.len().max(1)) {
+                        w.learn(Duration::from_micros(latency_us), None, 0);
+                        if ttft_us > 0 {
+                            w.learn_ttft(Duration::from_micros(ttft_us));
+                        }
+                        if tps > 0 {
+                            w.learn_rate(f64::from(tps));
+                        }
+                        pool.dispatch();
+                    }
+                }
+                Op::Remove(k) => {
+                    if !ws.is_empty() {
+                        let w = ws.remove(k % ws.len());
+                        w.set_state(State::Removed);
+                        pool.dispatch();
+                        pool.prune();
+                    }
+                }
+                Op::Add { slots, model } => {
+                    let w = worker(100 + step, slots, MODELS[model]);
+                    pool.add(w.clone());
+                    pool.dispatch();
+                    ws.push(w);
+                }
+            }
+            settle().await;
+            while let Ok(g) = rx.try_recv() {
+                held.push(g);
+            }
+            pool.check_invariant()
+                .map_err(|e| format!("after step {step} ({op:?}): {e}"))?;
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
+
+        /// Random arrivals, answers from instant to slow (releases in any
+        /// order), ejections, readmissions, drains, reloads: after every
+        /// step no request waits while a slot it may use is free, unless a
+        /// faster busy worker justifies the wait.
+        #[test]
+        fn no_request_waits_while_a_usable_slot_is_free(
+            initial in prop::collection::vec((1..5u32, 0..2usize), 1..5),
+            ops in prop::collection::vec(op(), 1..120),
+        ) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            rt.block_on(run_schedule(initial, ops)).map_err(TestCaseError::fail)?;
+        }
+    }
 }

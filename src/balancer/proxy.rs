@@ -1,7 +1,6 @@
 //! The balancer's HTTP server: OpenAI-compatible endpoints, forwarding with
 //! retries before the first byte, unbuffered streaming after it.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -13,18 +12,19 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures_util::{Stream, StreamExt};
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::health::{classify, eject};
-use super::pool::{Failure, NoSlot, SlotGuard, State as WState, WorkerEntry};
+use super::answer::{Api, Whole};
+use super::health::{self, Failure, State as WState, Verdict};
+use super::pool::{NoSlot, SlotGuard};
+use super::relay::Relay;
+use super::upstream::{Conn, SendError};
+use super::worker::WorkerEntry;
 use super::{Shared, WORKER_HEADER, metrics};
 
 type St = State<Arc<Shared>>;
-
-/// Consecutive 5xx answers after which a worker is ejected.
-const EJECT_AFTER_5XX: u32 = 2;
 
 pub(super) fn router(shared: Arc<Shared>) -> Router {
     let mut r = Router::new()
@@ -231,10 +231,17 @@ fn parse_head(body: &[u8]) -> Result<RequestHead<'_>, String> {
     })
 }
 
+/// Times a request may be re-queued because its studio was congested (a
+/// connect timed out while its other answers flowed) before that studio
+/// counts as failed for it.
+const MAX_CONGESTED_RETRIES: u32 = 4;
+
 /// `POST /v1/...`: route to a worker, retrying on another before the first byte.
 async fn forward(State(s): St, req: Request) -> Response {
     let started = Instant::now();
-    let path = req.uri().path().to_string();
+    let Some(api) = Api::from_path(req.uri().path()) else {
+        return not_found(req.uri().clone()).await;
+    };
     let (parts, body) = req.into_parts();
     // One snapshot of the settings per request, so a reload mid-request is consistent.
     let settings = s.settings();
@@ -260,7 +267,7 @@ async fn forward(State(s): St, req: Request) -> Response {
             if s.pool
                 .workers()
                 .iter()
-                .any(|w| w.state() != WState::Removed && w.serves(m)) =>
+                .any(|w| w.state().is_live() && w.serves(m)) =>
         {
             m.to_string()
         }
@@ -279,383 +286,286 @@ async fn forward(State(s): St, req: Request) -> Response {
             );
         }
     };
+    let max_tokens = head.max_completion_tokens.or(head.max_tokens);
 
     let mut tried: Vec<Arc<WorkerEntry>> = Vec::new();
+    let mut congested = 0;
     let mut last_failure: Option<String> = None;
     loop {
-        let max_tokens = head.max_completion_tokens.or(head.max_tokens);
-        let slot = match s
-            .pool
-            .acquire(&model, max_tokens, &tried, !tried.is_empty())
-            .await
-        {
+        let is_retry = !tried.is_empty() || congested > 0;
+        let slot = match s.pool.acquire(&model, max_tokens, &tried, is_retry).await {
             Ok(slot) => slot,
-            Err(NoSlot::NoCandidate) => {
-                s.metrics.no_worker.fetch_add(1, Ordering::Relaxed);
-                return match last_failure {
-                    None => unavailable(
-                        &format!("no worker serving `{model}` is ready right now; see /stats"),
-                        "no_worker_available",
-                    ),
-                    Some(f) => error(
-                        StatusCode::BAD_GATEWAY,
-                        &format!("every worker serving `{model}` failed: {f}"),
-                        "server_error",
-                        Some("upstream_failed"),
-                    ),
-                };
-            }
-            Err(NoSlot::QueueFull) => {
-                return unavailable(
-                    &format!(
-                        "all slots are busy and the queue is full ({} waiting); retry shortly",
-                        settings.queue_limit
-                    ),
-                    "queue_full",
-                );
-            }
-            Err(NoSlot::QueueTimeout) => {
-                return unavailable(
-                    &format!(
-                        "no slot became free within {:?}; retry shortly",
-                        settings.queue_timeout
-                    ),
-                    "queue_timeout",
-                );
-            }
+            Err(no) => return no_slot(&s, no, &model, &settings, last_failure),
         };
         let w = slot.worker.clone();
         w.counters.requests.fetch_add(1, Ordering::Relaxed);
-        match attempt(&s, slot, &path, body.clone(), &settings, started).await {
+        match attempt(&s, slot, api, body.clone(), &settings, started).await {
             Ok(resp) => return resp,
-            Err(detail) => {
+            Err(Retry { detail, verdict }) => {
                 tracing::debug!(
                     worker = w.id(),
                     "attempt failed before first byte: {detail}"
                 );
                 last_failure = Some(format!("{}: {detail}", w.id()));
-                tried.push(w);
+                if verdict == Verdict::Congested && congested < MAX_CONGESTED_RETRIES {
+                    congested += 1;
+                } else {
+                    tried.push(w);
+                }
                 s.pool.retries.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
 }
 
+/// The answer when no slot could be had.
+fn no_slot(
+    s: &Shared,
+    no: NoSlot,
+    model: &str,
+    settings: &crate::config::BalancerSettings,
+    last_failure: Option<String>,
+) -> Response {
+    match no {
+        NoSlot::NoCandidate => {
+            s.metrics.no_worker.fetch_add(1, Ordering::Relaxed);
+            match last_failure {
+                None => unavailable(
+                    &format!("no worker serving `{model}` is ready right now; see /stats"),
+                    "no_worker_available",
+                ),
+                Some(f) => error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("every worker serving `{model}` failed: {f}"),
+                    "server_error",
+                    Some("upstream_failed"),
+                ),
+            }
+        }
+        NoSlot::QueueFull => unavailable(
+            &format!(
+                "all slots are busy and the queue is full ({} waiting); retry shortly",
+                settings.queue_limit
+            ),
+            "queue_full",
+        ),
+        NoSlot::QueueTimeout => unavailable(
+            &format!(
+                "no slot became free within {:?}; retry shortly",
+                settings.queue_timeout
+            ),
+            "queue_timeout",
+        ),
+    }
+}
+
+/// An attempt failed before anything reached the client.
+struct Retry {
+    detail: String,
+    verdict: Verdict,
+}
+
+impl Retry {
+    fn another(detail: impl Into<String>) -> Retry {
+        Retry {
+            detail: detail.into(),
+            verdict: Verdict::TryAnother,
+        }
+    }
+}
+
+/// What went wrong while waiting for the first byte.
+enum FirstByte {
+    Send(SendError),
+    Body(String),
+}
+
 /// Send the request to the slot's worker and wait for its first body byte.
 /// `Err` means the worker failed before anything reached the client: the
-/// caller tries another worker.
+/// caller tries again (another worker, or the same one when it was only
+/// congested).
 async fn attempt(
     s: &Arc<Shared>,
     slot: SlotGuard,
-    path: &str,
+    api: Api,
     body: Bytes,
     settings: &crate::config::BalancerSettings,
     started: Instant,
-) -> Result<Response, String> {
+) -> Result<Response, Retry> {
     let w = slot.worker.clone();
-    let mut ejected = w.ejected.subscribe();
-    let req = s
-        .with_auth(s.client().post(w.endpoint(path)), &w)
-        .header(header::CONTENT_TYPE, "application/json")
-        .body(body);
+    let mut ejected = w.health.ejected.subscribe();
+    let make = || {
+        let mut b = axum::http::Request::builder()
+            .method(axum::http::Method::POST)
+            .uri(api.path())
+            .header(header::HOST, w.upstream.authority())
+            .header(header::CONTENT_TYPE, "application/json");
+        if let Some(a) = &w.auth_header {
+            b = b.header(header::AUTHORIZATION, a);
+        }
+        b.body(Full::new(body.clone()))
+            .expect("valid upstream request")
+    };
+    // Sending starts the window in which the studio must show progress.
+    w.health.progress();
+    let sent_at = Instant::now();
     let first_byte = async {
-        let resp = req.send().await.map_err(|e| classify(&e))?;
-        let status = resp.status();
-        let headers = resp.headers().clone();
-        let mut stream = resp.bytes_stream();
+        let (resp, conn) = w
+            .upstream
+            .send(make, settings.connect_timeout)
+            .await
+            .map_err(FirstByte::Send)?;
+        w.health.progress();
+        let (parts, mut body) = resp.into_parts();
         // Wait for the first non-empty chunk (or the end of the body).
         let first = loop {
-            match stream.next().await {
-                Some(Ok(b)) if b.is_empty() => continue,
-                Some(Ok(b)) => break Some(b),
-                Some(Err(e)) => return Err(classify(&e)),
+            match body.frame().await {
+                Some(Ok(f)) => match f.into_data() {
+                    Ok(b) if !b.is_empty() => break Some(b),
+                    _ => continue,
+                },
+                Some(Err(e)) => {
+                    return Err(FirstByte::Body(super::upstream::describe(&e)));
+                }
                 None => break None,
             }
         };
-        Ok((status, headers, first, stream))
+        Ok((parts, body, first, conn))
     };
     let outcome = tokio::select! {
-        r = tokio::time::timeout(settings.first_token_timeout, first_byte) => match r {
-            Ok(r) => r,
-            Err(_) => Err((Failure::Timeout, format!("no first byte within {:?}", settings.first_token_timeout))),
-        },
+        r = tokio::time::timeout(settings.first_token_timeout, first_byte) => r,
         // The prober found the worker dead while we waited: move on now.
         _ = ejected.changed() => {
-            let why = w.health.lock().expect("health lock").last_error.clone().unwrap_or_default();
-            return Err(format!("worker ejected while waiting for its first byte ({why})"));
+            let why = w.health.last_error().unwrap_or_default();
+            return Err(Retry::another(format!("worker ejected while waiting for its first byte ({why})")));
         }
     };
-    let (status, headers, first, upstream) = match outcome {
-        Ok(x) => x,
-        Err((reason, detail)) => {
-            w.count_failure(reason);
-            eject(&w, reason, &detail);
-            return Err(detail);
+    let (parts, upstream, first, conn) = match outcome {
+        Ok(Ok(x)) => x,
+        Ok(Err(FirstByte::Send(e))) => {
+            let verdict = health::on_send_error(s, &w, &e);
+            return Err(Retry {
+                detail: e.to_string(),
+                verdict,
+            });
+        }
+        Ok(Err(FirstByte::Body(detail))) => {
+            let detail = format!("answer broke before its first byte: {detail}");
+            health::on_cut_answer(s, &w, Failure::Stream, &detail);
+            return Err(Retry::another(detail));
+        }
+        Err(_) => {
+            let detail = format!("no first byte within {:?}", settings.first_token_timeout);
+            health::on_first_byte_timeout(s, &w, &detail);
+            return Err(Retry::another(detail));
         }
     };
+    let status = parts.status;
     if status.is_server_error() {
-        w.count_failure(Failure::Status5xx);
-        let n = {
-            let mut h = w.health.lock().expect("health lock");
-            h.consecutive_5xx += 1;
-            h.consecutive_5xx
-        };
-        let detail = format!("answered {status}");
-        if n >= EJECT_AFTER_5XX {
-            eject(&w, Failure::Status5xx, &format!("{n} consecutive {detail}"));
-        }
-        return Err(detail);
+        health::on_status_5xx(s, &w, status);
+        return Err(Retry::another(format!("answered {status}")));
     }
-    w.health.lock().expect("health lock").consecutive_5xx = 0;
-    let ttft = started.elapsed();
-    s.metrics.ttft.observe(ttft);
-    let sse = headers
+    health::on_first_byte(&w);
+    w.learn_ttft(sent_at.elapsed());
+    s.metrics.ttft.observe(started.elapsed());
+    let sse = parts
+        .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.starts_with("text/event-stream"));
-    if sse && status.is_success() {
-        w.learn_ttft(ttft);
-    }
-    // A whole small answer in the first chunk (the usual non-streamed
-    // case): send it with its length and release the slot now.
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
-    let complete = !sse && declared.is_some() && declared == first.as_ref().map(Bytes::len);
     let mut builder = Response::builder().status(status);
-    if let Some(ct) = headers.get(header::CONTENT_TYPE) {
+    if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         builder = builder.header(header::CONTENT_TYPE, ct);
-    }
-    if sse {
-        builder = builder
-            .header(header::CACHE_CONTROL, "no-cache")
-            .header("x-accel-buffering", "no");
     }
     if let Ok(v) = HeaderValue::from_str(w.id()) {
         builder = builder.header(WORKER_HEADER, v);
     }
-    let mut relay = Relay {
-        shared: s.clone(),
-        slot: Some(slot),
-        upstream: Box::pin(upstream),
-        first: if complete { None } else { first.clone() },
-        sse,
-        client_error: status.is_client_error(),
-        started,
-        ttft,
-        idle: settings.idle_timeout,
-        events: 0,
-        next_rate_at: RATE_FIRST_AT,
-        ejected: w.ejected.subscribe(),
-        pending: bytes::BytesMut::new(),
-        finished: false,
-        ended: false,
-    };
-    if complete {
-        relay.succeed();
+    if sse && status.is_success() {
+        let relay = Relay::new(
+            s.clone(),
+            slot,
+            conn,
+            upstream,
+            api,
+            first,
+            started,
+            settings.idle_timeout,
+        );
         return Ok(builder
-            .body(Body::from(first.unwrap_or_default()))
+            .header(header::CACHE_CONTROL, "no-cache")
+            .header("x-accel-buffering", "no")
+            .body(Body::from_stream(relay.into_stream()))
             .expect("valid response parts"));
     }
+    let whole = read_whole(&w, upstream, first, settings.idle_timeout).await;
+    let whole = match whole {
+        Ok(b) => b,
+        Err(detail) => {
+            health::on_cut_answer(s, &w, Failure::Stream, &detail);
+            return Err(Retry::another(detail));
+        }
+    };
+    match status.is_success().then(|| api.judge_whole(&whole)) {
+        Some(Whole::Complete) => {
+            w.counters.successes.fetch_add(1, Ordering::Relaxed);
+            health::on_good_answer(&w);
+            s.metrics.request_duration.observe(started.elapsed());
+            w.learn(started.elapsed(), None, 0);
+        }
+        Some(Whole::Cut(why)) => {
+            // Nothing reached the client yet: another studio can answer.
+            let detail = format!("incomplete answer: {why}");
+            health::on_cut_answer(s, &w, Failure::Stream, &detail);
+            return Err(Retry::another(detail));
+        }
+        // A 4xx, or an error object under a 200, is the request's answer:
+        // relayed as is, never held against the studio.
+        Some(Whole::Error) | None => {
+            w.counters.client_errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+    finish_whole(&w, conn, slot);
     Ok(builder
-        .body(Body::from_stream(relay.into_stream()))
+        .body(Body::from(whole))
         .expect("valid response parts"))
 }
 
-/// How long a stream from an ejected worker may stall before it is ended.
-const EJECTED_GRACE: Duration = Duration::from_secs(1);
+/// Return the connection to the pool and free the slot.
+fn finish_whole(w: &WorkerEntry, conn: Conn, slot: SlotGuard) {
+    w.upstream.put_back(conn, false);
+    drop(slot);
+}
 
-/// Events after which the streaming rate is first measured (then at 4x, 16x, ...).
-const RATE_FIRST_AT: u64 = 8;
-
-type Upstream = Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>;
-
-/// Relays the upstream body to the client chunk by chunk, holds the slot
-/// until the end, and records the outcome. Dropped early = client went away.
-struct Relay {
-    shared: Arc<Shared>,
-    slot: Option<SlotGuard>,
-    upstream: Upstream,
+/// Read a whole (non-streamed) answer: every chunk must come within the
+/// idle timeout and the body must end cleanly. These answers are complete
+/// JSON documents, of no use to a client half-way, so they are checked
+/// whole before anything is sent.
+async fn read_whole(
+    w: &WorkerEntry,
+    mut body: Incoming,
     first: Option<Bytes>,
-    sse: bool,
-    client_error: bool,
-    started: Instant,
-    ttft: Duration,
     idle: Duration,
-    /// SSE `data:` events seen: a token count good enough for tokens/s.
-    events: u64,
-    /// Events count at which the streaming rate is next reported.
-    next_rate_at: u64,
-    /// Fires when the worker is ejected.
-    ejected: tokio::sync::watch::Receiver<u64>,
-    /// SSE bytes after the last complete event.
-    pending: bytes::BytesMut,
-    finished: bool,
-    ended: bool,
-}
-
-impl Relay {
-    fn worker(&self) -> &Arc<WorkerEntry> {
-        &self.slot.as_ref().expect("slot held until the end").worker
+) -> Result<Bytes, String> {
+    let mut buf = bytes::BytesMut::new();
+    if let Some(f) = first {
+        buf.extend_from_slice(&f);
     }
-
-    fn count(&mut self, b: &Bytes) {
-        if !self.sse {
-            return;
-        }
-        self.events += b.windows(5).filter(|w| *w == b"data:").count() as u64;
-        if self.events >= self.next_rate_at {
-            // Learn the studio's streaming rate mid-answer, so a new studio's
-            // speed is known long before its first answer ends.
-            let streaming = self
-                .started
-                .elapsed()
-                .saturating_sub(self.ttft)
-                .as_secs_f64();
-            if streaming > 0.0 {
-                self.worker()
-                    .learn_rate(self.events.saturating_sub(2) as f64 / streaming);
-                // A studio whose speed just became known may take more now.
-                self.shared.pool.dispatch();
+    loop {
+        match tokio::time::timeout(idle, body.frame()).await {
+            Ok(Some(Ok(f))) => {
+                w.health.progress();
+                if let Ok(d) = f.into_data() {
+                    buf.extend_from_slice(&d);
+                }
             }
-            self.next_rate_at = self.events * 4;
-        }
-    }
-
-    /// For SSE, pass on whole events only: bytes after the last event
-    /// boundary wait for the rest of their event. Then a failure can always
-    /// end the stream with a well-formed error event, never glued to half
-    /// of a data line. (Studios send whole events per chunk, so this adds no
-    /// delay in practice.)
-    fn frame(&mut self, b: Bytes) -> Option<Bytes> {
-        if !self.sse {
-            return Some(b);
-        }
-        if self.pending.is_empty() && b.ends_with(b"\n\n") {
-            return Some(b);
-        }
-        self.pending.extend_from_slice(&b);
-        let end = self.pending.windows(2).rposition(|w| w == b"\n\n")? + 2;
-        Some(self.pending.split_to(end).freeze())
-    }
-
-    fn into_stream(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
-        futures_util::stream::unfold(self, |mut r| async move {
-            if r.ended {
-                return None;
+            Ok(None) => return Ok(buf.freeze()),
+            Ok(Some(Err(e))) => {
+                return Err(format!(
+                    "answer broke mid-body: {}",
+                    super::upstream::describe(&e)
+                ));
             }
-            if let Some(b) = r.first.take()
-                && let Some(out) = r.frame(b)
-            {
-                r.count(&out);
-                return Some((Ok(out), r));
-            }
-            loop {
-                // Wait for the next chunk up to the idle timeout; but once the
-                // worker is ejected (its probe found it dead), a stalled stream
-                // gets only a short grace instead of the whole idle timeout.
-                let idle = r.idle;
-                let next = tokio::select! {
-                    n = tokio::time::timeout(idle, r.upstream.next()) => n,
-                    _ = r.ejected.changed() => {
-                        tokio::time::timeout(EJECTED_GRACE.min(idle), r.upstream.next()).await
-                    }
-                };
-                return match next {
-                    Ok(Some(Ok(b))) => match r.frame(b) {
-                        Some(out) => {
-                            r.count(&out);
-                            Some((Ok(out), r))
-                        }
-                        None => continue,
-                    },
-                    Ok(None) => {
-                        r.succeed();
-                        r.ended = true;
-                        // Whatever trailed the last boundary (a studio that
-                        // omits the final blank line) still goes out.
-                        let rest = std::mem::take(&mut r.pending).freeze();
-                        if rest.is_empty() {
-                            None
-                        } else {
-                            Some((Ok(rest), r))
-                        }
-                    }
-                    Ok(Some(Err(e))) => {
-                        let (_, detail) = classify(&e);
-                        r.fail(Failure::Stream, &format!("stream broke: {detail}"))
-                    }
-                    Err(_) if r.worker().state() == WState::Ejected => r.fail(
-                        Failure::Timeout,
-                        "the worker was ejected and its stream stalled",
-                    ),
-                    Err(_) => r.fail(
-                        Failure::Timeout,
-                        &format!("no data for {idle:?} mid-stream"),
-                    ),
-                };
-            }
-        })
-    }
-
-    fn succeed(&mut self) {
-        self.finished = true;
-        let w = self.worker().clone();
-        if self.client_error {
-            w.counters.client_errors.fetch_add(1, Ordering::Relaxed);
-        } else {
-            w.counters.successes.fetch_add(1, Ordering::Relaxed);
-            let total = self.started.elapsed();
-            self.shared.metrics.request_duration.observe(total);
-            // Role, finish, usage and [DONE] events are not tokens.
-            let tokens = self.events.saturating_sub(4);
-            w.counters.tokens.fetch_add(tokens, Ordering::Relaxed);
-            if self.sse {
-                self.shared.pool.learn_tokens(tokens);
-            }
-            w.learn(total, self.sse.then_some(self.ttft), tokens);
-        }
-        self.slot.take();
-    }
-
-    /// The worker failed after the client got bytes: end the stream with an
-    /// SSE error event (or break the body for non-SSE answers).
-    fn fail(
-        mut self,
-        reason: Failure,
-        detail: &str,
-    ) -> Option<(Result<Bytes, std::io::Error>, Relay)> {
-        self.finished = true;
-        self.ended = true;
-        // An incomplete event is dropped, so the error event stands alone.
-        self.pending.clear();
-        let w = self.worker().clone();
-        w.count_failure(reason);
-        eject(&w, reason, detail);
-        self.slot.take();
-        let message = format!("worker `{}` failed mid-response: {detail}", w.id());
-        if self.sse {
-            let ev = json!({"error": {"message": message, "type": "server_error", "param": null,
-                                      "code": "upstream_failed"}});
-            Some((Ok(Bytes::from(format!("data: {ev}\n\n"))), self))
-        } else {
-            Some((Err(std::io::Error::other(message)), self))
-        }
-    }
-}
-
-impl Drop for Relay {
-    fn drop(&mut self) {
-        if !self.finished
-            && let Some(slot) = &self.slot
-        {
-            // Client went away: dropping `upstream` closes the studio
-            // connection (cancelling the generation) and the slot frees now.
-            slot.worker
-                .counters
-                .cancelled
-                .fetch_add(1, Ordering::Relaxed);
+            Err(_) => return Err(format!("no data for {idle:?} mid-answer")),
         }
     }
 }

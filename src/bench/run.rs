@@ -15,7 +15,8 @@ use crate::balancer::Balancer;
 use crate::config::{Config, Worker};
 use crate::preflight::{self, Status, Thresholds};
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Mode {
     Concurrency,
     Scaling,
@@ -33,7 +34,8 @@ impl Mode {
 }
 
 /// What to do when preflight finds a broken worker.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
 pub enum Gate {
     /// Refuse to start.
     Require,

@@ -156,6 +156,16 @@ impl Default for Thresholds {
 
 /// Preflight every enabled worker (and cluster member) in parallel.
 pub async fn run(config: &Config, t: &Thresholds) -> Report {
+    run_observed(config, t, &|_| {}).await
+}
+
+/// [`run`], telling `on_host` about each host as soon as its checks are
+/// done (a black-holed studio does not hold back the others' results).
+pub async fn run_observed(
+    config: &Config,
+    t: &Thresholds,
+    on_host: &(dyn Fn(&HostReport) + Sync),
+) -> Report {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -169,11 +179,20 @@ pub async fn run(config: &Config, t: &Thresholds) -> Report {
         .build()
         .expect("HTTP client");
     let mut jobs = Vec::new();
+    let observed = |member| {
+        let (pinger, client, locals) = (&pinger, &client, &locals);
+        move |w| async move {
+            let h = check_host(w, member, t, pinger, client, locals).await;
+            on_host(&h);
+            h
+        }
+    };
     for w in config.enabled_workers() {
-        jobs.push(check_host(w, None, t, &pinger, &client, &locals));
+        jobs.push(Box::pin(observed(None)(w))
+            as std::pin::Pin<Box<dyn Future<Output = HostReport> + Send>>);
         for m in &w.members {
             if m != &w.host {
-                jobs.push(check_host(w, Some(m), t, &pinger, &client, &locals));
+                jobs.push(Box::pin(observed(Some(m))(w)));
             }
         }
     }

@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use baton::balancer::Balancer;
+use baton::balancer::{Balancer, State};
 use baton::bench::load::{self, LoadReport, LoadSpec};
 use baton::config::{BalancerSettings, Config};
 use baton::sim::{self, SimConfig, SimHandle};
@@ -57,13 +57,12 @@ pub async fn start(sims: &[(&str, &SimHandle)]) -> Balancer {
     b
 }
 
-pub fn state(b: &Balancer, id: &str) -> String {
+pub fn state(b: &Balancer, id: &str) -> Option<baton::balancer::State> {
     b.stats()
         .workers
         .iter()
         .find(|w| w.id == id)
-        .map(|w| w.state.clone())
-        .unwrap_or_default()
+        .map(|w| w.state)
 }
 
 /// One concurrency level: the healthy studio alone vs the pool with the
@@ -113,7 +112,7 @@ pub async fn run(secs: f64) -> Outcome {
         *warm.per_worker.get("mac-studio-07").unwrap_or(&0) as f64 / warm.ok.max(1) as f64;
     h2.black_hole().unwrap();
     let ejected_after = wait_for(Duration::from_secs(10), || {
-        state(&pool, "mac-studio-07") != "ready"
+        state(&pool, "mac-studio-07") != Some(State::Ready)
     })
     .await
     .expect("the black-holed studio was never ejected");
@@ -128,7 +127,7 @@ pub async fn run(secs: f64) -> Outcome {
     }
     h2.clear_black_hole().unwrap();
     let readmitted_after = wait_for(Duration::from_secs(20), || {
-        state(&pool, "mac-studio-07") == "ready"
+        state(&pool, "mac-studio-07") == Some(State::Ready)
     })
     .await;
     let back = drive(&pool, 12, 2.0).await;

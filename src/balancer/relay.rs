@@ -1,0 +1,334 @@
+//! Relays a streamed (SSE) answer to the client event by event, unbuffered,
+//! holds the slot until the end, and makes sure every answer ends either
+//! complete or with an error event: never looking complete when it was cut.
+//!
+//! `[DONE]` is held back until the studio's body has ended cleanly and an
+//! event said the answer finished; otherwise the client gets an SSE error
+//! event *instead of* `[DONE]` (clients stop reading at `[DONE]`, so an
+//! error after it would never be seen).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use futures_util::Stream;
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use serde_json::json;
+
+use super::Shared;
+use super::answer::{self, Api};
+use super::health::{self, Failure, State};
+use super::pool::SlotGuard;
+use super::upstream::Conn;
+use super::worker::WorkerEntry;
+
+/// How long a stream from an ejected worker may stall before it is ended.
+const EJECTED_GRACE: Duration = Duration::from_secs(1);
+
+/// Events after which the streaming rate is first measured (then at 4x, 16x, ...).
+const RATE_FIRST_AT: u64 = 8;
+
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
+/// A streamed answer in flight.
+pub(crate) struct Relay {
+    pub shared: Arc<Shared>,
+    pub slot: Option<SlotGuard>,
+    pub conn: Option<Conn>,
+    pub body: Incoming,
+    pub api: Api,
+    /// The first chunk, already read while choosing the worker.
+    pub first: Option<Bytes>,
+    /// When the request reached Baton.
+    pub started: Instant,
+    /// When the studio's first byte arrived.
+    pub first_byte_at: Instant,
+    pub idle: Duration,
+    pub ejected: tokio::sync::watch::Receiver<u64>,
+    /// SSE `data:` events seen: a token count good enough for tokens/s.
+    events: u64,
+    next_rate_at: u64,
+    /// Bytes after the last complete event.
+    pending: BytesMut,
+    saw_finish: bool,
+    saw_done: bool,
+    saw_error: bool,
+    finished: bool,
+    ended: bool,
+}
+
+/// What ended the upstream body.
+enum End {
+    Clean,
+    Broke(String),
+    Stalled(String),
+}
+
+impl Relay {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        shared: Arc<Shared>,
+        slot: SlotGuard,
+        conn: Conn,
+        body: Incoming,
+        api: Api,
+        first: Option<Bytes>,
+        started: Instant,
+        idle: Duration,
+    ) -> Relay {
+        let ejected = slot.worker.health.ejected.subscribe();
+        Relay {
+            shared,
+            slot: Some(slot),
+            conn: Some(conn),
+            body,
+            api,
+            first,
+            started,
+            first_byte_at: Instant::now(),
+            idle,
+            ejected,
+            events: 0,
+            next_rate_at: RATE_FIRST_AT,
+            pending: BytesMut::new(),
+            saw_finish: false,
+            saw_done: false,
+            saw_error: false,
+            finished: false,
+            ended: false,
+        }
+    }
+
+    fn worker(&self) -> &Arc<WorkerEntry> {
+        &self.slot.as_ref().expect("slot held until the end").worker
+    }
+
+    pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
+        futures_util::stream::unfold(self, |mut r| async move {
+            if r.ended {
+                return None;
+            }
+            if let Some(b) = r.first.take()
+                && let Some(out) = r.take_events(b)
+            {
+                return Some((Ok(out), r));
+            }
+            loop {
+                let end = match r.next_chunk().await {
+                    Ok(b) => match r.take_events(b) {
+                        Some(out) => return Some((Ok(out), r)),
+                        None => continue,
+                    },
+                    Err(end) => end,
+                };
+                let last = r.finish(end);
+                return if last.is_empty() {
+                    None
+                } else {
+                    Some((Ok(last), r))
+                };
+            }
+        })
+    }
+
+    /// The next data chunk, or why the body ended.
+    async fn next_chunk(&mut self) -> Result<Bytes, End> {
+        loop {
+            // Wait for the next chunk up to the idle timeout; but once the
+            // worker is ejected (its probe found it dead), a stalled stream
+            // gets only a short grace instead of the whole idle timeout.
+            let idle = self.idle;
+            let next = tokio::select! {
+                n = tokio::time::timeout(idle, self.body.frame()) => n,
+                _ = self.ejected.changed() => {
+                    tokio::time::timeout(EJECTED_GRACE.min(idle), self.body.frame()).await
+                }
+            };
+            match next {
+                Ok(Some(Ok(frame))) => {
+                    self.worker().health.progress();
+                    match frame.into_data() {
+                        Ok(b) if !b.is_empty() => return Ok(b),
+                        _ => continue,
+                    }
+                }
+                Ok(None) => return Err(End::Clean),
+                Ok(Some(Err(e))) => {
+                    return Err(End::Broke(format!(
+                        "stream broke: {}",
+                        super::upstream::describe(&e)
+                    )));
+                }
+                Err(_) if self.worker().state() == State::Ejected => {
+                    return Err(End::Stalled(
+                        "the worker was ejected and its stream stalled".into(),
+                    ));
+                }
+                Err(_) => return Err(End::Stalled(format!("no data for {idle:?} mid-stream"))),
+            }
+        }
+    }
+
+    /// Pass on whole events only, minus `[DONE]` (held back until the end).
+    /// Bytes after the last event boundary wait for the rest of their event,
+    /// so a failure can always end the stream with a well-formed error
+    /// event, never glued to half of a data line. (Studios send whole
+    /// events per chunk, so this adds no delay in practice.)
+    fn take_events(&mut self, b: Bytes) -> Option<Bytes> {
+        let whole = if self.pending.is_empty() && b.ends_with(b"\n\n") {
+            b
+        } else {
+            self.pending.extend_from_slice(&b);
+            let end = self.pending.windows(2).rposition(|w| w == b"\n\n")? + 2;
+            self.pending.split_to(end).freeze()
+        };
+        let mut out: Option<BytesMut> = None;
+        let mut start = 0;
+        for end in event_ends(&whole) {
+            let event = &whole[start..end];
+            if answer::is_done(event) {
+                self.saw_done = true;
+                // From here on, copy out everything but this event.
+                if out.is_none() {
+                    out = Some(BytesMut::from(&whole[..start]));
+                }
+            } else {
+                if answer::is_error(event) {
+                    self.saw_error = true;
+                } else if self.api.event_finishes(event) {
+                    self.saw_finish = true;
+                }
+                if event.windows(5).any(|w| w == b"data:") {
+                    self.events += 1;
+                }
+                if let Some(o) = out.as_mut() {
+                    o.extend_from_slice(event);
+                }
+            }
+            start = end;
+        }
+        self.learn_rate();
+        let bytes = match out {
+            Some(o) => o.freeze(),
+            None => whole,
+        };
+        if bytes.is_empty() {
+            // Only `[DONE]` came: nothing to send yet; keep reading.
+            return None;
+        }
+        Some(bytes)
+    }
+
+    fn learn_rate(&mut self) {
+        if self.events < self.next_rate_at {
+            return;
+        }
+        // Learn the studio's streaming rate mid-answer, so a new studio's
+        // speed is known long before its first answer ends.
+        let streaming = self.first_byte_at.elapsed().as_secs_f64();
+        if streaming > 0.0 {
+            self.worker()
+                .learn_rate(self.events.saturating_sub(2) as f64 / streaming);
+            // A studio whose speed just became known may take more now.
+            self.shared.pool.dispatch();
+        }
+        self.next_rate_at = self.events * 4;
+    }
+
+    /// The upstream body ended: decide how the client's stream ends, and
+    /// return its last bytes.
+    fn finish(&mut self, end: End) -> Bytes {
+        self.ended = true;
+        self.finished = true;
+        let w = self.worker().clone();
+        let outcome = match end {
+            End::Clean if self.saw_error => Err((
+                Failure::Stream,
+                "the studio reported an error inside its answer".to_string(),
+            )),
+            End::Clean if self.saw_finish || self.api == Api::Embeddings => Ok(()),
+            End::Clean => Err((
+                Failure::Stream,
+                "the answer ended without a finish reason (cut short)".to_string(),
+            )),
+            End::Broke(d) => Err((Failure::Stream, d)),
+            End::Stalled(d) => Err((Failure::Timeout, d)),
+        };
+        match outcome {
+            Ok(()) => {
+                self.succeed(&w);
+                // Whatever trailed the last boundary (a studio that omits
+                // the final blank line) still goes out, then `[DONE]`.
+                let mut last = BytesMut::from(&std::mem::take(&mut self.pending)[..]);
+                if self.saw_done {
+                    last.extend_from_slice(DONE);
+                }
+                last.freeze()
+            }
+            Err((reason, detail)) => {
+                // An incomplete event is dropped, so the error event stands alone.
+                self.pending.clear();
+                self.conn.take();
+                health::on_cut_answer(&self.shared, &w, reason, &detail);
+                self.slot.take();
+                if self.saw_error {
+                    // The studio's own error event already told the client.
+                    return Bytes::new();
+                }
+                let message = format!("worker `{}` failed mid-response: {detail}", w.id());
+                let ev = json!({"error": {"message": message, "type": "server_error",
+                                          "param": null, "code": "upstream_failed"}});
+                Bytes::from(format!("data: {ev}\n\n"))
+            }
+        }
+    }
+
+    fn succeed(&mut self, w: &Arc<WorkerEntry>) {
+        w.counters.successes.fetch_add(1, Ordering::Relaxed);
+        health::on_good_answer(w);
+        let total = self.started.elapsed();
+        self.shared.metrics.request_duration.observe(total);
+        // Role, finish and usage events are not tokens.
+        let tokens = self.events.saturating_sub(3);
+        w.counters.tokens.fetch_add(tokens, Ordering::Relaxed);
+        self.shared.pool.learn_tokens(tokens);
+        w.learn(total, Some(self.first_byte_at.elapsed()), tokens);
+        if let Some(c) = self.conn.take() {
+            w.upstream.put_back(c, true);
+        }
+        self.slot.take();
+    }
+}
+
+/// Byte offsets just past each `\n\n` in a buffer of whole events.
+fn event_ends(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
+    let mut i = 0;
+    std::iter::from_fn(move || {
+        while i + 1 < b.len() {
+            if b[i] == b'\n' && b[i + 1] == b'\n' {
+                i += 2;
+                return Some(i);
+            }
+            i += 1;
+        }
+        None
+    })
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Some(slot) = &self.slot
+        {
+            // Client went away: dropping the body and connection closes the
+            // studio connection (cancelling the generation) and the slot
+            // frees now.
+            slot.worker
+                .counters
+                .cancelled
+                .fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}

@@ -1,0 +1,193 @@
+//! One worker as the balancer sees it: its configuration, its connections,
+//! its health, its live counters and what routing has learned of its speed.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+
+use super::health::{Failure, Health, State};
+use super::upstream::Upstream;
+use crate::config::Worker;
+
+/// Latency figures learned from traffic, as exponentially weighted averages.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Learned {
+    /// End-to-end request time in ms; 0 until the first success.
+    pub latency_ms: f64,
+    /// From sending the request to the studio to its first byte.
+    pub ttft_ms: f64,
+    pub tokens_per_second: f64,
+}
+
+impl Learned {
+    /// Expected time to complete a request of `tokens` output tokens:
+    /// TTFT plus generation at the learned rate, else the plain latency
+    /// average; `None` while nothing is known.
+    pub fn expected_ms(&self, tokens: f64) -> Option<f64> {
+        if self.ttft_ms > 0.0 && self.tokens_per_second > 0.0 {
+            Some(self.ttft_ms + tokens / self.tokens_per_second * 1000.0)
+        } else if self.latency_ms > 0.0 {
+            Some(self.latency_ms)
+        } else {
+            None
+        }
+    }
+}
+
+pub(crate) const EWMA_ALPHA: f64 = 0.2;
+
+pub(crate) fn ewma(old: f64, sample: f64) -> f64 {
+    if old == 0.0 {
+        sample
+    } else {
+        old + EWMA_ALPHA * (sample - old)
+    }
+}
+
+/// Per-worker counters (monotonic).
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub successes: AtomicU64,
+    pub client_errors: AtomicU64,
+    pub cancelled: AtomicU64,
+    pub failures: [AtomicU64; 5],
+    pub ejections: [AtomicU64; 5],
+    pub tokens: AtomicU64,
+    /// Connect timeouts forgiven because the studio's other answers flowed.
+    pub congestion: AtomicU64,
+}
+
+impl Counters {
+    pub fn failure(&self, f: Failure) -> u64 {
+        self.failures[f.index()].load(Ordering::Relaxed)
+    }
+    pub fn ejections(&self, f: Failure) -> u64 {
+        self.ejections[f.index()].load(Ordering::Relaxed)
+    }
+}
+
+/// One worker: configuration plus live state.
+pub struct WorkerEntry {
+    pub cfg: Worker,
+    /// `Bearer <key>` for the worker's own API key, from the keychain or
+    /// environment; marked sensitive so it never shows in debug output.
+    pub auth_header: Option<HeaderValue>,
+    pub base_url: String,
+    pub(crate) upstream: Upstream,
+    pub(crate) health: Health,
+    /// Slots in use; only changed under the scheduler lock.
+    pub(crate) in_flight: AtomicU64,
+    pub counters: Counters,
+    learned: Mutex<Learned>,
+    /// Models the worker's last model-list probe gave, plus the configured one.
+    models: Mutex<Vec<String>>,
+}
+
+impl WorkerEntry {
+    pub fn new(cfg: Worker, auth: Option<String>) -> WorkerEntry {
+        let auth_header = auth.and_then(|k| {
+            let mut v = HeaderValue::from_str(&format!("Bearer {k}")).ok()?;
+            v.set_sensitive(true);
+            Some(v)
+        });
+        WorkerEntry {
+            auth_header,
+            base_url: cfg.base_url(),
+            upstream: Upstream::new(&cfg.host, cfg.port),
+            health: Health::new(),
+            in_flight: AtomicU64::new(0),
+            counters: Counters::default(),
+            learned: Mutex::new(Learned::default()),
+            models: Mutex::new(vec![cfg.model.clone()]),
+            cfg,
+        }
+    }
+
+    pub fn id(&self) -> &str {
+        &self.cfg.id
+    }
+
+    pub fn state(&self) -> State {
+        self.health.state()
+    }
+
+    pub(crate) fn set_state(&self, s: State) {
+        self.health.set_state(s);
+    }
+
+    pub fn in_flight(&self) -> u64 {
+        self.in_flight.load(Ordering::Relaxed)
+    }
+
+    pub fn slots(&self) -> u64 {
+        u64::from(self.cfg.max_concurrent_requests)
+    }
+
+    pub fn has_free_slot(&self) -> bool {
+        self.in_flight() < self.slots()
+    }
+
+    pub fn learned(&self) -> Learned {
+        *self.learned.lock().expect("learned lock")
+    }
+
+    pub(crate) fn forget_speed(&self) {
+        *self.learned.lock().expect("learned lock") = Learned::default();
+    }
+
+    pub fn serves(&self, model: &str) -> bool {
+        self.models
+            .lock()
+            .expect("models lock")
+            .iter()
+            .any(|m| m == model)
+    }
+
+    pub fn models(&self) -> Vec<String> {
+        self.models.lock().expect("models lock").clone()
+    }
+
+    /// Replace the model list (the configured model always stays).
+    pub(crate) fn set_models(&self, mut models: Vec<String>) {
+        if !models.contains(&self.cfg.model) {
+            models.push(self.cfg.model.clone());
+        }
+        *self.models.lock().expect("models lock") = models;
+    }
+
+    /// Record the time from sending a request to its first byte, as soon
+    /// as it is known: routing learns a new studio's speed within its
+    /// first answer.
+    pub fn learn_ttft(&self, ttft: Duration) {
+        let mut l = self.learned.lock().expect("learned lock");
+        l.ttft_ms = ewma(l.ttft_ms, ttft.as_secs_f64() * 1000.0);
+    }
+
+    /// Record a streaming rate measured part-way through an answer.
+    pub fn learn_rate(&self, tokens_per_second: f64) {
+        if tokens_per_second.is_finite() && tokens_per_second > 0.0 {
+            let mut l = self.learned.lock().expect("learned lock");
+            l.tokens_per_second = ewma(l.tokens_per_second, tokens_per_second);
+        }
+    }
+
+    /// Record a finished request's figures: its whole time and, for a
+    /// streamed answer, the generation that followed the first byte.
+    pub fn learn(&self, latency: Duration, generation: Option<Duration>, tokens: u64) {
+        let mut l = self.learned.lock().expect("learned lock");
+        l.latency_ms = ewma(l.latency_ms, latency.as_secs_f64() * 1000.0);
+        if let Some(g) = generation {
+            let gen_s = g.as_secs_f64();
+            if tokens > 1 && gen_s > 0.0 {
+                l.tokens_per_second = ewma(l.tokens_per_second, (tokens - 1) as f64 / gen_s);
+            }
+        }
+    }
+
+    pub fn count_failure(&self, f: Failure) {
+        self.counters.failures[f.index()].fetch_add(1, Ordering::Relaxed);
+    }
+}
