@@ -622,3 +622,764 @@ async fn stats_reset_keeps_live_gauges() {
         .unwrap();
     assert_eq!(v["completed"], 0);
 }
+
+async fn post(c: &reqwest::Client, s: &SimHandle, path: &str, body: &Value) -> reqwest::Response {
+    c.post(format!("{}{path}", s.url()))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get(c: &reqwest::Client, s: &SimHandle, path: &str) -> reqwest::Response {
+    c.get(format!("{}{path}", s.url())).send().await.unwrap()
+}
+
+fn faulty(faults: Faults, base: SimConfig) -> SimConfig {
+    SimConfig { faults, ..base }
+}
+
+/// Read a whole body, noting whether it ended with a transport error.
+async fn body_and_break(r: reqwest::Response) -> (String, bool) {
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    while let Some(b) = body.next().await {
+        match b {
+            Ok(b) => got.push_str(std::str::from_utf8(&b).unwrap()),
+            Err(_) => return (got, true),
+        }
+    }
+    (got, false)
+}
+
+/// Whether any event carries a finish reason.
+fn has_finish_reason(sse: &Sse) -> bool {
+    sse.events.iter().any(|e| {
+        e.pointer("/choices/0/finish_reason")
+            .is_some_and(|f| !f.is_null())
+    })
+}
+
+/// A plain HTTP/1.1 connection, to see exactly when a server closes it.
+struct Raw {
+    s: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            s: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Send a request; a write to a connection the server closed may fail.
+    async fn send(&mut self, method: &str, path: &str, body: Option<&Value>) {
+        use tokio::io::AsyncWriteExt;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = self.s.write_all(req.as_bytes()).await;
+    }
+
+    /// More bytes; false at end of stream or on an error.
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut b)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+            Ok(_) => false,
+            Err(_) => panic!("no answer and no close within 5 s"),
+        }
+    }
+
+    async fn take_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8(self.buf.drain(..i + 2).collect()).unwrap();
+                return Some(line.trim_end().to_string());
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill().await {
+                return None;
+            }
+        }
+        Some(self.buf.drain(..n).collect())
+    }
+
+    /// Read one whole response. `None` if the connection closed before a
+    /// byte of it arrived; panics if it breaks midway.
+    async fn response(&mut self) -> Option<RawResponse> {
+        if self.buf.is_empty() && !self.fill().await {
+            return None;
+        }
+        let status_line = self.take_line().await.expect("status line");
+        let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let line = self.take_line().await.expect("header");
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line.split_once(':').unwrap();
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let mut r = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if r.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let size = self.take_line().await.expect("chunk size");
+                let size = usize::from_str_radix(&size, 16).unwrap();
+                let chunk = self.take(size + 2).await.expect("chunk");
+                r.body.extend_from_slice(&chunk[..size]);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            let n: usize = r.header("content-length").unwrap().parse().unwrap();
+            r.body = self.take(n).await.expect("body");
+        }
+        Some(r)
+    }
+
+    /// Whether the server closes the connection within `limit` without
+    /// sending anything more.
+    async fn closed_within(&mut self, limit: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(limit, self.s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) => panic!("unexpected bytes from an idle connection"),
+            Err(_) => false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_answer_closes_the_connection_without_announcing_it() {
+    let s = start(faulty(
+        Faults {
+            close_after_stream: true,
+            ..Faults::default()
+        },
+        cfg(2, 1, 1000.0),
+    ))
+    .await;
+    let mut c = Raw::connect(s.addr()).await;
+    c.send("POST", "/v1/chat/completions", Some(&chat_body(3, true)))
+        .await;
+    let r = c.response().await.expect("the stream is answered");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), None, "the close is not announced");
+    let sse = parse_sse(std::str::from_utf8(&r.body).unwrap()).unwrap();
+    assert!(sse.done && sse.content_events() == 3, "a complete stream");
+    c.send("GET", "/v1/models", None).await;
+    assert!(
+        c.response().await.is_none(),
+        "a second request on the connection must meet a closed socket"
+    );
+
+    // A whole answer keeps the connection open.
+    let mut c = Raw::connect(s.addr()).await;
+    c.send("POST", "/v1/chat/completions", Some(&chat_body(3, false)))
+        .await;
+    assert_eq!(c.response().await.unwrap().status, 200);
+    c.send("GET", "/v1/models", None).await;
+    assert_eq!(c.response().await.expect("answered").status, 200);
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
+    let s = start(faulty(
+        Faults {
+            keepalive_idle_ms: Some(300),
+            ..Faults::default()
+        },
+        cfg(2, 1, 1000.0),
+    ))
+    .await;
+    let mut c = Raw::connect(s.addr()).await;
+    c.send("GET", "/v1/models", None).await;
+    let r = c.response().await.unwrap();
+    assert_eq!(r.header("keep-alive"), Some("timeout=1, max=100"));
+    // Used again within the timeout, it is still open.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.send("GET", "/v1/models", None).await;
+    assert_eq!(c.response().await.expect("still open").status, 200);
+    let idle = Instant::now();
+    assert!(
+        c.closed_within(Duration::from_secs(2)).await,
+        "never closed"
+    );
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(900),
+        "closed after {waited:?} idle, configured 300 ms"
+    );
+
+    // Without the setting there is no such header.
+    let s = start(cfg(1, 1, 1000.0)).await;
+    let r = get(&client(), &s, "/v1/models").await;
+    assert!(r.headers().get("keep-alive").is_none());
+}
+
+#[tokio::test]
+async fn close_random_closes_that_share_of_connections_unannounced() {
+    let s = start(SimConfig {
+        seed: 7,
+        ..faulty(
+            Faults {
+                close_random: 0.5,
+                ..Faults::default()
+            },
+            cfg(2, 1, 1000.0),
+        )
+    })
+    .await;
+    let mut c = Raw::connect(s.addr()).await;
+    let mut closes = 0;
+    for _ in 0..40 {
+        c.send("GET", "/v1/models", None).await;
+        let r = match c.response().await {
+            Some(r) => r,
+            None => {
+                // The previous answer closed the connection.
+                closes += 1;
+                c = Raw::connect(s.addr()).await;
+                c.send("GET", "/v1/models", None).await;
+                c.response().await.expect("a fresh connection is answered")
+            }
+        };
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), None);
+    }
+    assert!(
+        (8..=32).contains(&closes),
+        "{closes} closes after 40 answers at 0.5"
+    );
+}
+
+#[tokio::test]
+async fn serial_mode_serves_one_request_at_a_time_probes_included() {
+    // 20 tokens at 50 tok/s: a stream of about 400 ms.
+    let s = start(faulty(
+        Faults {
+            serial: true,
+            ..Faults::default()
+        },
+        cfg(4, 1, 50.0),
+    ))
+    .await;
+    let c = client();
+    let (c2, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+    let stream = tokio::spawn(async move {
+        let r = c2
+            .post(url)
+            .json(&chat_body(20, true))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap()
+    });
+    assert!(wait_until(Duration::from_secs(2), || s.stats().active == 1).await);
+    // The control plane is exempt.
+    let t = Instant::now();
+    assert_eq!(get(&c, &s, "/sim/stats").await.status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    // A models probe waits for the whole stream.
+    let t = Instant::now();
+    assert_eq!(get(&c, &s, "/v1/models").await.status(), 200);
+    let probe = t.elapsed();
+    assert!(parse_sse(&stream.await.unwrap()).unwrap().done);
+    assert!(
+        probe >= Duration::from_millis(250),
+        "probe answered in {probe:?}"
+    );
+    let log = s.log();
+    let (stream, models) = (&log[0], &log[1]);
+    assert_eq!(models.path, "/v1/models");
+    assert!(models.arrived_ms < stream.ended_ms.unwrap());
+    assert!(
+        models.ended_ms.unwrap() >= stream.ended_ms.unwrap(),
+        "{log:?}"
+    );
+
+    // Two generations never overlap, whatever the slots.
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (c, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+        tasks.push(tokio::spawn(async move {
+            c.post(url)
+                .json(&chat_body(3, true))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(s.stats().peak_concurrency, 1);
+}
+
+#[tokio::test]
+async fn interrupt_mode_ends_a_stream_when_another_request_arrives() {
+    let s = start(faulty(
+        Faults {
+            interrupt: true,
+            ..Faults::default()
+        },
+        cfg(2, 1, 50.0),
+    ))
+    .await;
+    let c = client();
+    let r = chat(&c, &s, &chat_body(50, true)).await;
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    while got.matches("\"content\":\"").count() < 4 {
+        got.push_str(std::str::from_utf8(&body.next().await.unwrap().unwrap()).unwrap());
+    }
+    let t = Instant::now();
+    assert_eq!(get(&client(), &s, "/v1/models").await.status(), 200);
+    let mut broke = false;
+    while let Some(b) = body.next().await {
+        match b {
+            Ok(b) => got.push_str(std::str::from_utf8(&b).unwrap()),
+            Err(_) => {
+                broke = true;
+                break;
+            }
+        }
+    }
+    assert!(broke, "the connection should break after [DONE]");
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    let sse = parse_sse(&got).unwrap();
+    assert!(sse.done, "[DONE] comes first");
+    assert!(!has_finish_reason(&sse), "no finish reason: {got}");
+    assert!(sse.content_events() < 10);
+    assert_eq!(s.stats().interrupted, 1);
+    assert!(s.log()[0].interrupted);
+    assert!(!s.log()[1].interrupted);
+
+    // Whole answers are not interrupted (llama-cpp-python checks streams only).
+    let (c2, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+    let whole = tokio::spawn(async move {
+        let r = c2
+            .post(url)
+            .json(&chat_body(10, false))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    });
+    assert!(wait_until(Duration::from_secs(2), || s.stats().active == 1).await);
+    get(&c, &s, "/v1/models").await;
+    let v = whole.await.unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 10);
+}
+
+#[tokio::test]
+async fn done_without_finish_ends_cleanly_but_without_a_finish_reason() {
+    let s = start(faulty(
+        Faults {
+            done_without_finish: true,
+            ..Faults::default()
+        },
+        cfg(1, 1, 1000.0),
+    ))
+    .await;
+    let (got, broke) = body_and_break(chat(&client(), &s, &chat_body(5, true)).await).await;
+    assert!(!broke);
+    let sse = parse_sse(&got).unwrap();
+    assert!(sse.done);
+    assert_eq!(sse.content_events(), 5);
+    assert!(!has_finish_reason(&sse), "{got}");
+}
+
+#[tokio::test]
+async fn break_after_done_sends_everything_then_breaks() {
+    let s = start(faulty(
+        Faults {
+            break_after_done: true,
+            ..Faults::default()
+        },
+        cfg(1, 1, 1000.0),
+    ))
+    .await;
+    let (got, broke) = body_and_break(chat(&client(), &s, &chat_body(5, true)).await).await;
+    assert!(broke, "the body should not end cleanly");
+    let sse = parse_sse(&got).unwrap();
+    assert!(sse.done && has_finish_reason(&sse));
+    assert_eq!(sse.usage().unwrap()["completion_tokens"], 5);
+}
+
+#[tokio::test]
+async fn an_error_inside_a_200_stream_is_followed_by_done() {
+    let s = start(faulty(
+        Faults {
+            error_in_stream_after: Some(2),
+            ..Faults::default()
+        },
+        cfg(1, 1, 1000.0),
+    ))
+    .await;
+    let r = chat(&client(), &s, &chat_body(5, true)).await;
+    assert_eq!(r.status(), 200);
+    let (got, broke) = body_and_break(r).await;
+    assert!(!broke);
+    let sse = parse_sse(&got).unwrap();
+    assert!(sse.done);
+    assert_eq!(sse.content_events(), 2);
+    let last = sse.events.last().unwrap();
+    assert_eq!(last["error"]["type"], "server_error", "{got}");
+    assert!(!has_finish_reason(&sse));
+    assert_eq!(s.stats().errors, 1);
+}
+
+#[tokio::test]
+async fn the_first_generation_pays_the_load_and_llama_cpp_answers_503_meanwhile() {
+    let s = start(SimConfig {
+        kind: StudioKind::LlamaCpp,
+        load_ms: 300,
+        ..cfg(2, 1, 1000.0)
+    })
+    .await;
+    let c = client();
+    assert_eq!(get(&c, &s, "/health").await.status(), 200);
+    let (c2, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+    let t0 = Instant::now();
+    let first = tokio::spawn(async move {
+        let r = c2
+            .post(url)
+            .json(&chat_body(2, false))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), t0.elapsed())
+    });
+    assert!(wait_until(Duration::from_secs(2), || s.stats().requests == 1).await);
+    for path in ["/health", "/v1/models", "/props"] {
+        let r = get(&c, &s, path).await;
+        assert_eq!(r.status(), 503, "{path} while loading");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+        );
+    }
+    assert_eq!(chat(&c, &s, &chat_body(1, false)).await.status(), 503);
+    let (status, took) = first.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    // Loaded: the next one is fast, and /health is fine.
+    let t = Instant::now();
+    assert_eq!(chat(&c, &s, &chat_body(1, false)).await.status(), 200);
+    assert!(t.elapsed() < Duration::from_millis(200));
+    assert_eq!(get(&c, &s, "/health").await.status(), 200);
+    assert_eq!(s.stats().loads, 1);
+    // After an unload the next generation loads again.
+    let r = c
+        .post(format!("{}/sim/unload", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = Instant::now();
+    assert_eq!(chat(&c, &s, &chat_body(1, false)).await.status(), 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(s.stats().loads, 2);
+}
+
+#[tokio::test]
+async fn other_kinds_make_requests_wait_while_the_model_loads() {
+    let s = start(SimConfig {
+        load_ms: 300,
+        ..cfg(2, 1, 1000.0)
+    })
+    .await;
+    let c = client();
+    let lm: Value = get(&c, &s, "/api/v0/models").await.json().await.unwrap();
+    assert_eq!(lm["data"][0]["state"], "not-loaded");
+    let mut tasks = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..2 {
+        let (c, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+        tasks.push(tokio::spawn(async move {
+            let r = c.post(url).json(&chat_body(1, false)).send().await.unwrap();
+            (r.status(), t0.elapsed())
+        }));
+    }
+    assert!(wait_until(Duration::from_secs(2), || s.stats().requests == 2).await);
+    let t = Instant::now();
+    assert_eq!(get(&c, &s, "/v1/models").await.status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "probes answer during a load"
+    );
+    for task in tasks {
+        let (status, took) = task.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+    }
+    assert_eq!(s.stats().loads, 1, "one load for both");
+    let lm: Value = get(&c, &s, "/api/v0/models").await.json().await.unwrap();
+    assert_eq!(lm["data"][0]["state"], "loaded");
+}
+
+#[tokio::test]
+async fn the_request_log_lists_every_request_with_its_timing_and_status() {
+    let s = start(cfg(2, 1, 100.0)).await;
+    let c = client();
+    let (c2, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+    let stream = tokio::spawn(async move {
+        let r = c2
+            .post(url)
+            .json(&chat_body(20, true))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap()
+    });
+    assert!(wait_until(Duration::from_secs(2), || s.stats().active == 1).await);
+    get(&c, &s, "/v1/models").await.text().await.unwrap();
+    let r = chat(&c, &s, &json!({"model": "nope", "messages": []})).await;
+    assert_eq!(r.status(), 404);
+    stream.await.unwrap();
+    get(&c, &s, "/sim/stats").await;
+    let log: Vec<sim::LogEntry> = get(&c, &s, "/sim/log").await.json().await.unwrap();
+    assert_eq!(log, s.log());
+    let paths: Vec<(&str, &str, Option<u16>)> = log
+        .iter()
+        .map(|e| (e.method.as_str(), e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("POST", "/v1/chat/completions", Some(200)),
+            ("GET", "/v1/models", Some(200)),
+            ("POST", "/v1/chat/completions", Some(404)),
+        ],
+        "/sim/* requests are not logged"
+    );
+    assert_eq!(log[0].generating_at_arrival, 0);
+    assert_eq!(log[1].generating_at_arrival, 1);
+    let streamed = log[0].ended_ms.unwrap() - log[0].arrived_ms;
+    assert!(streamed >= 150, "a 200 ms stream logged as {streamed} ms");
+    assert!(log.iter().all(|e| e.ended_ms.is_some() && !e.interrupted));
+    let r = c
+        .post(format!("{}/sim/log/clear", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(s.log().is_empty());
+    get(&c, &s, "/v1/models").await;
+    assert_eq!(s.log().len(), 1);
+    c.delete(format!("{}/sim/log", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(s.log().is_empty());
+}
+
+#[tokio::test]
+async fn llama_cpp_reports_timings_on_the_last_chunk_and_on_whole_answers() {
+    // 50 ms to first token, then 100 tok/s.
+    let s = start(SimConfig {
+        kind: StudioKind::LlamaCpp,
+        ..cfg(1, 50, 100.0)
+    })
+    .await;
+    let c = client();
+    let check = |t: &Value| {
+        assert_eq!(t["predicted_n"], 5, "{t}");
+        assert!(t["prompt_n"].as_u64().unwrap() > 0);
+        assert_eq!(t["cache_n"], 0);
+        let prompt_ms = t["prompt_ms"].as_f64().unwrap();
+        assert!((45.0..200.0).contains(&prompt_ms), "{t}");
+        let predicted_ms = t["predicted_ms"].as_f64().unwrap();
+        assert!(
+            (35.0..200.0).contains(&predicted_ms),
+            "4 intervals of 10 ms: {t}"
+        );
+        let per_second = t["predicted_per_second"].as_f64().unwrap();
+        assert!((per_second - 5000.0 / predicted_ms).abs() < 1e-6);
+        assert!((t["predicted_per_token_ms"].as_f64().unwrap() - predicted_ms / 5.0).abs() < 1e-6);
+    };
+    // With include_usage the timings ride on the usage chunk, the last one.
+    let sse = parse_sse(
+        &chat(&c, &s, &chat_body(5, true))
+            .await
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let last = sse.events.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    check(&last["timings"]);
+    assert_eq!(
+        sse.events
+            .iter()
+            .filter(|e| e.get("timings").is_some())
+            .count(),
+        1
+    );
+    // Without it, on the finish chunk.
+    let mut b = chat_body(5, true);
+    b.as_object_mut().unwrap().remove("stream_options");
+    let sse = parse_sse(&chat(&c, &s, &b).await.text().await.unwrap()).unwrap();
+    let last = sse.events.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    check(&last["timings"]);
+    // Whole answers carry them too; other kinds do not.
+    let v: Value = chat(&c, &s, &chat_body(5, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    check(&v["timings"]);
+    let other = start(cfg(1, 1, 1000.0)).await;
+    let v: Value = chat(&c, &other, &chat_body(5, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(v.get("timings").is_none());
+}
+
+#[tokio::test]
+async fn lm_studio_rest_api_adds_stats_to_whole_answers() {
+    let s = start(cfg(1, 50, 100.0)).await;
+    let c = client();
+    let v: Value = post(&c, &s, "/api/v0/chat/completions", &chat_body(5, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    let st = &v["stats"];
+    assert_eq!(st["stop_reason"], "maxPredictedTokensReached");
+    let ttft = st["time_to_first_token"].as_f64().unwrap();
+    assert!((0.045..0.3).contains(&ttft), "{st}");
+    let gen_time = st["generation_time"].as_f64().unwrap();
+    assert!((st["tokens_per_second"].as_f64().unwrap() - 5.0 / gen_time).abs() < 1e-6);
+    assert_eq!(v["model_info"]["format"], "gguf");
+    assert!(v["runtime"]["name"].is_string());
+    // A request without a limit ends on its own.
+    let v: Value = post(
+        &c,
+        &s,
+        "/api/v0/completions",
+        &json!({"prompt": "once upon a time"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["stats"]["stop_reason"], "eosFound");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], 64);
+    // Streams carry no stats, as LM Studio's do not.
+    let t = post(&c, &s, "/api/v0/chat/completions", &chat_body(3, true))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(parse_sse(&t).unwrap().done && !t.contains("stats"));
+    // The OpenAI endpoint has none either.
+    let v: Value = chat(&c, &s, &chat_body(2, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(v.get("stats").is_none());
+}
+
+#[tokio::test]
+async fn vllm_metrics_histograms_count_real_requests() {
+    let s = start(SimConfig {
+        kind: StudioKind::Vllm,
+        ..cfg(1, 50, 100.0)
+    })
+    .await;
+    let c = client();
+    // Two at once on one slot: the second queues for the first's ~100 ms.
+    let (whole, streamed) = (chat_body(5, false), chat_body(5, true));
+    let (a, b) = tokio::join!(chat(&c, &s, &whole), chat(&c, &s, &streamed));
+    a.text().await.unwrap();
+    b.text().await.unwrap();
+    let m = get(&c, &s, "/metrics").await.text().await.unwrap();
+    let value = |line: &str| -> f64 {
+        let l = m
+            .lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no {line} in\n{m}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let model = format!("{{model_name=\"{}\"}}", sim::DEFAULT_MODEL);
+    for h in [
+        "vllm:request_queue_time_seconds",
+        "vllm:request_prefill_time_seconds",
+        "vllm:request_decode_time_seconds",
+        "vllm:e2e_request_latency_seconds",
+        "vllm:time_to_first_token_seconds",
+    ] {
+        assert_eq!(value(&format!("{h}_count{model}")), 2.0, "{h}");
+        assert!(m.contains(&format!("# TYPE {h} histogram")));
+        let inf = format!(
+            "{h}_bucket{{le=\"+Inf\",model_name=\"{}\"}}",
+            sim::DEFAULT_MODEL
+        );
+        assert_eq!(value(&inf), 2.0);
+    }
+    let queued = value(&format!("vllm:request_queue_time_seconds_sum{model}"));
+    assert!(queued >= 0.08, "one request queued ~100 ms, sum {queued}");
+    let prefill = value(&format!("vllm:request_prefill_time_seconds_sum{model}"));
+    assert!(prefill >= 0.09, "two prefills of 50 ms, sum {prefill}");
+    assert!(m.contains(&format!("vllm:num_requests_running{model} 0")));
+}
