@@ -1383,3 +1383,509 @@ async fn vllm_metrics_histograms_count_real_requests() {
     assert!(prefill >= 0.09, "two prefills of 50 ms, sum {prefill}");
     assert!(m.contains(&format!("vllm:num_requests_running{model} 0")));
 }
+
+/// Anthropic's SSE: (event name, data) pairs; the event line must match the
+/// data's type.
+fn anthropic_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| {
+            let (ev, data) = b.split_once('\n').expect("event and data lines");
+            let name = ev.strip_prefix("event: ").expect("event line").to_string();
+            let v: Value =
+                serde_json::from_str(data.strip_prefix("data: ").expect("data line")).unwrap();
+            assert_eq!(v["type"], name.as_str());
+            (name, v)
+        })
+        .collect()
+}
+
+fn messages_body(max_tokens: Option<u32>, stream: bool) -> Value {
+    let mut b = json!({
+        "model": sim::DEFAULT_MODEL,
+        "system": "You are terse.",
+        "stream": stream,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Say something"}]}],
+    });
+    if let Some(n) = max_tokens {
+        b["max_tokens"] = n.into();
+    }
+    b
+}
+
+#[tokio::test]
+async fn anthropic_messages_stream_the_real_event_sequence() {
+    let s = start(SimConfig {
+        kind: StudioKind::LlamaCpp,
+        ..cfg(1, 1, 1000.0)
+    })
+    .await;
+    let c = client();
+    let r = post(&c, &s, "/v1/messages", &messages_body(Some(3), true)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let events = anthropic_events(&r.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let start = &events[0].1["message"];
+    assert_eq!(
+        (start["role"].as_str(), start["content"].clone()),
+        (Some("assistant"), json!([]))
+    );
+    let input_tokens = start["usage"]["input_tokens"].as_u64().unwrap();
+    assert!(input_tokens > 0);
+    let delta = &events[7].1;
+    assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
+    assert_eq!(delta["usage"]["output_tokens"], 3);
+    let streamed: String = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, v)| {
+            assert_eq!(v["delta"]["type"], "text_delta");
+            v["delta"]["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // The same prompt gives the same text whole.
+    let whole: Value = post(&c, &s, "/v1/messages", &messages_body(Some(3), false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whole["content"][0]["text"].as_str().unwrap(), streamed);
+    assert_eq!(whole["usage"]["input_tokens"], input_tokens);
+}
+
+#[tokio::test]
+async fn anthropic_messages_answer_whole_count_tokens_and_fail_in_their_own_shape() {
+    let s = start(SimConfig {
+        kind: StudioKind::LlamaCpp,
+        ..cfg(1, 1, 1000.0)
+    })
+    .await;
+    let c = client();
+    let v: Value = post(&c, &s, "/v1/messages", &messages_body(Some(4), false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["role"].as_str()),
+        (Some("message"), Some("assistant"))
+    );
+    assert!(v["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(v["content"][0]["type"], "text");
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert_eq!(v["usage"]["output_tokens"], 4);
+    let v2: Value = post(&c, &s, "/v1/messages", &messages_body(None, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v2["stop_reason"], "end_turn",
+        "no limit: it ends on its own"
+    );
+    let n: Value = post(
+        &c,
+        &s,
+        "/v1/messages/count_tokens",
+        &messages_body(None, false),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(n, json!({"input_tokens": v["usage"]["input_tokens"]}));
+    let mut unknown = messages_body(Some(1), false);
+    unknown["model"] = "claude-nope".into();
+    let r = post(&c, &s, "/v1/messages", &unknown).await;
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["error"]["type"].as_str()),
+        (Some("error"), Some("not_found_error"))
+    );
+    s.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let r = post(&c, &s, "/v1/messages", &messages_body(Some(1), false)).await;
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "overloaded_error");
+
+    // Where the studio has no Messages API, it answers as for any unknown path.
+    let cases = [
+        (StudioKind::Vllm, None, 404),
+        (StudioKind::LlamaCpp, Some(false), 404),
+        (StudioKind::Openai, Some(true), 200),
+    ];
+    for (kind, anthropic, status) in cases {
+        let s = start(SimConfig {
+            kind,
+            anthropic,
+            ..cfg(1, 1, 1000.0)
+        })
+        .await;
+        let r = post(&c, &s, "/v1/messages", &messages_body(Some(1), false)).await;
+        assert_eq!(r.status(), status, "{kind} anthropic={anthropic:?}");
+    }
+    // LM Studio and Ollama serve messages but not token counting.
+    for kind in [StudioKind::LmStudio, StudioKind::Ollama] {
+        let s = start(SimConfig {
+            kind,
+            ..cfg(1, 1, 1000.0)
+        })
+        .await;
+        let r = post(&c, &s, "/v1/messages", &messages_body(Some(1), false)).await;
+        assert_eq!(r.status(), 200, "{kind}");
+        let r = post(
+            &c,
+            &s,
+            "/v1/messages/count_tokens",
+            &messages_body(None, false),
+        )
+        .await;
+        let t = r.text().await.unwrap();
+        assert!(t.contains("Unexpected endpoint"), "{kind}: {t}");
+    }
+}
+
+fn ollama() -> SimConfig {
+    SimConfig {
+        kind: StudioKind::Ollama,
+        ..cfg(1, 20, 500.0)
+    }
+}
+
+#[tokio::test]
+async fn ollama_native_chat_streams_ndjson_with_durations_in_nanoseconds() {
+    let s = start(ollama()).await;
+    let c = client();
+    let body = json!({"model": format!("{}:latest", sim::DEFAULT_MODEL),
+                      "messages": [{"role": "user", "content": "hello"}],
+                      "options": {"num_predict": 4}});
+    let r = post(&c, &s, "/api/chat", &body).await;
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let lines: Vec<Value> = r
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "4 tokens then the final object");
+    for l in &lines[..4] {
+        assert_eq!(l["done"], false);
+        assert_eq!(l["message"]["role"], "assistant");
+        assert!(l["created_at"].as_str().unwrap().ends_with('Z'));
+    }
+    let last = &lines[4];
+    assert_eq!(last["model"], body["model"]);
+    assert_eq!(
+        (last["done"].as_bool(), last["done_reason"].as_str()),
+        (Some(true), Some("length"))
+    );
+    assert_eq!(last["eval_count"], 4);
+    assert!(last["prompt_eval_count"].as_u64().unwrap() > 0);
+    let ns = |k: &str| last[k].as_u64().unwrap_or_else(|| panic!("{k} in {last}"));
+    assert!(ns("prompt_eval_duration") >= 20_000_000, "20 ms prefill");
+    assert!(ns("eval_duration") >= 5_000_000, "3 intervals of 2 ms");
+    assert!(ns("total_duration") >= ns("prompt_eval_duration") + ns("eval_duration"));
+    assert!(ns("load_duration") > 0);
+    let streamed: String = lines
+        .iter()
+        .map(|l| l["message"]["content"].as_str().unwrap())
+        .collect();
+    // `"stream": false` gives one object with the same text.
+    let mut whole = body.clone();
+    whole["stream"] = false.into();
+    let v: Value = post(&c, &s, "/api/chat", &whole)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["message"]["content"].as_str().unwrap(), streamed);
+    assert_eq!(v["done"], true);
+    // /api/generate answers in `response`, and without a limit ends on its own.
+    let v: Value = post(
+        &c,
+        &s,
+        "/api/generate",
+        &json!({"model": sim::DEFAULT_MODEL, "prompt": "hi", "stream": false}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        v["response"].as_str().unwrap().split_whitespace().count(),
+        64
+    );
+    assert_eq!(v["done_reason"], "stop");
+    // Errors in Ollama's plain shape.
+    let r = post(
+        &c,
+        &s,
+        "/api/chat",
+        &json!({"model": "llama9", "messages": []}),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"error": "model 'llama9' not found"})
+    );
+    let r = post(&c, &s, "/api/generate", &json!({"prompt": "hi"})).await;
+    assert_eq!(r.status(), 400);
+    let r = post(&c, &s, "/api/chat", &json!("nope")).await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn ollama_native_model_endpoints_load_show_and_embed() {
+    let s = start(SimConfig {
+        load_ms: 100,
+        ..ollama()
+    })
+    .await;
+    let c = client();
+    let ps: Value = get(&c, &s, "/api/ps").await.json().await.unwrap();
+    assert_eq!(ps["models"], json!([]), "nothing loaded yet");
+    // An empty prompt loads the model; keep_alive 0 unloads it.
+    let t = Instant::now();
+    let v: Value = post(
+        &c,
+        &s,
+        "/api/generate",
+        &json!({"model": sim::DEFAULT_MODEL}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        (v["done"].as_bool(), v["done_reason"].as_str()),
+        (Some(true), Some("load"))
+    );
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    assert_eq!(s.stats().loads, 1);
+    let ps: Value = get(&c, &s, "/api/ps").await.json().await.unwrap();
+    assert_eq!(ps["models"][0]["name"], sim::DEFAULT_MODEL);
+    assert!(ps["models"][0]["expires_at"].is_string());
+    let v: Value = post(
+        &c,
+        &s,
+        "/api/chat",
+        &json!({"model": sim::DEFAULT_MODEL, "messages": [], "keep_alive": 0}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["done_reason"], "unload");
+    let ps: Value = get(&c, &s, "/api/ps").await.json().await.unwrap();
+    assert_eq!(ps["models"], json!([]));
+
+    let show = post(&c, &s, "/api/show", &json!({"model": sim::DEFAULT_MODEL})).await;
+    assert_eq!(show.status(), 200);
+    let show: Value = show.json().await.unwrap();
+    assert_eq!(show["details"]["format"], "gguf");
+    assert!(show["model_info"].is_object());
+    assert_eq!(
+        post(&c, &s, "/api/show", &json!({"model": "x"}))
+            .await
+            .status(),
+        404
+    );
+    let tags: Value = get(&c, &s, "/api/tags").await.json().await.unwrap();
+    assert_eq!(tags["models"][0]["digest"].as_str().unwrap().len(), 64);
+
+    let e: Value = post(
+        &c,
+        &s,
+        "/api/embed",
+        &json!({"model": sim::DEFAULT_MODEL, "input": ["one", "two"]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(e["embeddings"].as_array().unwrap().len(), 2);
+    assert_eq!(e["prompt_eval_count"], 2);
+    let e: Value = post(
+        &c,
+        &s,
+        "/api/embeddings",
+        &json!({"model": sim::DEFAULT_MODEL, "prompt": "one"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(e["embedding"].as_array().unwrap().len(), 16);
+}
+
+#[tokio::test]
+async fn a_conversations_next_turn_reuses_its_slot_cache_and_a_new_prompt_does_not() {
+    // 1 ms per uncached prompt token, on top of a 10 ms TTFT.
+    let s = start(SimConfig {
+        kind: StudioKind::LlamaCpp,
+        prefill_tps: Some(1000.0),
+        ..cfg(2, 10, 1000.0)
+    })
+    .await;
+    let c = client();
+    let words = |w: &str| vec![w; 300].join(" ");
+    let ask = |messages: Value| json!({"max_tokens": 8, "messages": messages});
+    let timed = |body: Value| {
+        let (c, s) = (c.clone(), s.url());
+        async move {
+            let t = Instant::now();
+            let v: Value = c
+                .post(format!("{s}/v1/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (t.elapsed(), v)
+        }
+    };
+    let turn1 = json!([{"role": "user", "content": words("alpha")}]);
+    let (first, v) = timed(ask(turn1.clone())).await;
+    assert!(
+        first >= Duration::from_millis(280),
+        "300 uncached tokens took {first:?}"
+    );
+    assert_eq!(v["timings"]["cache_n"], 0);
+    // The next turn extends the first: only the new part is prefilled.
+    let mut turn2 = turn1.as_array().unwrap().clone();
+    turn2.push(json!({"role": "assistant", "content": v["choices"][0]["message"]["content"]}));
+    turn2.push(json!({"role": "user", "content": "and then?"}));
+    let (second, v2) = timed(ask(Value::Array(turn2))).await;
+    assert!(
+        second < Duration::from_millis(150),
+        "a cached turn took {second:?}"
+    );
+    let cached = v2["timings"]["cache_n"].as_u64().unwrap();
+    assert!(cached >= 288, "{}", v2["timings"]);
+    // Another conversation pays in full (and takes the other slot).
+    let (other, _) = timed(ask(json!([{"role": "user", "content": words("beta")}]))).await;
+    assert!(other >= Duration::from_millis(280), "{other:?}");
+    // The first conversation's slot still holds it.
+    let (again, _) = timed(ask(turn1)).await;
+    assert!(again < Duration::from_millis(150), "{again:?}");
+    let st = s.stats();
+    assert!(st.cached_prompt_tokens >= 2 * 288, "{st:?}");
+    assert!(
+        st.prefilled_tokens >= 600 && st.prefilled_tokens < 700,
+        "{st:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_wire_format_shares_the_same_slots_faults_and_counters() {
+    let s = start(SimConfig {
+        kind: StudioKind::Ollama,
+        ..cfg(1, 1, 200.0)
+    })
+    .await;
+    let c = client();
+    // One slot: an OpenAI, an Anthropic and an Ollama stream run one after another.
+    let openai = chat_body(10, true);
+    let anthropic = messages_body(Some(10), true);
+    let native =
+        json!({"model": sim::DEFAULT_MODEL, "prompt": "x", "options": {"num_predict": 10}});
+    let t = Instant::now();
+    let (a, b, n) = tokio::join!(
+        post(&c, &s, "/v1/chat/completions", &openai),
+        post(&c, &s, "/v1/messages", &anthropic),
+        post(&c, &s, "/api/generate", &native),
+    );
+    let (a, b, n) = (
+        a.text().await.unwrap(),
+        b.text().await.unwrap(),
+        n.text().await.unwrap(),
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(120),
+        "3 x 45 ms, one at a time"
+    );
+    assert_eq!(parse_sse(&a).unwrap().content_events(), 10);
+    assert_eq!(anthropic_events(&b).len(), 16);
+    assert_eq!(n.lines().count(), 11);
+    let st = s.stats();
+    assert_eq!(
+        (st.peak_concurrency, st.completed, st.tokens),
+        (1, 3, 30),
+        "{st:?}"
+    );
+    assert_eq!(s.log().len(), 3);
+
+    // The same faults strike every format.
+    s.set_faults(Faults {
+        drop_after_tokens: Some(2),
+        ..Faults::default()
+    });
+    for (path, body) in [("/v1/messages", &anthropic), ("/api/generate", &native)] {
+        let (got, broke) = body_and_break(post(&c, &s, path, body).await).await;
+        assert!(broke, "{path}: {got}");
+    }
+    s.set_faults(Faults {
+        error_in_stream_after: Some(1),
+        ..Faults::default()
+    });
+    let b = post(&c, &s, "/v1/messages", &anthropic)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let events = anthropic_events(&b);
+    assert_eq!(events.last().unwrap().0, "error");
+    let n = post(&c, &s, "/api/generate", &native)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(n.lines().last().unwrap()).unwrap();
+    assert!(last["error"].is_string(), "{n}");
+    s.set_faults(Faults {
+        error_rate: 1.0,
+        error_status: 500,
+        ..Faults::default()
+    });
+    let e: Value = post(&c, &s, "/v1/chat/completions", &openai)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e["error"]["type"], "server_error");
+    let e: Value = post(&c, &s, "/v1/messages", &anthropic)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e["error"]["type"], "api_error");
+    let e: Value = post(&c, &s, "/api/generate", &native)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(e["error"].is_string());
+}

@@ -15,7 +15,7 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::{OwnedSemaphorePermit, mpsc, watch};
 use tokio::time::Instant;
 
-use super::cache::{Blocks, Slots};
+use super::cache::Blocks;
 use super::conn::{ReqCtx, Streamed};
 use super::metrics::Phases;
 use super::{Faults, SimState, text};
@@ -209,12 +209,7 @@ impl Drop for SlotGuard {
 }
 
 /// Wait in FIFO order for a slot.
-async fn take_slot(
-    state: &Arc<SimState>,
-    slots: &Slots,
-    prompt: Blocks,
-    prompt_tokens: u32,
-) -> (SlotGuard, u32) {
+async fn take_slot(state: &Arc<SimState>, prompt: Blocks, prompt_tokens: u32) -> (SlotGuard, u32) {
     let c = &state.counters;
     c.queued.fetch_add(1, Ordering::Relaxed);
     // Decrement `queued` even if this future is dropped while waiting.
@@ -225,7 +220,7 @@ async fn take_slot(
         }
     }
     let q = Queued(&c.queued);
-    let taken = slots.take(&prompt, prompt_tokens).await;
+    let taken = state.slots.take(&prompt, prompt_tokens).await;
     drop(q);
     let now = c.active.fetch_add(1, Ordering::Relaxed) + 1;
     c.peak_concurrency.fetch_max(now, Ordering::Relaxed);
@@ -283,8 +278,7 @@ impl Generation {
         }
         let load = t.elapsed();
         let prompt_tokens = text::count_tokens(&ask.prompt);
-        let (slot, cached_tokens) =
-            take_slot(state, &state.slots, Blocks::of(&ask.prompt), prompt_tokens).await;
+        let (slot, cached_tokens) = take_slot(state, Blocks::of(&ask.prompt), prompt_tokens).await;
         let queue = tracker.arrived.elapsed();
         let prefilled = prompt_tokens - cached_tokens;
         let c = &state.counters;
