@@ -190,6 +190,14 @@ pub(super) enum Step {
     Drop,
 }
 
+/// How a generation ends (the books differ for each).
+enum Ending {
+    Done,
+    Error,
+    Interrupted,
+    Drop,
+}
+
 /// A held slot; on release it remembers the prompt and answer for the next
 /// request, and the gauge goes down.
 struct SlotGuard {
@@ -340,14 +348,10 @@ impl Generation {
         }
         // Checked after every chunk sent, as llama-cpp-python does.
         if self.interrupted() {
-            return Some(self.end(Step::Interrupted));
+            return Some(self.end(Ending::Interrupted));
         }
         if self.i >= self.n {
-            let finish = self.finish;
-            return Some(self.end(Step::Done(End {
-                finish,
-                timings: Timings::default(),
-            })));
+            return Some(self.end(Ending::Done));
         }
         // Deadline-based pacing: no drift however long each write takes.
         let at = self.decode_start + self.interval * self.i;
@@ -365,7 +369,7 @@ impl Generation {
             }
         };
         if cut {
-            return Some(self.end(Step::Interrupted));
+            return Some(self.end(Ending::Interrupted));
         }
         // Stream faults strike when the next token would have come.
         if self.stream
@@ -374,10 +378,10 @@ impl Generation {
                 .error_in_stream_after
                 .is_some_and(|k| self.i >= k)
         {
-            return Some(self.end(Step::Error(format!("{} mid-stream", FAILURE))));
+            return Some(self.end(Ending::Error));
         }
         if self.faults.drop_after_tokens.is_some_and(|d| self.i >= d) {
-            return Some(self.end(Step::Drop));
+            return Some(self.end(Ending::Drop));
         }
         if self.i == 0 {
             self.state
@@ -394,7 +398,7 @@ impl Generation {
     }
 
     /// Settle the books for how the answer ended, and free the slot.
-    fn end(&mut self, step: Step) -> Step {
+    fn end(&mut self, how: Ending) -> Step {
         self.ended = true;
         let t = &mut self.timings;
         t.tokens = self.i;
@@ -408,8 +412,8 @@ impl Generation {
         self.slot = None;
         let c = &self.state.counters;
         let tracker = self.tracker.take();
-        match step {
-            Step::Done(end) => {
+        match how {
+            Ending::Done => {
                 self.state.metrics.finished(&Phases {
                     queue: timings.queue,
                     prefill: timings.prefill,
@@ -420,11 +424,11 @@ impl Generation {
                     tr.complete();
                 }
                 Step::Done(End {
-                    finish: end.finish,
+                    finish: self.finish,
                     timings,
                 })
             }
-            Step::Interrupted => {
+            Ending::Interrupted => {
                 c.interrupted.fetch_add(1, Ordering::Relaxed);
                 self.state.log.interrupted(self.log_id);
                 if let Some(tr) = tracker {
@@ -432,15 +436,15 @@ impl Generation {
                 }
                 Step::Interrupted
             }
-            Step::Error(m) => {
+            Ending::Error => {
                 c.errors.fetch_add(1, Ordering::Relaxed);
                 if let Some(tr) = tracker {
                     tr.finish();
                 }
-                Step::Error(m)
+                Step::Error(format!("{FAILURE} mid-stream"))
             }
             // The connection breaks: counted as cancelled, as a client would see it.
-            other => other,
+            Ending::Drop => Step::Drop,
         }
     }
 
