@@ -622,3 +622,1270 @@ async fn stats_reset_keeps_live_gauges() {
         .unwrap();
     assert_eq!(v["completed"], 0);
 }
+
+async fn post(c: &reqwest::Client, s: &SimHandle, path: &str, body: &Value) -> reqwest::Response {
+    c.post(format!("{}{path}", s.url()))
+        .json(body)
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn get(c: &reqwest::Client, s: &SimHandle, path: &str) -> reqwest::Response {
+    c.get(format!("{}{path}", s.url())).send().await.unwrap()
+}
+
+fn faulty(faults: Faults, base: SimConfig) -> SimConfig {
+    SimConfig { faults, ..base }
+}
+
+/// Read a whole body, noting whether it ended with a transport error.
+async fn body_and_break(r: reqwest::Response) -> (String, bool) {
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    while let Some(b) = body.next().await {
+        match b {
+            Ok(b) => got.push_str(std::str::from_utf8(&b).unwrap()),
+            Err(_) => return (got, true),
+        }
+    }
+    (got, false)
+}
+
+/// Whether any event carries a finish reason.
+fn has_finish_reason(sse: &Sse) -> bool {
+    sse.events.iter().any(|e| {
+        e.pointer("/choices/0/finish_reason")
+            .is_some_and(|f| !f.is_null())
+    })
+}
+
+/// A plain HTTP/1.1 connection, to see exactly when a server closes it.
+struct Raw {
+    s: tokio::net::TcpStream,
+    buf: Vec<u8>,
+}
+
+struct RawResponse {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawResponse {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Raw {
+    async fn connect(addr: SocketAddr) -> Raw {
+        Raw {
+            s: tokio::net::TcpStream::connect(addr).await.unwrap(),
+            buf: Vec::new(),
+        }
+    }
+
+    /// Send a request; a write to a connection the server closed may fail.
+    async fn send(&mut self, method: &str, path: &str, body: Option<&Value>) {
+        use tokio::io::AsyncWriteExt;
+        let body = body.map(|b| b.to_string()).unwrap_or_default();
+        let req = format!(
+            "{method} {path} HTTP/1.1\r\nHost: sim\r\nContent-Type: application/json\r\n\
+             Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = self.s.write_all(req.as_bytes()).await;
+    }
+
+    /// More bytes; false at end of stream or on an error.
+    async fn fill(&mut self) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 8192];
+        match tokio::time::timeout(Duration::from_secs(5), self.s.read(&mut b)).await {
+            Ok(Ok(n)) if n > 0 => {
+                self.buf.extend_from_slice(&b[..n]);
+                true
+            }
+            Ok(_) => false,
+            Err(_) => panic!("no answer and no close within 5 s"),
+        }
+    }
+
+    async fn take_line(&mut self) -> Option<String> {
+        loop {
+            if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                let line = String::from_utf8(self.buf.drain(..i + 2).collect()).unwrap();
+                return Some(line.trim_end().to_string());
+            }
+            if !self.fill().await {
+                return None;
+            }
+        }
+    }
+
+    async fn take(&mut self, n: usize) -> Option<Vec<u8>> {
+        while self.buf.len() < n {
+            if !self.fill().await {
+                return None;
+            }
+        }
+        Some(self.buf.drain(..n).collect())
+    }
+
+    /// Read one whole response. `None` if the connection closed before a
+    /// byte of it arrived; panics if it breaks midway.
+    async fn response(&mut self) -> Option<RawResponse> {
+        if self.buf.is_empty() && !self.fill().await {
+            return None;
+        }
+        let status_line = self.take_line().await.expect("status line");
+        let status = status_line.split(' ').nth(1).unwrap().parse().unwrap();
+        let mut headers = Vec::new();
+        loop {
+            let line = self.take_line().await.expect("header");
+            if line.is_empty() {
+                break;
+            }
+            let (k, v) = line.split_once(':').unwrap();
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let mut r = RawResponse {
+            status,
+            headers,
+            body: Vec::new(),
+        };
+        if r.header("transfer-encoding") == Some("chunked") {
+            loop {
+                let size = self.take_line().await.expect("chunk size");
+                let size = usize::from_str_radix(&size, 16).unwrap();
+                let chunk = self.take(size + 2).await.expect("chunk");
+                r.body.extend_from_slice(&chunk[..size]);
+                if size == 0 {
+                    break;
+                }
+            }
+        } else {
+            let n: usize = r.header("content-length").unwrap().parse().unwrap();
+            r.body = self.take(n).await.expect("body");
+        }
+        Some(r)
+    }
+
+    /// Whether the server closes the connection within `limit` without
+    /// sending anything more.
+    async fn closed_within(&mut self, limit: Duration) -> bool {
+        use tokio::io::AsyncReadExt;
+        let mut b = [0u8; 1];
+        match tokio::time::timeout(limit, self.s.read(&mut b)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(_)) => panic!("unexpected bytes from an idle connection"),
+            Err(_) => false,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_streamed_answer_closes_the_connection_without_announcing_it() {
+    let s = start(faulty(
+        Faults {
+            close_after_stream: true,
+            ..Faults::default()
+        },
+        cfg(2, 1, 1000.0),
+    ))
+    .await;
+    let mut c = Raw::connect(s.addr()).await;
+    c.send("POST", "/v1/chat/completions", Some(&chat_body(3, true)))
+        .await;
+    let r = c.response().await.expect("the stream is answered");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("connection"), None, "the close is not announced");
+    let sse = parse_sse(std::str::from_utf8(&r.body).unwrap()).unwrap();
+    assert!(sse.done && sse.content_events() == 3, "a complete stream");
+    c.send("GET", "/v1/models", None).await;
+    assert!(
+        c.response().await.is_none(),
+        "a second request on the connection must meet a closed socket"
+    );
+
+    // A whole answer keeps the connection open.
+    let mut c = Raw::connect(s.addr()).await;
+    c.send("POST", "/v1/chat/completions", Some(&chat_body(3, false)))
+        .await;
+    assert_eq!(c.response().await.unwrap().status, 200);
+    c.send("GET", "/v1/models", None).await;
+    assert_eq!(c.response().await.expect("answered").status, 200);
+}
+
+#[tokio::test]
+async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
+    let s = start(faulty(
+        Faults {
+            keepalive_idle_ms: Some(300),
+            ..Faults::default()
+        },
+        cfg(2, 1, 1000.0),
+    ))
+    .await;
+    let mut c = Raw::connect(s.addr()).await;
+    c.send("GET", "/v1/models", None).await;
+    let r = c.response().await.unwrap();
+    assert_eq!(r.header("keep-alive"), Some("timeout=1, max=100"));
+    // Used again within the timeout, it is still open.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    c.send("GET", "/v1/models", None).await;
+    assert_eq!(c.response().await.expect("still open").status, 200);
+    let idle = Instant::now();
+    assert!(
+        c.closed_within(Duration::from_secs(2)).await,
+        "never closed"
+    );
+    let waited = idle.elapsed();
+    assert!(
+        waited >= Duration::from_millis(250) && waited < Duration::from_millis(900),
+        "closed after {waited:?} idle, configured 300 ms"
+    );
+
+    // Without the setting there is no such header.
+    let s = start(cfg(1, 1, 1000.0)).await;
+    let r = get(&client(), &s, "/v1/models").await;
+    assert!(r.headers().get("keep-alive").is_none());
+}
+
+#[tokio::test]
+async fn close_random_closes_that_share_of_connections_unannounced() {
+    let s = start(SimConfig {
+        seed: 7,
+        ..faulty(
+            Faults {
+                close_random: 0.5,
+                ..Faults::default()
+            },
+            cfg(2, 1, 1000.0),
+        )
+    })
+    .await;
+    let mut c = Raw::connect(s.addr()).await;
+    let mut closes = 0;
+    for _ in 0..40 {
+        c.send("GET", "/v1/models", None).await;
+        let r = match c.response().await {
+            Some(r) => r,
+            None => {
+                // The previous answer closed the connection.
+                closes += 1;
+                c = Raw::connect(s.addr()).await;
+                c.send("GET", "/v1/models", None).await;
+                c.response().await.expect("a fresh connection is answered")
+            }
+        };
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), None);
+    }
+    assert!(
+        (8..=32).contains(&closes),
+        "{closes} closes after 40 answers at 0.5"
+    );
+}
+
+#[tokio::test]
+async fn serial_mode_serves_one_request_at_a_time_probes_included() {
+    // 20 tokens at 50 tok/s: a stream of about 400 ms.
+    let s = start(faulty(
+        Faults {
+            serial: true,
+            ..Faults::default()
+        },
+        cfg(4, 1, 50.0),
+    ))
+    .await;
+    let c = client();
+    let (c2, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+    let stream = tokio::spawn(async move {
+        let r = c2
+            .post(url)
+            .json(&chat_body(20, true))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap()
+    });
+    assert!(wait_until(Duration::from_secs(2), || s.stats().active == 1).await);
+    // The control plane is exempt.
+    let t = Instant::now();
+    assert_eq!(get(&c, &s, "/sim/stats").await.status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "{:?}",
+        t.elapsed()
+    );
+    // A models probe waits for the whole stream.
+    let t = Instant::now();
+    assert_eq!(get(&c, &s, "/v1/models").await.status(), 200);
+    let probe = t.elapsed();
+    assert!(parse_sse(&stream.await.unwrap()).unwrap().done);
+    assert!(
+        probe >= Duration::from_millis(250),
+        "probe answered in {probe:?}"
+    );
+    let log = s.log();
+    let (stream, models) = (&log[0], &log[1]);
+    assert_eq!(models.path, "/v1/models");
+    assert!(models.arrived_ms < stream.ended_ms.unwrap());
+    assert!(
+        models.ended_ms.unwrap() >= stream.ended_ms.unwrap(),
+        "{log:?}"
+    );
+
+    // Two generations never overlap, whatever the slots.
+    let mut tasks = Vec::new();
+    for _ in 0..2 {
+        let (c, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+        tasks.push(tokio::spawn(async move {
+            c.post(url)
+                .json(&chat_body(3, true))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    assert_eq!(s.stats().peak_concurrency, 1);
+}
+
+#[tokio::test]
+async fn interrupt_mode_ends_a_stream_when_another_request_arrives() {
+    let s = start(faulty(
+        Faults {
+            interrupt: true,
+            ..Faults::default()
+        },
+        cfg(2, 1, 50.0),
+    ))
+    .await;
+    let c = client();
+    let r = chat(&c, &s, &chat_body(50, true)).await;
+    let mut body = r.bytes_stream();
+    let mut got = String::new();
+    while got.matches("\"content\":\"").count() < 4 {
+        got.push_str(std::str::from_utf8(&body.next().await.unwrap().unwrap()).unwrap());
+    }
+    let t = Instant::now();
+    assert_eq!(get(&client(), &s, "/v1/models").await.status(), 200);
+    let mut broke = false;
+    while let Some(b) = body.next().await {
+        match b {
+            Ok(b) => got.push_str(std::str::from_utf8(&b).unwrap()),
+            Err(_) => {
+                broke = true;
+                break;
+            }
+        }
+    }
+    assert!(broke, "the connection should break after [DONE]");
+    assert!(
+        t.elapsed() < Duration::from_millis(300),
+        "{:?}",
+        t.elapsed()
+    );
+    let sse = parse_sse(&got).unwrap();
+    assert!(sse.done, "[DONE] comes first");
+    assert!(!has_finish_reason(&sse), "no finish reason: {got}");
+    assert!(sse.content_events() < 10);
+    assert_eq!(s.stats().interrupted, 1);
+    assert!(s.log()[0].interrupted);
+    assert!(!s.log()[1].interrupted);
+
+    // Whole answers are not interrupted (llama-cpp-python checks streams only).
+    let (c2, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+    let whole = tokio::spawn(async move {
+        let r = c2
+            .post(url)
+            .json(&chat_body(10, false))
+            .send()
+            .await
+            .unwrap();
+        r.json::<Value>().await.unwrap()
+    });
+    assert!(wait_until(Duration::from_secs(2), || s.stats().active == 1).await);
+    get(&c, &s, "/v1/models").await;
+    let v = whole.await.unwrap();
+    assert_eq!(v["choices"][0]["finish_reason"], "length");
+    assert_eq!(v["usage"]["completion_tokens"], 10);
+}
+
+#[tokio::test]
+async fn done_without_finish_ends_cleanly_but_without_a_finish_reason() {
+    let s = start(faulty(
+        Faults {
+            done_without_finish: true,
+            ..Faults::default()
+        },
+        cfg(1, 1, 1000.0),
+    ))
+    .await;
+    let (got, broke) = body_and_break(chat(&client(), &s, &chat_body(5, true)).await).await;
+    assert!(!broke);
+    let sse = parse_sse(&got).unwrap();
+    assert!(sse.done);
+    assert_eq!(sse.content_events(), 5);
+    assert!(!has_finish_reason(&sse), "{got}");
+}
+
+#[tokio::test]
+async fn break_after_done_sends_everything_then_breaks() {
+    let s = start(faulty(
+        Faults {
+            break_after_done: true,
+            ..Faults::default()
+        },
+        cfg(1, 1, 1000.0),
+    ))
+    .await;
+    let (got, broke) = body_and_break(chat(&client(), &s, &chat_body(5, true)).await).await;
+    assert!(broke, "the body should not end cleanly");
+    let sse = parse_sse(&got).unwrap();
+    assert!(sse.done && has_finish_reason(&sse));
+    assert_eq!(sse.usage().unwrap()["completion_tokens"], 5);
+}
+
+#[tokio::test]
+async fn an_error_inside_a_200_stream_is_followed_by_done() {
+    let s = start(faulty(
+        Faults {
+            error_in_stream_after: Some(2),
+            ..Faults::default()
+        },
+        cfg(1, 1, 1000.0),
+    ))
+    .await;
+    let r = chat(&client(), &s, &chat_body(5, true)).await;
+    assert_eq!(r.status(), 200);
+    let (got, broke) = body_and_break(r).await;
+    assert!(!broke);
+    let sse = parse_sse(&got).unwrap();
+    assert!(sse.done);
+    assert_eq!(sse.content_events(), 2);
+    let last = sse.events.last().unwrap();
+    assert_eq!(last["error"]["type"], "server_error", "{got}");
+    assert!(!has_finish_reason(&sse));
+    assert_eq!(s.stats().errors, 1);
+}
+
+#[tokio::test]
+async fn the_first_generation_pays_the_load_and_llama_cpp_answers_503_meanwhile() {
+    let s = start(SimConfig {
+        kind: StudioKind::LlamaCpp,
+        load_ms: 300,
+        ..cfg(2, 1, 1000.0)
+    })
+    .await;
+    let c = client();
+    assert_eq!(get(&c, &s, "/health").await.status(), 200);
+    let (c2, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+    let t0 = Instant::now();
+    let first = tokio::spawn(async move {
+        let r = c2
+            .post(url)
+            .json(&chat_body(2, false))
+            .send()
+            .await
+            .unwrap();
+        (r.status(), t0.elapsed())
+    });
+    assert!(wait_until(Duration::from_secs(2), || s.stats().requests == 1).await);
+    for path in ["/health", "/v1/models", "/props"] {
+        let r = get(&c, &s, path).await;
+        assert_eq!(r.status(), 503, "{path} while loading");
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v,
+            json!({"error": {"code": 503, "message": "Loading model", "type": "unavailable_error"}})
+        );
+    }
+    assert_eq!(chat(&c, &s, &chat_body(1, false)).await.status(), 503);
+    let (status, took) = first.await.unwrap();
+    assert_eq!(status, 200);
+    assert!(took >= Duration::from_millis(300), "{took:?}");
+    // Loaded: the next one is fast, and /health is fine.
+    let t = Instant::now();
+    assert_eq!(chat(&c, &s, &chat_body(1, false)).await.status(), 200);
+    assert!(t.elapsed() < Duration::from_millis(200));
+    assert_eq!(get(&c, &s, "/health").await.status(), 200);
+    assert_eq!(s.stats().loads, 1);
+    // After an unload the next generation loads again.
+    let r = c
+        .post(format!("{}/sim/unload", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let t = Instant::now();
+    assert_eq!(chat(&c, &s, &chat_body(1, false)).await.status(), 200);
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(s.stats().loads, 2);
+}
+
+#[tokio::test]
+async fn other_kinds_make_requests_wait_while_the_model_loads() {
+    let s = start(SimConfig {
+        load_ms: 300,
+        ..cfg(2, 1, 1000.0)
+    })
+    .await;
+    let c = client();
+    let lm: Value = get(&c, &s, "/api/v0/models").await.json().await.unwrap();
+    assert_eq!(lm["data"][0]["state"], "not-loaded");
+    let mut tasks = Vec::new();
+    let t0 = Instant::now();
+    for _ in 0..2 {
+        let (c, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+        tasks.push(tokio::spawn(async move {
+            let r = c.post(url).json(&chat_body(1, false)).send().await.unwrap();
+            (r.status(), t0.elapsed())
+        }));
+    }
+    assert!(wait_until(Duration::from_secs(2), || s.stats().requests == 2).await);
+    let t = Instant::now();
+    assert_eq!(get(&c, &s, "/v1/models").await.status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(150),
+        "probes answer during a load"
+    );
+    for task in tasks {
+        let (status, took) = task.await.unwrap();
+        assert_eq!(status, 200);
+        assert!(took >= Duration::from_millis(300), "{took:?}");
+    }
+    assert_eq!(s.stats().loads, 1, "one load for both");
+    let lm: Value = get(&c, &s, "/api/v0/models").await.json().await.unwrap();
+    assert_eq!(lm["data"][0]["state"], "loaded");
+}
+
+#[tokio::test]
+async fn the_request_log_lists_every_request_with_its_timing_and_status() {
+    let s = start(cfg(2, 1, 100.0)).await;
+    let c = client();
+    let (c2, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+    let stream = tokio::spawn(async move {
+        let r = c2
+            .post(url)
+            .json(&chat_body(20, true))
+            .send()
+            .await
+            .unwrap();
+        r.text().await.unwrap()
+    });
+    assert!(wait_until(Duration::from_secs(2), || s.stats().active == 1).await);
+    get(&c, &s, "/v1/models").await.text().await.unwrap();
+    let r = chat(&c, &s, &json!({"model": "nope", "messages": []})).await;
+    assert_eq!(r.status(), 404);
+    stream.await.unwrap();
+    get(&c, &s, "/sim/stats").await;
+    let log: Vec<sim::LogEntry> = get(&c, &s, "/sim/log").await.json().await.unwrap();
+    assert_eq!(log, s.log());
+    let paths: Vec<(&str, &str, Option<u16>)> = log
+        .iter()
+        .map(|e| (e.method.as_str(), e.path.as_str(), e.status))
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            ("POST", "/v1/chat/completions", Some(200)),
+            ("GET", "/v1/models", Some(200)),
+            ("POST", "/v1/chat/completions", Some(404)),
+        ],
+        "/sim/* requests are not logged"
+    );
+    assert_eq!(log[0].generating_at_arrival, 0);
+    assert_eq!(log[1].generating_at_arrival, 1);
+    let streamed = log[0].ended_ms.unwrap() - log[0].arrived_ms;
+    assert!(streamed >= 150, "a 200 ms stream logged as {streamed} ms");
+    assert!(log.iter().all(|e| e.ended_ms.is_some() && !e.interrupted));
+    let r = c
+        .post(format!("{}/sim/log/clear", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(s.log().is_empty());
+    get(&c, &s, "/v1/models").await;
+    assert_eq!(s.log().len(), 1);
+    c.delete(format!("{}/sim/log", s.url()))
+        .send()
+        .await
+        .unwrap();
+    assert!(s.log().is_empty());
+}
+
+#[tokio::test]
+async fn llama_cpp_reports_timings_on_the_last_chunk_and_on_whole_answers() {
+    // 50 ms to first token, then 100 tok/s.
+    let s = start(SimConfig {
+        kind: StudioKind::LlamaCpp,
+        ..cfg(1, 50, 100.0)
+    })
+    .await;
+    let c = client();
+    let check = |t: &Value| {
+        assert_eq!(t["predicted_n"], 5, "{t}");
+        assert!(t["prompt_n"].as_u64().unwrap() > 0);
+        assert_eq!(t["cache_n"], 0);
+        let prompt_ms = t["prompt_ms"].as_f64().unwrap();
+        assert!((45.0..200.0).contains(&prompt_ms), "{t}");
+        let predicted_ms = t["predicted_ms"].as_f64().unwrap();
+        assert!(
+            (35.0..200.0).contains(&predicted_ms),
+            "4 intervals of 10 ms: {t}"
+        );
+        let per_second = t["predicted_per_second"].as_f64().unwrap();
+        assert!((per_second - 5000.0 / predicted_ms).abs() < 1e-6);
+        assert!((t["predicted_per_token_ms"].as_f64().unwrap() - predicted_ms / 5.0).abs() < 1e-6);
+    };
+    // With include_usage the timings ride on the usage chunk, the last one.
+    let sse = parse_sse(
+        &chat(&c, &s, &chat_body(5, true))
+            .await
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let last = sse.events.last().unwrap();
+    assert_eq!(last["choices"], json!([]));
+    check(&last["timings"]);
+    assert_eq!(
+        sse.events
+            .iter()
+            .filter(|e| e.get("timings").is_some())
+            .count(),
+        1
+    );
+    // Without it, on the finish chunk.
+    let mut b = chat_body(5, true);
+    b.as_object_mut().unwrap().remove("stream_options");
+    let sse = parse_sse(&chat(&c, &s, &b).await.text().await.unwrap()).unwrap();
+    let last = sse.events.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "length");
+    check(&last["timings"]);
+    // Whole answers carry them too; other kinds do not.
+    let v: Value = chat(&c, &s, &chat_body(5, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    check(&v["timings"]);
+    let other = start(cfg(1, 1, 1000.0)).await;
+    let v: Value = chat(&c, &other, &chat_body(5, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(v.get("timings").is_none());
+}
+
+#[tokio::test]
+async fn lm_studio_rest_api_adds_stats_to_whole_answers() {
+    let s = start(cfg(1, 50, 100.0)).await;
+    let c = client();
+    let v: Value = post(&c, &s, "/api/v0/chat/completions", &chat_body(5, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["object"], "chat.completion");
+    let st = &v["stats"];
+    assert_eq!(st["stop_reason"], "maxPredictedTokensReached");
+    let ttft = st["time_to_first_token"].as_f64().unwrap();
+    assert!((0.045..0.3).contains(&ttft), "{st}");
+    let gen_time = st["generation_time"].as_f64().unwrap();
+    assert!((st["tokens_per_second"].as_f64().unwrap() - 5.0 / gen_time).abs() < 1e-6);
+    assert_eq!(v["model_info"]["format"], "gguf");
+    assert!(v["runtime"]["name"].is_string());
+    // A request without a limit ends on its own.
+    let v: Value = post(
+        &c,
+        &s,
+        "/api/v0/completions",
+        &json!({"prompt": "once upon a time"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["stats"]["stop_reason"], "eosFound");
+    assert_eq!(v["choices"][0]["finish_reason"], "stop");
+    assert_eq!(v["usage"]["completion_tokens"], 64);
+    // Streams carry no stats, as LM Studio's do not.
+    let t = post(&c, &s, "/api/v0/chat/completions", &chat_body(3, true))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(parse_sse(&t).unwrap().done && !t.contains("stats"));
+    // The OpenAI endpoint has none either.
+    let v: Value = chat(&c, &s, &chat_body(2, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(v.get("stats").is_none());
+}
+
+#[tokio::test]
+async fn vllm_metrics_histograms_count_real_requests() {
+    let s = start(SimConfig {
+        kind: StudioKind::Vllm,
+        ..cfg(1, 50, 100.0)
+    })
+    .await;
+    let c = client();
+    // Two at once on one slot: the second queues for the first's ~100 ms.
+    let (whole, streamed) = (chat_body(5, false), chat_body(5, true));
+    let (a, b) = tokio::join!(chat(&c, &s, &whole), chat(&c, &s, &streamed));
+    a.text().await.unwrap();
+    b.text().await.unwrap();
+    let m = get(&c, &s, "/metrics").await.text().await.unwrap();
+    let value = |line: &str| -> f64 {
+        let l = m
+            .lines()
+            .find(|l| l.starts_with(line))
+            .unwrap_or_else(|| panic!("no {line} in\n{m}"));
+        l.rsplit(' ').next().unwrap().parse().unwrap()
+    };
+    let model = format!("{{model_name=\"{}\"}}", sim::DEFAULT_MODEL);
+    for h in [
+        "vllm:request_queue_time_seconds",
+        "vllm:request_prefill_time_seconds",
+        "vllm:request_decode_time_seconds",
+        "vllm:e2e_request_latency_seconds",
+        "vllm:time_to_first_token_seconds",
+    ] {
+        assert_eq!(value(&format!("{h}_count{model}")), 2.0, "{h}");
+        assert!(m.contains(&format!("# TYPE {h} histogram")));
+        let inf = format!(
+            "{h}_bucket{{le=\"+Inf\",model_name=\"{}\"}}",
+            sim::DEFAULT_MODEL
+        );
+        assert_eq!(value(&inf), 2.0);
+    }
+    let queued = value(&format!("vllm:request_queue_time_seconds_sum{model}"));
+    assert!(queued >= 0.08, "one request queued ~100 ms, sum {queued}");
+    let prefill = value(&format!("vllm:request_prefill_time_seconds_sum{model}"));
+    assert!(prefill >= 0.09, "two prefills of 50 ms, sum {prefill}");
+    assert!(m.contains(&format!("vllm:num_requests_running{model} 0")));
+}
+
+/// Anthropic's SSE: (event name, data) pairs; the event line must match the
+/// data's type.
+fn anthropic_events(body: &str) -> Vec<(String, Value)> {
+    body.split("\n\n")
+        .filter(|b| !b.trim().is_empty())
+        .map(|b| {
+            let (ev, data) = b.split_once('\n').expect("event and data lines");
+            let name = ev.strip_prefix("event: ").expect("event line").to_string();
+            let v: Value =
+                serde_json::from_str(data.strip_prefix("data: ").expect("data line")).unwrap();
+            assert_eq!(v["type"], name.as_str());
+            (name, v)
+        })
+        .collect()
+}
+
+fn messages_body(max_tokens: Option<u32>, stream: bool) -> Value {
+    let mut b = json!({
+        "model": sim::DEFAULT_MODEL,
+        "system": "You are terse.",
+        "stream": stream,
+        "messages": [{"role": "user", "content": [{"type": "text", "text": "Say something"}]}],
+    });
+    if let Some(n) = max_tokens {
+        b["max_tokens"] = n.into();
+    }
+    b
+}
+
+#[tokio::test]
+async fn anthropic_messages_stream_the_real_event_sequence() {
+    let s = start(SimConfig {
+        kind: StudioKind::LlamaCpp,
+        ..cfg(1, 1, 1000.0)
+    })
+    .await;
+    let c = client();
+    let r = post(&c, &s, "/v1/messages", &messages_body(Some(3), true)).await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/event-stream");
+    let events = anthropic_events(&r.text().await.unwrap());
+    let names: Vec<&str> = events.iter().map(|(n, _)| n.as_str()).collect();
+    assert_eq!(
+        names,
+        [
+            "message_start",
+            "content_block_start",
+            "ping",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_delta",
+            "content_block_stop",
+            "message_delta",
+            "message_stop"
+        ]
+    );
+    let start = &events[0].1["message"];
+    assert_eq!(
+        (start["role"].as_str(), start["content"].clone()),
+        (Some("assistant"), json!([]))
+    );
+    let input_tokens = start["usage"]["input_tokens"].as_u64().unwrap();
+    assert!(input_tokens > 0);
+    let delta = &events[7].1;
+    assert_eq!(delta["delta"]["stop_reason"], "max_tokens");
+    assert_eq!(delta["usage"]["output_tokens"], 3);
+    let streamed: String = events
+        .iter()
+        .filter(|(n, _)| n == "content_block_delta")
+        .map(|(_, v)| {
+            assert_eq!(v["delta"]["type"], "text_delta");
+            v["delta"]["text"].as_str().unwrap().to_string()
+        })
+        .collect();
+    // The same prompt gives the same text whole.
+    let whole: Value = post(&c, &s, "/v1/messages", &messages_body(Some(3), false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(whole["content"][0]["text"].as_str().unwrap(), streamed);
+    assert_eq!(whole["usage"]["input_tokens"], input_tokens);
+}
+
+#[tokio::test]
+async fn anthropic_messages_answer_whole_count_tokens_and_fail_in_their_own_shape() {
+    let s = start(SimConfig {
+        kind: StudioKind::LlamaCpp,
+        ..cfg(1, 1, 1000.0)
+    })
+    .await;
+    let c = client();
+    let v: Value = post(&c, &s, "/v1/messages", &messages_body(Some(4), false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (v["type"].as_str(), v["role"].as_str()),
+        (Some("message"), Some("assistant"))
+    );
+    assert!(v["id"].as_str().unwrap().starts_with("msg_"));
+    assert_eq!(v["content"][0]["type"], "text");
+    assert_eq!(v["stop_reason"], "max_tokens");
+    assert_eq!(v["usage"]["output_tokens"], 4);
+    let v2: Value = post(&c, &s, "/v1/messages", &messages_body(None, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v2["stop_reason"], "end_turn",
+        "no limit: it ends on its own"
+    );
+    let n: Value = post(
+        &c,
+        &s,
+        "/v1/messages/count_tokens",
+        &messages_body(None, false),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(n, json!({"input_tokens": v["usage"]["input_tokens"]}));
+    let mut unknown = messages_body(Some(1), false);
+    unknown["model"] = "claude-nope".into();
+    let r = post(&c, &s, "/v1/messages", &unknown).await;
+    assert_eq!(r.status(), 404);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        (e["type"].as_str(), e["error"]["type"].as_str()),
+        (Some("error"), Some("not_found_error"))
+    );
+    s.set_faults(Faults {
+        error_rate: 1.0,
+        ..Faults::default()
+    });
+    let r = post(&c, &s, "/v1/messages", &messages_body(Some(1), false)).await;
+    assert_eq!(r.status(), 503);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["error"]["type"], "overloaded_error");
+
+    // Where the studio has no Messages API, it answers as for any unknown path.
+    let cases = [
+        (StudioKind::Vllm, None, 404),
+        (StudioKind::LlamaCpp, Some(false), 404),
+        (StudioKind::Openai, Some(true), 200),
+    ];
+    for (kind, anthropic, status) in cases {
+        let s = start(SimConfig {
+            kind,
+            anthropic,
+            ..cfg(1, 1, 1000.0)
+        })
+        .await;
+        let r = post(&c, &s, "/v1/messages", &messages_body(Some(1), false)).await;
+        assert_eq!(r.status(), status, "{kind} anthropic={anthropic:?}");
+    }
+    // LM Studio and Ollama serve messages but not token counting.
+    for kind in [StudioKind::LmStudio, StudioKind::Ollama] {
+        let s = start(SimConfig {
+            kind,
+            ..cfg(1, 1, 1000.0)
+        })
+        .await;
+        let r = post(&c, &s, "/v1/messages", &messages_body(Some(1), false)).await;
+        assert_eq!(r.status(), 200, "{kind}");
+        let r = post(
+            &c,
+            &s,
+            "/v1/messages/count_tokens",
+            &messages_body(None, false),
+        )
+        .await;
+        let t = r.text().await.unwrap();
+        assert!(t.contains("Unexpected endpoint"), "{kind}: {t}");
+    }
+}
+
+fn ollama() -> SimConfig {
+    SimConfig {
+        kind: StudioKind::Ollama,
+        ..cfg(1, 20, 500.0)
+    }
+}
+
+#[tokio::test]
+async fn ollama_native_chat_streams_ndjson_with_durations_in_nanoseconds() {
+    let s = start(ollama()).await;
+    let c = client();
+    let body = json!({"model": format!("{}:latest", sim::DEFAULT_MODEL),
+                      "messages": [{"role": "user", "content": "hello"}],
+                      "options": {"num_predict": 4}});
+    let r = post(&c, &s, "/api/chat", &body).await;
+    assert_eq!(r.headers()["content-type"], "application/x-ndjson");
+    let lines: Vec<Value> = r
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 5, "4 tokens then the final object");
+    for l in &lines[..4] {
+        assert_eq!(l["done"], false);
+        assert_eq!(l["message"]["role"], "assistant");
+        assert!(l["created_at"].as_str().unwrap().ends_with('Z'));
+    }
+    let last = &lines[4];
+    assert_eq!(last["model"], body["model"]);
+    assert_eq!(
+        (last["done"].as_bool(), last["done_reason"].as_str()),
+        (Some(true), Some("length"))
+    );
+    assert_eq!(last["eval_count"], 4);
+    assert!(last["prompt_eval_count"].as_u64().unwrap() > 0);
+    let ns = |k: &str| last[k].as_u64().unwrap_or_else(|| panic!("{k} in {last}"));
+    assert!(ns("prompt_eval_duration") >= 20_000_000, "20 ms prefill");
+    assert!(ns("eval_duration") >= 5_000_000, "3 intervals of 2 ms");
+    assert!(ns("total_duration") >= ns("prompt_eval_duration") + ns("eval_duration"));
+    assert!(ns("load_duration") > 0);
+    let streamed: String = lines
+        .iter()
+        .map(|l| l["message"]["content"].as_str().unwrap())
+        .collect();
+    // `"stream": false` gives one object with the same text.
+    let mut whole = body.clone();
+    whole["stream"] = false.into();
+    let v: Value = post(&c, &s, "/api/chat", &whole)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["message"]["content"].as_str().unwrap(), streamed);
+    assert_eq!(v["done"], true);
+    // /api/generate answers in `response`, and without a limit ends on its own.
+    let v: Value = post(
+        &c,
+        &s,
+        "/api/generate",
+        &json!({"model": sim::DEFAULT_MODEL, "prompt": "hi", "stream": false}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        v["response"].as_str().unwrap().split_whitespace().count(),
+        64
+    );
+    assert_eq!(v["done_reason"], "stop");
+    // Errors in Ollama's plain shape.
+    let r = post(
+        &c,
+        &s,
+        "/api/chat",
+        &json!({"model": "llama9", "messages": []}),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"error": "model 'llama9' not found"})
+    );
+    let r = post(&c, &s, "/api/generate", &json!({"prompt": "hi"})).await;
+    assert_eq!(r.status(), 400);
+    let r = post(&c, &s, "/api/chat", &json!("nope")).await;
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn ollama_native_model_endpoints_load_show_and_embed() {
+    let s = start(SimConfig {
+        load_ms: 100,
+        ..ollama()
+    })
+    .await;
+    let c = client();
+    let ps: Value = get(&c, &s, "/api/ps").await.json().await.unwrap();
+    assert_eq!(ps["models"], json!([]), "nothing loaded yet");
+    // An empty prompt loads the model; keep_alive 0 unloads it.
+    let t = Instant::now();
+    let v: Value = post(
+        &c,
+        &s,
+        "/api/generate",
+        &json!({"model": sim::DEFAULT_MODEL}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(
+        (v["done"].as_bool(), v["done_reason"].as_str()),
+        (Some(true), Some("load"))
+    );
+    assert!(t.elapsed() >= Duration::from_millis(100));
+    assert_eq!(s.stats().loads, 1);
+    let ps: Value = get(&c, &s, "/api/ps").await.json().await.unwrap();
+    assert_eq!(ps["models"][0]["name"], sim::DEFAULT_MODEL);
+    assert!(ps["models"][0]["expires_at"].is_string());
+    let v: Value = post(
+        &c,
+        &s,
+        "/api/chat",
+        &json!({"model": sim::DEFAULT_MODEL, "messages": [], "keep_alive": 0}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["done_reason"], "unload");
+    let ps: Value = get(&c, &s, "/api/ps").await.json().await.unwrap();
+    assert_eq!(ps["models"], json!([]));
+
+    let show = post(&c, &s, "/api/show", &json!({"model": sim::DEFAULT_MODEL})).await;
+    assert_eq!(show.status(), 200);
+    let show: Value = show.json().await.unwrap();
+    assert_eq!(show["details"]["format"], "gguf");
+    assert!(show["model_info"].is_object());
+    assert_eq!(
+        post(&c, &s, "/api/show", &json!({"model": "x"}))
+            .await
+            .status(),
+        404
+    );
+    let tags: Value = get(&c, &s, "/api/tags").await.json().await.unwrap();
+    assert_eq!(tags["models"][0]["digest"].as_str().unwrap().len(), 64);
+
+    let e: Value = post(
+        &c,
+        &s,
+        "/api/embed",
+        &json!({"model": sim::DEFAULT_MODEL, "input": ["one", "two"]}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(e["embeddings"].as_array().unwrap().len(), 2);
+    assert_eq!(e["prompt_eval_count"], 2);
+    let e: Value = post(
+        &c,
+        &s,
+        "/api/embeddings",
+        &json!({"model": sim::DEFAULT_MODEL, "prompt": "one"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(e["embedding"].as_array().unwrap().len(), 16);
+}
+
+#[tokio::test]
+async fn a_conversations_next_turn_reuses_its_slot_cache_and_a_new_prompt_does_not() {
+    // 1 ms per uncached prompt token, on top of a 10 ms TTFT.
+    let s = start(SimConfig {
+        kind: StudioKind::LlamaCpp,
+        prefill_tps: Some(1000.0),
+        ..cfg(2, 10, 1000.0)
+    })
+    .await;
+    let c = client();
+    let words = |w: &str| vec![w; 300].join(" ");
+    let ask = |messages: Value| json!({"max_tokens": 8, "messages": messages});
+    let timed = |body: Value| {
+        let (c, s) = (c.clone(), s.url());
+        async move {
+            let t = Instant::now();
+            let v: Value = c
+                .post(format!("{s}/v1/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (t.elapsed(), v)
+        }
+    };
+    let turn1 = json!([{"role": "user", "content": words("alpha")}]);
+    let (first, v) = timed(ask(turn1.clone())).await;
+    assert!(
+        first >= Duration::from_millis(280),
+        "300 uncached tokens took {first:?}"
+    );
+    assert_eq!(v["timings"]["cache_n"], 0);
+    // The next turn extends the first: only the new part is prefilled.
+    let mut turn2 = turn1.as_array().unwrap().clone();
+    turn2.push(json!({"role": "assistant", "content": v["choices"][0]["message"]["content"]}));
+    turn2.push(json!({"role": "user", "content": "and then?"}));
+    let (second, v2) = timed(ask(Value::Array(turn2))).await;
+    assert!(
+        second < Duration::from_millis(150),
+        "a cached turn took {second:?}"
+    );
+    let cached = v2["timings"]["cache_n"].as_u64().unwrap();
+    assert!(cached >= 288, "{}", v2["timings"]);
+    // Another conversation pays in full (and takes the other slot).
+    let (other, _) = timed(ask(json!([{"role": "user", "content": words("beta")}]))).await;
+    assert!(other >= Duration::from_millis(280), "{other:?}");
+    // The first conversation's slot still holds it.
+    let (again, _) = timed(ask(turn1)).await;
+    assert!(again < Duration::from_millis(150), "{again:?}");
+    let st = s.stats();
+    assert!(st.cached_prompt_tokens >= 2 * 288, "{st:?}");
+    assert!(
+        st.prefilled_tokens >= 600 && st.prefilled_tokens < 700,
+        "{st:?}"
+    );
+}
+
+#[tokio::test]
+async fn every_wire_format_shares_the_same_slots_faults_and_counters() {
+    let s = start(SimConfig {
+        kind: StudioKind::Ollama,
+        ..cfg(1, 1, 200.0)
+    })
+    .await;
+    let c = client();
+    // One slot: an OpenAI, an Anthropic and an Ollama stream run one after another.
+    let openai = chat_body(10, true);
+    let anthropic = messages_body(Some(10), true);
+    let native =
+        json!({"model": sim::DEFAULT_MODEL, "prompt": "x", "options": {"num_predict": 10}});
+    let t = Instant::now();
+    let (a, b, n) = tokio::join!(
+        post(&c, &s, "/v1/chat/completions", &openai),
+        post(&c, &s, "/v1/messages", &anthropic),
+        post(&c, &s, "/api/generate", &native),
+    );
+    let (a, b, n) = (
+        a.text().await.unwrap(),
+        b.text().await.unwrap(),
+        n.text().await.unwrap(),
+    );
+    assert!(
+        t.elapsed() >= Duration::from_millis(120),
+        "3 x 45 ms, one at a time"
+    );
+    assert_eq!(parse_sse(&a).unwrap().content_events(), 10);
+    assert_eq!(anthropic_events(&b).len(), 16);
+    assert_eq!(n.lines().count(), 11);
+    let st = s.stats();
+    assert_eq!(
+        (st.peak_concurrency, st.completed, st.tokens),
+        (1, 3, 30),
+        "{st:?}"
+    );
+    assert_eq!(s.log().len(), 3);
+
+    // The same faults strike every format.
+    s.set_faults(Faults {
+        drop_after_tokens: Some(2),
+        ..Faults::default()
+    });
+    for (path, body) in [("/v1/messages", &anthropic), ("/api/generate", &native)] {
+        let (got, broke) = body_and_break(post(&c, &s, path, body).await).await;
+        assert!(broke, "{path}: {got}");
+    }
+    s.set_faults(Faults {
+        error_in_stream_after: Some(1),
+        ..Faults::default()
+    });
+    let b = post(&c, &s, "/v1/messages", &anthropic)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let events = anthropic_events(&b);
+    assert_eq!(events.last().unwrap().0, "error");
+    let n = post(&c, &s, "/api/generate", &native)
+        .await
+        .text()
+        .await
+        .unwrap();
+    let last: Value = serde_json::from_str(n.lines().last().unwrap()).unwrap();
+    assert!(last["error"].is_string(), "{n}");
+    s.set_faults(Faults {
+        error_rate: 1.0,
+        error_status: 500,
+        ..Faults::default()
+    });
+    let e: Value = post(&c, &s, "/v1/chat/completions", &openai)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e["error"]["type"], "server_error");
+    let e: Value = post(&c, &s, "/v1/messages", &anthropic)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(e["error"]["type"], "api_error");
+    let e: Value = post(&c, &s, "/api/generate", &native)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(e["error"].is_string());
+}

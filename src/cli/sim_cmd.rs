@@ -22,7 +22,7 @@ pub struct SimArgs {
     /// Port every studio listens on (0 picks a free one each)
     #[arg(long, default_value_t = 1234)]
     port: u16,
-    /// Server software to imitate (changes only the identifying endpoints)
+    /// Server software to imitate (its identifying endpoints and native APIs)
     #[arg(long, default_value = "lm_studio", value_parser = parse_kind)]
     kind: StudioKind,
     /// Model served (repeat for several; the first is the default)
@@ -55,7 +55,42 @@ pub struct SimArgs {
     /// Fault: extra delay before every answer, in milliseconds
     #[arg(long, default_value_t = 0)]
     delay_ms: u64,
-    /// Seed for the error-rate dice
+    /// Close the connection after every streamed answer, unannounced (llama.cpp)
+    #[arg(long)]
+    close_after_stream: bool,
+    /// Close kept-alive connections idle this long, in milliseconds (real servers: 5000)
+    #[arg(long)]
+    keepalive_idle_ms: Option<u64>,
+    /// Close the connection, unannounced, after this fraction of answers (0 to 1)
+    #[arg(long, default_value_t = 0.0)]
+    close_random: f64,
+    /// Serve one request at a time, probes included (single-threaded Python servers)
+    #[arg(long)]
+    serial: bool,
+    /// A new request ends any streaming answer: [DONE] without a finish reason, then
+    /// the connection breaks (llama-cpp-python)
+    #[arg(long)]
+    interrupt: bool,
+    /// Fault: streams end with [DONE] but without a finish reason
+    #[arg(long)]
+    done_without_finish: bool,
+    /// Fault: streams send everything, [DONE] included, then break
+    #[arg(long)]
+    break_after_done: bool,
+    /// Fault: after K tokens a stream carries an error object, then [DONE], under HTTP 200
+    #[arg(long, value_name = "K")]
+    error_in_stream_after: Option<u32>,
+    /// Model load time paid by the first generation (and after POST /sim/unload), in ms
+    #[arg(long, default_value_t = 0)]
+    load_ms: u64,
+    /// Prompt tokens per second a slot prefills; with it, each slot caches its last
+    /// prompt and only the uncached part costs time
+    #[arg(long)]
+    prefill_tps: Option<f64>,
+    /// Serve Anthropic's /v1/messages (default: on for llama_cpp, lm_studio, ollama)
+    #[arg(long)]
+    anthropic: Option<bool>,
+    /// Seed for the error-rate and close-random dice
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Write a workers file pointing at the started studios
@@ -70,6 +105,12 @@ fn parse_kind(s: &str) -> Result<StudioKind, String> {
 pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
     if !(0.0..=1.0).contains(&a.error_rate) {
         anyhow::bail!("--error-rate must be between 0 and 1, got {}", a.error_rate);
+    }
+    if !(0.0..=1.0).contains(&a.close_random) {
+        anyhow::bail!(
+            "--close-random must be between 0 and 1, got {}",
+            a.close_random
+        );
     }
     if a.count == 0 {
         anyhow::bail!("--count must be at least 1");
@@ -88,8 +129,19 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
             drop_after_tokens: a.drop_after,
             delay_ms: a.delay_ms,
             refuse_for_ms: None,
+            close_after_stream: a.close_after_stream,
+            keepalive_idle_ms: a.keepalive_idle_ms,
+            close_random: a.close_random,
+            serial: a.serial,
+            interrupt: a.interrupt,
+            done_without_finish: a.done_without_finish,
+            break_after_done: a.break_after_done,
+            error_in_stream_after: a.error_in_stream_after,
         },
         seed: a.seed,
+        load_ms: a.load_ms,
+        prefill_tps: a.prefill_tps,
+        anthropic: a.anthropic,
     };
     let sims = sim::start_many(a.base, a.port, a.count, &cfg)
         .await

@@ -1,13 +1,31 @@
 //! Simulated studios: an LM Studio-like server for the demo, the tests and
-//! the benchmarks.
+//! the benchmarks, with modes for the ways real local-LLM servers behave.
 //!
 //! Capacity model: `slots` generations run at once; further requests wait in
-//! FIFO order (tokio's semaphore is fair), then each waits `ttft` and streams
-//! at `tps` tokens per second. Faults (5xx, hang, drop mid-stream, delay,
-//! refuse) can be set at start or changed at run time, through
-//! [`SimHandle`] or `POST /sim/fault`.
+//! FIFO order (tokio's semaphore is fair), then each waits `ttft` (plus the
+//! prompt's uncached part at `prefill_tps`) and streams at `tps` tokens per
+//! second. Faults (5xx, hang, drop mid-stream, delay, refuse, connection
+//! closes, one-request-at-a-time, interrupting streams, truncated streams)
+//! can be set at start or changed at run time, through [`SimHandle`] or
+//! `POST /sim/fault`.
+//!
+//! Layout: `conn` owns sockets and per-request bookkeeping (log, serial
+//! mode, interrupts, closes); `generation` is the one generation core every
+//! wire format uses; `openai`, `anthropic` and `ollama` are the formats;
+//! `api` wires routes per kind; `cache` keeps each slot's prompt prefix;
+//! `load` the model's load state; `log` the request log; `metrics` vLLM's
+//! histograms.
 
+mod anthropic;
 mod api;
+mod cache;
+mod conn;
+mod generation;
+mod load;
+mod log;
+mod metrics;
+mod ollama;
+mod openai;
 pub mod text;
 
 use std::io;
@@ -17,14 +35,14 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use hyper_util::service::TowerToHyperService;
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::studio::StudioKind;
+
+pub use log::LogEntry;
 
 /// How a simulated studio behaves when healthy.
 #[derive(Clone, Debug)]
@@ -35,11 +53,22 @@ pub struct SimConfig {
     pub slots: usize,
     pub ttft: Duration,
     pub tokens_per_second: f64,
-    /// Answer length when a request sets no `max_tokens`.
+    /// Answer length when a request sets no `max_tokens` (the answer then
+    /// ends on its own: finish reason `stop`).
     pub default_tokens: u32,
     pub faults: Faults,
     /// Seed for the error-rate dice, so fault runs are reproducible.
     pub seed: u64,
+    /// Model load time paid by the first generation (and the first after an
+    /// unload). 0: the model is loaded from the start.
+    pub load_ms: u64,
+    /// Prompt tokens per second a slot prefills. `None`: the time to first
+    /// token is `ttft` whatever the prompt. `Some`: `ttft` plus the prompt
+    /// tokens the slot has not cached, at this rate.
+    pub prefill_tps: Option<f64>,
+    /// Serve Anthropic's `/v1/messages`. `None`: as the kind does (on for
+    /// llama_cpp, lm_studio and ollama).
+    pub anthropic: Option<bool>,
 }
 
 impl Default for SimConfig {
@@ -53,7 +82,20 @@ impl Default for SimConfig {
             default_tokens: 64,
             faults: Faults::default(),
             seed: 1,
+            load_ms: 0,
+            prefill_tps: None,
+            anthropic: None,
         }
+    }
+}
+
+impl SimConfig {
+    /// Whether `/v1/messages` is served.
+    pub fn serves_anthropic(&self) -> bool {
+        self.anthropic.unwrap_or(matches!(
+            self.kind,
+            StudioKind::LlamaCpp | StudioKind::LmStudio | StudioKind::Ollama
+        ))
     }
 }
 
@@ -78,10 +120,36 @@ pub struct Faults {
     /// long, then listen again. In process use [`SimHandle::set_listening`].
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refuse_for_ms: Option<u64>,
+    /// Close the connection after every streamed answer without saying so
+    /// (no `Connection: close`), as llama.cpp's server does.
+    pub close_after_stream: bool,
+    /// Close a kept-alive connection idle this long, and advertise it in a
+    /// `Keep-Alive: timeout=N, max=100` header (llama.cpp, uvicorn and Node
+    /// use 5 s).
+    pub keepalive_idle_ms: Option<u64>,
+    /// Close the connection, unannounced, after this fraction of answers.
+    pub close_random: f64,
+    /// Serve one request at a time across all connections, probes included
+    /// (a single-threaded Python server). `/sim/*` stays exempt.
+    pub serial: bool,
+    /// A new request ends any streaming generation at once: `[DONE]` without
+    /// a finish reason, then the connection breaks (llama-cpp-python's
+    /// default). Whole (non-streamed) answers are not interrupted.
+    pub interrupt: bool,
+    /// Streams end with `[DONE]` but without the chunk that carries the
+    /// finish reason.
+    pub done_without_finish: bool,
+    /// Streams send everything, `[DONE]` included, then break instead of
+    /// ending cleanly.
+    pub break_after_done: bool,
+    /// After this many content tokens a stream carries an error object, then
+    /// ends (with `[DONE]` on OpenAI streams), all under HTTP 200 (as exo).
+    pub error_in_stream_after: Option<u32>,
 }
 
 /// Counters served at `GET /sim/stats`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct SimStats {
     /// Requests received on any generation or embedding endpoint.
     pub requests: u64,
@@ -98,10 +166,18 @@ pub struct SimStats {
     pub completed: u64,
     /// Requests whose client went away before the answer was complete.
     pub cancelled: u64,
-    /// Injected 5xx answers.
+    /// Injected errors (5xx answers and errors inside streams).
     pub errors: u64,
     /// Content tokens sent.
     pub tokens: u64,
+    /// Streams ended early because another request arrived (interrupt mode).
+    pub interrupted: u64,
+    /// Model loads.
+    pub loads: u64,
+    /// Prompt tokens a slot already had cached.
+    pub cached_prompt_tokens: u64,
+    /// Prompt tokens prefilled.
+    pub prefilled_tokens: u64,
 }
 
 #[derive(Default)]
@@ -116,6 +192,10 @@ struct Counters {
     cancelled: AtomicU64,
     errors: AtomicU64,
     tokens: AtomicU64,
+    interrupted: AtomicU64,
+    loads: AtomicU64,
+    cached_prompt_tokens: AtomicU64,
+    prefilled_tokens: AtomicU64,
 }
 
 impl Counters {
@@ -132,6 +212,10 @@ impl Counters {
             cancelled: l(&self.cancelled),
             errors: l(&self.errors),
             tokens: l(&self.tokens),
+            interrupted: l(&self.interrupted),
+            loads: l(&self.loads),
+            cached_prompt_tokens: l(&self.cached_prompt_tokens),
+            prefilled_tokens: l(&self.prefilled_tokens),
         }
     }
 
@@ -145,6 +229,10 @@ impl Counters {
             &self.cancelled,
             &self.errors,
             &self.tokens,
+            &self.interrupted,
+            &self.loads,
+            &self.cached_prompt_tokens,
+            &self.prefilled_tokens,
         ] {
             c.store(0, Ordering::Relaxed);
         }
@@ -159,15 +247,25 @@ impl Counters {
 struct SimState {
     config: SimConfig,
     faults: Mutex<Faults>,
-    slots: Arc<Semaphore>,
+    /// Bumped on every fault change, so idle connections re-read their timeout.
+    faults_changed: watch::Sender<u64>,
+    slots: cache::Slots,
+    /// The one-request-at-a-time lock of serial mode.
+    serial: Arc<Semaphore>,
+    /// Count of requests received (control plane excepted); a streaming
+    /// generation in interrupt mode ends when it moves past its own.
+    arrivals: watch::Sender<u64>,
     counters: Counters,
     dice: Mutex<u64>,
     listening: watch::Sender<bool>,
+    model: load::ModelLoad,
+    log: log::RequestLog,
+    metrics: metrics::Histograms,
 }
 
 impl SimState {
-    /// Roll the error-rate dice (xorshift; deterministic for a seed).
-    fn roll_error(&self, rate: f64) -> bool {
+    /// Roll the dice (xorshift; deterministic for a seed): true with `rate`.
+    fn roll(&self, rate: f64) -> bool {
         if rate <= 0.0 {
             return false;
         }
@@ -179,6 +277,15 @@ impl SimState {
         *s ^= *s >> 7;
         *s ^= *s << 17;
         (*s % 1_000_000) as f64 / 1_000_000.0 < rate
+    }
+
+    fn faults(&self) -> Faults {
+        self.faults.lock().expect("faults lock").clone()
+    }
+
+    fn set_faults(&self, faults: Faults) {
+        *self.faults.lock().expect("faults lock") = faults;
+        self.faults_changed.send_modify(|n| *n += 1);
     }
 }
 
@@ -215,12 +322,27 @@ impl SimHandle {
     }
 
     pub fn faults(&self) -> Faults {
-        self.state.faults.lock().expect("faults lock").clone()
+        self.state.faults()
     }
 
     /// Replace the fault settings; takes effect for new requests.
     pub fn set_faults(&self, faults: Faults) {
-        *self.state.faults.lock().expect("faults lock") = faults;
+        self.state.set_faults(faults);
+    }
+
+    /// Every request received (the last 10,000), oldest first; `/sim/*`
+    /// requests are not logged.
+    pub fn log(&self) -> Vec<LogEntry> {
+        self.state.log.entries()
+    }
+
+    pub fn clear_log(&self) {
+        self.state.log.clear();
+    }
+
+    /// Unload the model: the next generation pays `load_ms` again.
+    pub fn unload(&self) {
+        self.state.model.unload();
     }
 
     /// Stop listening and close every open connection (`false`), as a
@@ -263,17 +385,15 @@ pub async fn start_on(listener: std::net::TcpListener, config: SimConfig) -> io:
 }
 
 fn validate(config: &SimConfig) -> io::Result<()> {
+    let invalid = |msg: &str| Err(io::Error::new(io::ErrorKind::InvalidInput, msg.to_string()));
     if config.models.is_empty() {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "a simulated studio needs at least one model",
-        ));
+        return invalid("a simulated studio needs at least one model");
     }
     if config.slots == 0 || config.tokens_per_second <= 0.0 {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "slots and tokens per second must be above 0",
-        ));
+        return invalid("slots and tokens per second must be above 0");
+    }
+    if config.prefill_tps.is_some_and(|p| p.is_nan() || p <= 0.0) {
+        return invalid("prefill tokens per second must be above 0");
     }
     Ok(())
 }
@@ -283,95 +403,31 @@ fn serve(listener: TcpListener, config: SimConfig) -> io::Result<SimHandle> {
     let (listening, _) = watch::channel(true);
     let state = Arc::new(SimState {
         faults: Mutex::new(config.faults.clone()),
-        slots: Arc::new(Semaphore::new(config.slots)),
+        faults_changed: watch::channel(0).0,
+        slots: cache::Slots::new(config.slots),
+        serial: Arc::new(Semaphore::new(1)),
+        arrivals: watch::channel(0).0,
         counters: Counters::default(),
         dice: Mutex::new(config.seed.max(1)),
         listening,
+        model: load::ModelLoad::new(config.load_ms == 0),
+        log: log::RequestLog::new(),
+        metrics: metrics::Histograms::default(),
         config,
     });
     let shutdown = CancellationToken::new();
-    let task = tokio::spawn(accept_loop(listener, addr, state.clone(), shutdown.clone()));
+    let task = tokio::spawn(conn::accept_loop(
+        listener,
+        addr,
+        state.clone(),
+        shutdown.clone(),
+    ));
     Ok(SimHandle {
         addr,
         state,
         shutdown,
         task: Some(task),
     })
-}
-
-/// Accept connections while listening is on. Turning it off drops the
-/// listener and cancels every connection of that generation.
-async fn accept_loop(
-    first: TcpListener,
-    addr: SocketAddr,
-    state: Arc<SimState>,
-    shutdown: CancellationToken,
-) {
-    let router = api::router(state.clone());
-    let mut listening = state.listening.subscribe();
-    let mut listener = Some(first);
-    loop {
-        // Wait until we should listen, then (re)bind.
-        while !*listening.borrow_and_update() {
-            tokio::select! {
-                _ = shutdown.cancelled() => return,
-                r = listening.changed() => if r.is_err() { return },
-            }
-        }
-        let l = match listener.take() {
-            Some(l) => l,
-            None => match rebind(addr, &shutdown).await {
-                Some(l) => l,
-                None => return,
-            },
-        };
-        let conns = shutdown.child_token();
-        loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => { conns.cancel(); return; }
-                r = listening.changed() => {
-                    if r.is_err() { conns.cancel(); return; }
-                    if !*listening.borrow_and_update() { conns.cancel(); break; }
-                }
-                r = l.accept() => match r {
-                    Ok((stream, _)) => {
-                        let _ = stream.set_nodelay(true);
-                        let svc = TowerToHyperService::new(router.clone());
-                        let token = conns.clone();
-                        tokio::spawn(async move {
-                            let conn = hyper::server::conn::http1::Builder::new()
-                                .serve_connection(TokioIo::new(stream), svc);
-                            tokio::select! {
-                                _ = conn => {}
-                                _ = token.cancelled() => {}
-                            }
-                        });
-                    }
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off briefly.
-                        tracing::warn!(%addr, "accept failed: {e}");
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                },
-            }
-        }
-        drop(l);
-    }
-}
-
-async fn rebind(addr: SocketAddr, shutdown: &CancellationToken) -> Option<TcpListener> {
-    loop {
-        match TcpListener::bind(addr).await {
-            Ok(l) => return Some(l),
-            Err(e) => {
-                tracing::debug!(%addr, "rebind failed, retrying: {e}");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return None,
-                    _ = tokio::time::sleep(Duration::from_millis(50)) => {}
-                }
-            }
-        }
-    }
 }
 
 /// Start `count` studios on consecutive IPv4 addresses from `base`, all on
