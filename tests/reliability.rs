@@ -7,6 +7,7 @@ mod support;
 
 use std::time::Duration;
 
+use baton::balancer::State;
 use baton::sim::{self, SimConfig};
 use serde_json::json;
 use support::netlab::{self, Host};
@@ -155,4 +156,53 @@ async fn random_loss_and_tcp_resets_are_seen_for_what_they_are() {
     resetting.clear_reset().unwrap();
     let r = preflight::run(&cfg, &Thresholds::default()).await;
     assert_eq!(r.status, Status::Pass, "{}", preflight::render(&r));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_single_threaded_studio_that_goes_dark_is_ejected_within_two_seconds() {
+    if let Some(why) = netlab::unavailable() {
+        eprintln!("SKIPPED (network namespaces): {why}");
+        return;
+    }
+    // A studio that serves HTTP one request at a time: while it streams, a
+    // probe would wait. Baton must leave it alone while it is busy, and
+    // still drop it fast when it really goes dark.
+    let h = Host::new().unwrap();
+    let s = sim::start_on(
+        h.listen(1234),
+        SimConfig {
+            slots: 1,
+            tokens_per_second: 10.0,
+            faults: sim::Faults {
+                serial: true,
+                ..Default::default()
+            },
+            ..seed000::studio()
+        },
+    )
+    .await
+    .unwrap();
+    let b = seed000::start(&[("serial", &s)]).await;
+    let c = baton::bench::load::client();
+    let url = format!("{}/chat/completions", b.url());
+    let body = json!({"model": sim::DEFAULT_MODEL, "stream": true, "max_tokens": 400,
+                      "messages": [{"role": "user", "content": "x"}]});
+    let r = c.post(&url).json(&body).send().await.unwrap();
+    // Busy for a while first: serving, never ejected.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(seed000::state(&b, "serial"), Some(State::Ready));
+    let t0 = std::time::Instant::now();
+    h.black_hole().unwrap();
+    let ejected = support::wait_until(Duration::from_secs(5), || {
+        seed000::state(&b, "serial") != Some(State::Ready)
+    })
+    .await;
+    let took = t0.elapsed();
+    assert!(ejected, "never ejected");
+    assert!(
+        took <= Duration::from_secs(2),
+        "ejected {took:?} after going dark"
+    );
+    eprintln!("busy serial studio ejected {took:?} after its link went dark");
+    drop(r);
 }

@@ -582,8 +582,14 @@ async fn holds_a_thousand_waiting_connections() {
             r.text().await
         }));
     }
+    // A request counts as in flight when it arrives and as queued a moment
+    // later, when it asks for a slot: wait for both.
     assert!(
-        wait_until(Duration::from_secs(20), || s.stats().in_flight == 1000).await,
+        wait_until(Duration::from_secs(20), || {
+            let st = s.stats();
+            st.in_flight == 1000 && st.queued == 999
+        })
+        .await,
         "{:?}",
         s.stats()
     );

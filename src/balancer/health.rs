@@ -52,9 +52,10 @@ const EJECT_AFTER_5XX: u32 = 2;
 const EJECT_AFTER_CUTS: u32 = 3;
 
 /// Shortest time without a byte from a busy studio that counts as stalled.
-/// Tokens arrive every few tens of ms; a studio that sends nothing for a
-/// second while it has answers to give is worth a look.
-const MIN_STALL: Duration = Duration::from_secs(1);
+/// Tokens arrive every few tens of ms (a 70B model on a Mac: ~100 ms); a
+/// studio that sends nothing for most of a second while it has answers to
+/// give is worth a look.
+const MIN_STALL: Duration = Duration::from_millis(750);
 
 /// A stall is also judged against the studio's own time to first token:
 /// three times its usual wait is not a long prompt any more.
@@ -500,7 +501,14 @@ pub(super) async fn run(shared: Arc<Shared>, w: Arc<WorkerEntry>, stop: Cancella
                 check_serving(&shared, &w).await;
             }
         }
-        let interval = shared.settings().probe_interval;
+        // A busy studio is looked at again the moment its answers would
+        // count as stalled, not a whole interval later: a studio that dies
+        // while serving is dropped in about two seconds.
+        let mut interval = shared.settings().probe_interval;
+        if making_progress(&w) {
+            let left = stall_window(&w).saturating_sub(w.health.since_progress());
+            interval = interval.min(left + Duration::from_millis(20));
+        }
         let mut ejected = w.health.ejected.subscribe();
         tokio::select! {
             _ = stop.cancelled() => return,
