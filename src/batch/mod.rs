@@ -16,7 +16,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use rusqlite::{OptionalExtension, params};
 use serde::Serialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
@@ -24,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::balancer::Balancer;
 use crate::bench::run::Target;
 use crate::files::write_atomic;
-use crate::store::Store;
+use crate::store::{BatchTask, NewTask, Store, TaskStatus};
 pub use inputs::LongDocs;
 
 #[derive(Clone, Debug)]
@@ -79,65 +78,11 @@ struct Task {
     body: Value,
 }
 
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
-}
-
-/// Find the job for this input/output/preset, or create it.
-fn job_id(
-    store: &Store,
-    input: &Path,
-    out: &Path,
-    preset: &str,
-    params: &Value,
-) -> rusqlite::Result<i64> {
-    let (i, o) = (input.display().to_string(), out.display().to_string());
-    let existing: Option<i64> = store
-        .conn()
-        .query_row(
-            "SELECT id FROM batch_jobs WHERE input_dir = ?1 AND out_dir = ?2 AND preset = ?3",
-            params![i, o, preset],
-            |r| r.get(0),
-        )
-        .optional()?;
-    if let Some(id) = existing {
-        return Ok(id);
-    }
-    store.conn().execute(
-        "INSERT INTO batch_jobs (created_at, input_dir, out_dir, preset, params_json) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![now(), i, o, preset, params.to_string()],
-    )?;
-    Ok(store.conn().last_insert_rowid())
-}
-
 /// The saved options of a job, for `--resume` / `--retry-failed`.
 pub fn job_options(store: &Store, id: i64) -> anyhow::Result<(PathBuf, PathBuf, String, Value)> {
     store
-        .conn()
-        .query_row(
-            "SELECT input_dir, out_dir, preset, params_json FROM batch_jobs WHERE id = ?1",
-            [id],
-            |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, String>(2)?,
-                    r.get::<_, String>(3)?,
-                ))
-            },
-        )
-        .optional()?
-        .map(|(i, o, p, j)| {
-            (
-                PathBuf::from(i),
-                PathBuf::from(o),
-                p,
-                serde_json::from_str(&j).unwrap_or(Value::Null),
-            )
-        })
+        .batch_job(id)?
+        .map(|j| (j.input_dir, j.out_dir, j.preset, j.params))
         .ok_or_else(|| anyhow::anyhow!("batch job {id} is not in the store"))
 }
 
@@ -186,49 +131,49 @@ pub async fn run(
                         "long_docs": format!("{:?}", opts.long_docs).to_lowercase(),
                         "max_attempts": opts.max_attempts, "max_tokens": opts.max_tokens,
                         "prompts_file": opts.prompts_file});
-    let job = job_id(&store, &input, &out, &opts.preset, &params)?;
+    let job = store.batch_job_find_or_create(&input, &out, &opts.preset, &params)?;
 
     // Tasks: one per (document, part, prompt); a changed document hashes
     // differently and gets new tasks.
     let mut long_documents = Vec::new();
     let mut bodies: BTreeMap<(String, usize, String), Value> = BTreeMap::new();
-    {
-        let tx = store.conn().unchecked_transaction()?;
-        for d in &docs {
-            let parts = inputs::parts(&d.text, opts.max_chars, opts.long_docs);
-            let chars = d.text.chars().count();
-            if chars > opts.max_chars {
-                long_documents.push(match opts.long_docs {
-                    LongDocs::Truncate => format!(
-                        "{}: {chars} characters, truncated to the first {}",
-                        d.name, opts.max_chars
-                    ),
-                    LongDocs::Split => format!(
-                        "{}: {chars} characters, split into {} parts",
-                        d.name,
-                        parts.len()
-                    ),
+    let mut new_tasks = Vec::new();
+    for d in &docs {
+        let parts = inputs::parts(&d.text, opts.max_chars, opts.long_docs);
+        let chars = d.text.chars().count();
+        if chars > opts.max_chars {
+            long_documents.push(match opts.long_docs {
+                LongDocs::Truncate => format!(
+                    "{}: {chars} characters, truncated to the first {}",
+                    d.name, opts.max_chars
+                ),
+                LongDocs::Split => format!(
+                    "{}: {chars} characters, split into {} parts",
+                    d.name,
+                    parts.len()
+                ),
+            });
+        }
+        for (i, part) in parts.iter().enumerate() {
+            for p in &preset.prompts {
+                new_tasks.push(NewTask {
+                    document: d.name.clone(),
+                    doc_hash: d.hash.clone(),
+                    part: i as i64,
+                    prompt_id: p.id.clone(),
                 });
-            }
-            for (i, part) in parts.iter().enumerate() {
-                for p in &preset.prompts {
-                    tx.execute(
-                        "INSERT OR IGNORE INTO batch_tasks (job_id, document, doc_hash, part, prompt_id, status) VALUES (?1, ?2, ?3, ?4, ?5, 'pending')",
-                        params![job, d.name, d.hash, i as i64, p.id],
-                    )?;
-                    let mut body = json!({"model": opts.model, "stream": false,
+                let mut body = json!({"model": opts.model, "stream": false,
                         "messages": [{"role": "user", "content": p.template.replace("{document}", part)}]});
-                    if let Some(m) = opts.max_tokens {
-                        body["max_tokens"] = m.into();
-                    }
-                    bodies.insert((d.name.clone(), i, p.id.clone()), body);
+                if let Some(m) = opts.max_tokens {
+                    body["max_tokens"] = m.into();
                 }
+                bodies.insert((d.name.clone(), i, p.id.clone()), body);
             }
         }
-        if opts.retry_failed {
-            tx.execute("UPDATE batch_tasks SET status = 'pending', attempts = 0, error = NULL WHERE job_id = ?1 AND status = 'failed'", [job])?;
-        }
-        tx.commit()?;
+    }
+    store.batch_add_tasks(job, &new_tasks)?;
+    if opts.retry_failed {
+        store.batch_reset_failed(job)?;
     }
     for l in &long_documents {
         obs.note(&format!("long document: {l} (--max-chars, --long-docs)"));
@@ -237,38 +182,24 @@ pub async fn run(
     let mut pending = VecDeque::new();
     let mut total = 0u64;
     let mut already = 0u64;
-    {
-        let mut st = store.conn().prepare("SELECT id, document, doc_hash, part, prompt_id, status FROM batch_tasks WHERE job_id = ?1 ORDER BY id")?;
-        let rows = st.query_map([job], |r| {
-            Ok((
-                r.get::<_, i64>(0)?,
-                r.get::<_, String>(1)?,
-                r.get::<_, String>(2)?,
-                r.get::<_, i64>(3)?,
-                r.get::<_, String>(4)?,
-                r.get::<_, String>(5)?,
-            ))
-        })?;
-        for row in rows {
-            let (id, document, hash, part, prompt_id, status) = row?;
-            if !current(&document, &hash) {
-                continue;
+    for t in store.batch_tasks(job)? {
+        if !current(&t.document, &t.doc_hash) {
+            continue;
+        }
+        total += 1;
+        match t.status {
+            TaskStatus::Pending => {
+                let part = t.part as usize;
+                let body = bodies[&(t.document.clone(), part, t.prompt_id.clone())].clone();
+                pending.push_back(Task {
+                    id: t.id,
+                    document: t.document,
+                    part,
+                    prompt_id: t.prompt_id,
+                    body,
+                });
             }
-            total += 1;
-            match status.as_str() {
-                "pending" => {
-                    let body =
-                        bodies[&(document.clone(), part as usize, prompt_id.clone())].clone();
-                    pending.push_back(Task {
-                        id,
-                        document,
-                        part: part as usize,
-                        prompt_id,
-                        body,
-                    });
-                }
-                _ => already += 1,
-            }
+            TaskStatus::Done | TaskStatus::Failed => already += 1,
         }
     }
     obs.note(&format!(
@@ -330,7 +261,9 @@ pub async fn run(
                     if stop.is_cancelled() {
                         return;
                     }
-                    let Some(task) = queue.lock().expect("queue lock").pop_front() else { return };
+                    let Some(task) = queue.lock().expect("queue lock").pop_front() else {
+                        return;
+                    };
                     let mut attempt = 0;
                     let outcome = loop {
                         attempt += 1;
@@ -342,7 +275,10 @@ pub async fn run(
                             Ok(ok) => break Ok(ok),
                             Err(e) if attempt < max_attempts => {
                                 let wait = Duration::from_millis(500 * (1 << (attempt - 1).min(5)));
-                                tracing::debug!(task = task.id, "attempt {attempt} failed ({e}); retrying in {wait:?}");
+                                tracing::debug!(
+                                    task = task.id,
+                                    "attempt {attempt} failed ({e}); retrying in {wait:?}"
+                                );
                                 tokio::select! {
                                     _ = tokio::time::sleep(wait) => {}
                                     _ = abort.cancelled() => return,
@@ -359,21 +295,21 @@ pub async fn run(
                                 obs.note(&format!("cannot write {}: {e}", path.display()));
                                 continue;
                             }
-                            let _ = s.conn().execute(
-                                "UPDATE batch_tasks SET status = 'done', attempts = attempts + ?2, worker = ?3, tokens = ?4, latency_ms = ?5, result_path = ?6, error = NULL WHERE id = ?1",
-                                params![task.id, attempt, worker, tokens as i64, latency, path.display().to_string()],
-                            );
+                            let _ = s
+                                .batch_task_done(task.id, attempt, &worker, tokens, latency, &path);
                             let mut c = counts.lock().expect("counts lock");
                             c.0 += 1;
                             *c.2.entry(worker).or_default() += 1;
                             obs.progress(c.0, c.1);
                         }
                         Err(e) => {
-                            let _ = s.conn().execute(
-                                "UPDATE batch_tasks SET status = 'failed', attempts = attempts + ?2, error = ?3 WHERE id = ?1",
-                                params![task.id, attempt, e],
-                            );
-                            obs.note(&format!("failed after {attempt} attempt(s): {} / {} (part {}): {e}", task.document, task.prompt_id, task.part + 1));
+                            let _ = s.batch_task_failed(task.id, attempt, &e);
+                            obs.note(&format!(
+                                "failed after {attempt} attempt(s): {} / {} (part {}): {e}",
+                                task.document,
+                                task.prompt_id,
+                                task.part + 1
+                            ));
                             let mut c = counts.lock().expect("counts lock");
                             c.1 += 1;
                             obs.progress(c.0, c.1);
@@ -470,48 +406,15 @@ fn write_outputs(
     out: &Path,
     opts: &Options,
 ) -> anyhow::Result<(u64, u64, u64)> {
-    let mut st = store.conn().prepare(
-        "SELECT id, document, doc_hash, part, prompt_id, status, attempts, error, worker, tokens, latency_ms, result_path
-         FROM batch_tasks WHERE job_id = ?1 ORDER BY document, part, id",
-    )?;
-    #[allow(clippy::type_complexity)]
-    let rows: Vec<(
-        i64,
-        String,
-        String,
-        i64,
-        String,
-        String,
-        i64,
-        Option<String>,
-        Option<String>,
-        Option<i64>,
-        Option<f64>,
-        Option<String>,
-    )> = st
-        .query_map([job], |r| {
-            Ok((
-                r.get(0)?,
-                r.get(1)?,
-                r.get(2)?,
-                r.get(3)?,
-                r.get(4)?,
-                r.get(5)?,
-                r.get(6)?,
-                r.get(7)?,
-                r.get(8)?,
-                r.get(9)?,
-                r.get(10)?,
-                r.get(11)?,
-            ))
-        })?
-        .collect::<Result<_, _>>()?;
+    // By document, part, then as added: the order of the outputs.
+    let mut rows: Vec<BatchTask> = store.batch_tasks(job)?;
+    rows.sort_by(|a, b| (&a.document, a.part, a.id).cmp(&(&b.document, b.part, b.id)));
     let (mut done, mut failed, mut pending) = (0, 0, 0);
     let mut jsonl = String::new();
     for d in docs {
         let mine: Vec<_> = rows
             .iter()
-            .filter(|r| r.1 == d.name && r.2 == d.hash)
+            .filter(|r| r.document == d.name && r.doc_hash == d.hash)
             .collect();
         let mut md = format!("# {}\n\n", d.name);
         let chars = d.text.chars().count();
@@ -529,33 +432,38 @@ fn write_outputs(
         }
         for p in &preset.prompts {
             md += &format!("## {}\n\n", p.title);
-            let parts: Vec<_> = mine.iter().filter(|r| r.4 == p.id).collect();
+            let parts: Vec<_> = mine.iter().filter(|r| r.prompt_id == p.id).collect();
             for r in &parts {
                 if parts.len() > 1 {
-                    md += &format!("### Part {}\n\n", r.3 + 1);
+                    md += &format!("### Part {}\n\n", r.part + 1);
                 }
-                match r.5.as_str() {
-                    "done" => {
-                        let text =
-                            r.11.as_ref()
-                                .and_then(|p| std::fs::read_to_string(p).ok())
-                                .unwrap_or_default();
+                match r.status {
+                    TaskStatus::Done => {
+                        let text = r
+                            .result_path
+                            .as_ref()
+                            .and_then(|p| std::fs::read_to_string(p).ok())
+                            .unwrap_or_default();
                         md += text.trim();
                         md += "\n\n";
                     }
-                    "failed" => md += &format!("*Failed: {}*\n\n", r.7.clone().unwrap_or_default()),
-                    _ => md += "*Not processed yet.*\n\n",
+                    TaskStatus::Failed => {
+                        md += &format!("*Failed: {}*\n\n", r.error.clone().unwrap_or_default())
+                    }
+                    TaskStatus::Pending => md += "*Not processed yet.*\n\n",
                 }
             }
         }
         for r in &mine {
-            match r.5.as_str() {
-                "done" => done += 1,
-                "failed" => failed += 1,
-                _ => pending += 1,
+            match r.status {
+                TaskStatus::Done => done += 1,
+                TaskStatus::Failed => failed += 1,
+                TaskStatus::Pending => pending += 1,
             }
-            jsonl += &json!({"document": r.1, "part": r.3 + 1, "prompt": r.4, "status": r.5, "attempts": r.6,
-                             "worker": r.8, "tokens": r.9, "latency_ms": r.10, "error": r.7}).to_string();
+            jsonl += &json!({"document": r.document, "part": r.part + 1, "prompt": r.prompt_id,
+                             "status": r.status, "attempts": r.attempts, "worker": r.worker,
+                             "tokens": r.tokens, "latency_ms": r.latency_ms, "error": r.error})
+            .to_string();
             jsonl.push('\n');
         }
         let stem = Path::new(&d.name)
