@@ -52,7 +52,29 @@ pub struct LineChart {
     pub title: String,
     pub x_label: String,
     pub y_label: String,
+    /// The x quantity is a count (concurrency, workers): whole-number ticks.
+    pub x_integer: bool,
     pub series: Vec<Series>,
+}
+
+/// One data point as drawn: its position in the SVG (viewBox units) and its
+/// exact value as text, so a display can show it on hover.
+#[derive(Clone, Debug, serde::Serialize, PartialEq)]
+pub struct Point {
+    pub x: f64,
+    pub y: f64,
+    pub label: String,
+    pub series: String,
+}
+
+/// A chart drawn: the same SVG the CLI writes to a file, plus its points.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Rendered {
+    /// File stem: `throughput`, `latency`, `ttft_tpot`, `share`, `scaling`.
+    pub name: String,
+    pub title: String,
+    pub svg: String,
+    pub points: Vec<Point>,
 }
 
 pub struct BarChart {
@@ -66,7 +88,7 @@ type DrawResult<T, DB> = Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::
 fn draw_lines<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     c: &LineChart,
-) -> DrawResult<(), DB> {
+) -> DrawResult<Vec<Point>, DB> {
     area.fill(&WHITE)?;
     let pts = c.series.iter().flat_map(|s| s.points.iter());
     let x_max = pts.clone().map(|p| p.0).fold(1.0, f64::max);
@@ -79,14 +101,53 @@ fn draw_lines<DB: DrawingBackend>(
         .x_label_area_size(60)
         .y_label_area_size(90)
         .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_top)?;
+    let whole = |x: &f64| {
+        if x.fract().abs() < 1e-9 {
+            format!("{x:.0}")
+        } else {
+            String::new()
+        }
+    };
+    let any = |x: &f64| format!("{x}");
+    let x_fmt: &dyn Fn(&f64) -> String = if c.x_integer { &whole } else { &any };
     chart
         .configure_mesh()
         .x_desc(&c.x_label)
         .y_desc(&c.y_label)
+        // Counts get one tick per whole number (up to 12 of them).
+        .x_labels(if c.x_integer {
+            (x_max.ceil() as usize + 1).min(12)
+        } else {
+            10
+        })
+        .x_label_formatter(x_fmt)
         .label_style((FONT, 18))
         .axis_desc_style((FONT, 20))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
+    let mut points = Vec::new();
+    for s in &c.series {
+        for &(x, y) in &s.points {
+            let (px, py) = chart.backend_coord(&(x, y));
+            let xs = if c.x_integer {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.3}")
+            };
+            points.push(Point {
+                x: f64::from(px),
+                y: f64::from(py),
+                label: format!(
+                    "{}: {} {xs}, {} {}",
+                    s.name,
+                    c.x_label,
+                    c.y_label,
+                    fmt_value(y)
+                ),
+                series: s.name.clone(),
+            });
+        }
+    }
     for (i, s) in c.series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let style = ShapeStyle::from(&color).stroke_width(3);
@@ -123,13 +184,24 @@ fn draw_lines<DB: DrawingBackend>(
         .border_style(BLACK.mix(0.3))
         .draw()?;
     area.present()?;
-    Ok(())
+    Ok(points)
+}
+
+/// A value with sensible precision for a tooltip.
+fn fmt_value(v: f64) -> String {
+    if v.abs() >= 100.0 {
+        format!("{v:.1}")
+    } else if v.abs() >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.4}")
+    }
 }
 
 fn draw_bars<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     c: &BarChart,
-) -> DrawResult<(), DB> {
+) -> DrawResult<Vec<Point>, DB> {
     area.fill(&WHITE)?;
     let n = c.bars.len().max(1) as u32;
     let y_max = c.bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0) * 1.2;
@@ -154,9 +226,17 @@ fn draw_bars<DB: DrawingBackend>(
         .label_style((FONT, 18))
         .axis_desc_style((FONT, 20))
         .draw()?;
-    for (i, (_, v)) in c.bars.iter().enumerate() {
+    let mut points = Vec::new();
+    for (i, (name, v)) in c.bars.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
         let i = i as u32;
+        let (px, py) = chart.backend_coord(&(SegmentValue::CenterOf(i), *v));
+        points.push(Point {
+            x: f64::from(px),
+            y: f64::from(py),
+            label: format!("{name}: {v:.1}% of the load"),
+            series: name.clone(),
+        });
         chart.draw_series(
             Histogram::vertical(&chart)
                 .style(color.filled())
@@ -170,7 +250,7 @@ fn draw_bars<DB: DrawingBackend>(
         )))?;
     }
     area.present()?;
-    Ok(())
+    Ok(points)
 }
 
 enum Chart {
@@ -178,32 +258,73 @@ enum Chart {
     Bars(BarChart),
 }
 
-fn render(chart: &Chart, dir: &Path, name: &str) -> anyhow::Result<Vec<PathBuf>> {
-    register_font();
-    let svg = dir.join(format!("{name}.svg"));
-    let png = dir.join(format!("{name}.png"));
-    {
-        let area = SVGBackend::new(&svg, (W, H)).into_drawing_area();
-        match chart {
-            Chart::Lines(c) => draw_lines(&area, c),
-            Chart::Bars(c) => draw_bars(&area, c),
+impl Chart {
+    fn title(&self) -> &str {
+        match self {
+            Chart::Lines(c) => &c.title,
+            Chart::Bars(c) => &c.title,
         }
-        .map_err(|e| anyhow::anyhow!("drawing {}: {e:?}", svg.display()))?;
     }
-    {
-        let area = BitMapBackend::new(&png, (W, H)).into_drawing_area();
-        match chart {
-            Chart::Lines(c) => draw_lines(&area, c),
-            Chart::Bars(c) => draw_bars(&area, c),
+
+    fn draw<DB: DrawingBackend>(
+        &self,
+        area: &DrawingArea<DB, Shift>,
+    ) -> DrawResult<Vec<Point>, DB> {
+        match self {
+            Chart::Lines(c) => draw_lines(area, c),
+            Chart::Bars(c) => draw_bars(area, c),
         }
-        .map_err(|e| anyhow::anyhow!("drawing {}: {e:?}", png.display()))?;
     }
-    Ok(vec![svg, png])
+
+    /// The SVG text and the drawn points.
+    fn svg(&self, name: &str) -> anyhow::Result<Rendered> {
+        register_font();
+        let mut svg = String::new();
+        let points = {
+            let area = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
+            self.draw(&area)
+                .map_err(|e| anyhow::anyhow!("drawing the {name} chart: {e:?}"))?
+        };
+        Ok(Rendered {
+            name: name.to_string(),
+            title: self.title().to_string(),
+            svg,
+            points,
+        })
+    }
+
+    fn png(&self, path: &Path) -> anyhow::Result<()> {
+        register_font();
+        let area = BitMapBackend::new(path, (W, H)).into_drawing_area();
+        self.draw(&area)
+            .map_err(|e| anyhow::anyhow!("drawing {}: {e:?}", path.display()))?;
+        Ok(())
+    }
 }
 
-/// Write every chart the runs support into `dir`; `runs` are (label, result).
+/// Every chart the runs support, as SVG with their points (the dashboard's
+/// charts); `runs` are (label, result).
+pub fn render_all(runs: &[(String, &BenchResult)]) -> anyhow::Result<Vec<Rendered>> {
+    charts(runs).iter().map(|(c, name)| c.svg(name)).collect()
+}
+
+/// Write every chart the runs support into `dir` as SVG (the same text the
+/// dashboard shows) and PNG; `runs` are (label, result).
 pub fn write_all(runs: &[(String, &BenchResult)], dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
     std::fs::create_dir_all(dir)?;
+    let mut out = Vec::new();
+    for (c, name) in charts(runs) {
+        let svg = dir.join(format!("{name}.svg"));
+        std::fs::write(&svg, c.svg(&name)?.svg)?;
+        let png = dir.join(format!("{name}.png"));
+        c.png(&png)?;
+        out.extend([svg, png]);
+    }
+    Ok(out)
+}
+
+/// The charts the runs support, each defined once: (chart, file stem).
+fn charts(runs: &[(String, &BenchResult)]) -> Vec<(Chart, String)> {
     let mut out = Vec::new();
     let with_levels: Vec<&(String, &BenchResult)> = runs
         .iter()
@@ -223,16 +344,16 @@ pub fn write_all(runs: &[(String, &BenchResult)], dir: &Path) -> anyhow::Result<
                 labels: vec![],
             })
             .collect();
-        out.extend(render(
-            &Chart::Lines(LineChart {
+        out.push((
+            Chart::Lines(LineChart {
                 title: "Throughput vs concurrency".into(),
                 x_label: "concurrent requests".into(),
+                x_integer: true,
                 y_label: "requests per second".into(),
                 series,
             }),
-            dir,
-            "throughput",
-        )?);
+            "throughput".to_string(),
+        ));
         let mut series = Vec::new();
         for (name, r) in &with_levels {
             for (q, pick) in [("p50", 0usize), ("p95", 1), ("p99", 2)] {
@@ -261,16 +382,16 @@ pub fn write_all(runs: &[(String, &BenchResult)], dir: &Path) -> anyhow::Result<
                 });
             }
         }
-        out.extend(render(
-            &Chart::Lines(LineChart {
+        out.push((
+            Chart::Lines(LineChart {
                 title: "Latency percentiles vs concurrency".into(),
                 x_label: "concurrent requests".into(),
+                x_integer: true,
                 y_label: "end-to-end latency (s)".into(),
                 series,
             }),
-            dir,
-            "latency",
-        )?);
+            "latency".to_string(),
+        ));
         let mut series = Vec::new();
         for (name, r) in &with_levels {
             let prefix = if with_levels.len() > 1 {
@@ -299,16 +420,16 @@ pub fn write_all(runs: &[(String, &BenchResult)], dir: &Path) -> anyhow::Result<
                 labels: vec![],
             });
         }
-        out.extend(render(
-            &Chart::Lines(LineChart {
+        out.push((
+            Chart::Lines(LineChart {
                 title: "Time to first token and time per output token".into(),
                 x_label: "concurrent requests".into(),
+                x_integer: true,
                 y_label: "milliseconds (average)".into(),
                 series,
             }),
-            dir,
-            "ttft_tpot",
-        )?);
+            "ttft_tpot".to_string(),
+        ));
         // Share of load at the busiest level of the first run.
         let (name, r) = with_levels[0];
         if let Some(l) = r.concurrency_benchmark.iter().max_by_key(|l| l.concurrency)
@@ -319,8 +440,8 @@ pub fn write_all(runs: &[(String, &BenchResult)], dir: &Path) -> anyhow::Result<
                 .iter()
                 .map(|(w, s)| (w.clone(), s.load_percentage))
                 .collect();
-            out.extend(render(
-                &Chart::Bars(BarChart {
+            out.push((
+                Chart::Bars(BarChart {
                     title: format!(
                         "Share of load per worker ({name}, concurrency {})",
                         l.concurrency
@@ -328,9 +449,8 @@ pub fn write_all(runs: &[(String, &BenchResult)], dir: &Path) -> anyhow::Result<
                     y_label: "share of successful requests (%)".into(),
                     bars,
                 }),
-                dir,
-                "share",
-            )?);
+                "share".to_string(),
+            ));
         }
     }
     let with_scaling: Vec<&(String, &BenchResult)> = runs
@@ -365,16 +485,16 @@ pub fn write_all(runs: &[(String, &BenchResult)], dir: &Path) -> anyhow::Result<
                     .collect(),
             });
         }
-        out.extend(render(
-            &Chart::Lines(LineChart {
+        out.push((
+            Chart::Lines(LineChart {
                 title: "Speedup vs workers (labels: scaling efficiency)".into(),
                 x_label: "workers".into(),
+                x_integer: true,
                 y_label: "speedup over one worker (x)".into(),
                 series,
             }),
-            dir,
-            "scaling",
-        )?);
+            "scaling".to_string(),
+        ));
     }
-    Ok(out)
+    out
 }

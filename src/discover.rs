@@ -55,7 +55,7 @@ impl Default for Options {
 }
 
 /// A server that answered like an LLM server.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Found {
     pub host: Ipv4Addr,
     pub port: u16,

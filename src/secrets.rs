@@ -35,7 +35,41 @@ pub fn resolve(r: &SecretRef) -> Result<String, SecretError> {
     }
 }
 
+/// On Linux the kernel keyring stands in for the keychain. A process that
+/// did not start in a login session (a service, CI, a container) cannot use
+/// the default session keyring, so every Baton process joins one named
+/// `baton`, linked into the user's keyring so it outlives the process: what
+/// `baton key set` stores, `baton serve` finds.
+#[cfg(target_os = "linux")]
+fn join_keyring() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
+        const KEYCTL_LINK: libc::c_long = 8;
+        const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
+        // SAFETY: keyctl with a NUL-terminated name and integer ids; no
+        // memory is shared with the kernel beyond the name.
+        unsafe {
+            let id = libc::syscall(
+                libc::SYS_keyctl,
+                KEYCTL_JOIN_SESSION_KEYRING,
+                c"baton".as_ptr(),
+            );
+            if id >= 0 {
+                libc::syscall(libc::SYS_keyctl, KEYCTL_LINK, id, KEY_SPEC_USER_KEYRING);
+            } else {
+                tracing::debug!(
+                    "could not join a session keyring: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+        }
+    });
+}
+
 fn entry(name: &str) -> Result<keyring::Entry, SecretError> {
+    #[cfg(target_os = "linux")]
+    join_keyring();
     keyring::Entry::new(SERVICE, name).map_err(|e| SecretError::Keychain {
         name: name.to_string(),
         detail: e.to_string(),

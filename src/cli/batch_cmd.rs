@@ -3,14 +3,13 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
-use anyhow::Context;
-use baton::batch::{self, LongDocs, Observer, Options};
-use baton::bench::run::Target;
-use baton::config::Config;
+use baton::batch;
+use baton::engine::jobs::{JobResult, JobUpdate};
+use baton::engine::{BatchRequest, Options as EngineOptions, WhenMissing};
 use clap::{Args, ValueEnum};
-use tokio_util::sync::CancellationToken;
+
+use super::follow::{self, Interrupt};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum LongArg {
@@ -66,38 +65,34 @@ pub struct BatchArgs {
     retry_failed: Option<i64>,
 }
 
+/// The progress bar, drawn from the engine's job events.
 struct Console {
     bar: Option<indicatif::ProgressBar>,
-    base: std::sync::atomic::AtomicU64,
 }
 
-impl Observer for Console {
-    fn note(&self, line: &str) {
-        match &self.bar {
-            Some(b) => b.println(line),
-            None => eprintln!("{line}"),
-        }
-    }
-    fn started(&self, total: u64, already: u64) {
-        self.base
-            .store(already, std::sync::atomic::Ordering::Relaxed);
-        if let Some(b) = &self.bar {
-            b.set_length(total);
-            b.set_position(already);
-        }
-    }
-    fn progress(&self, done: u64, failed: u64) {
-        let base = self.base.load(std::sync::atomic::Ordering::Relaxed);
-        match &self.bar {
-            Some(b) => {
-                b.set_position(base + done + failed);
-                let per_min = done as f64 * 60.0 / b.elapsed().as_secs_f64().max(0.001);
-                b.set_message(format!("{failed} failed, {per_min:.0} tasks/min"));
-            }
-            None if (done + failed).is_multiple_of(10) => {
-                eprintln!("{} done, {failed} failed", base + done)
-            }
-            None => {}
+impl Console {
+    fn show(&self, u: &JobUpdate) {
+        match u {
+            JobUpdate::Note { line } => match &self.bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            },
+            JobUpdate::Progress {
+                done,
+                total,
+                ok,
+                failed,
+                ..
+            } => match &self.bar {
+                Some(b) => {
+                    b.set_length(total.unwrap_or(0));
+                    b.set_position(*done);
+                    let per_min = *ok as f64 * 60.0 / b.elapsed().as_secs_f64().max(0.001);
+                    b.set_message(format!("{failed} failed, {per_min:.0} tasks/min"));
+                }
+                None => eprintln!("{ok} done, {failed} failed"),
+            },
+            _ => {}
         }
     }
 }
@@ -117,78 +112,41 @@ pub async fn run(a: BatchArgs) -> anyhow::Result<ExitCode> {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let store_path = baton::store::default_path().context("no home directory for the job store")?;
-    let (mut input, mut output, mut preset, mut saved) =
-        (a.input.clone(), a.output.clone(), a.preset.clone(), None);
-    if let Some(job) = a.resume.or(a.retry_failed) {
-        let store = baton::store::Store::open(&store_path)?;
-        let (i, o, p, params) = batch::job_options(&store, job)?;
-        (input, output, preset, saved) = (Some(i), Some(o), p, Some(params));
+    let engine = match follow::open(EngineOptions {
+        config_path: a.config.clone(),
+        // Batch needs real studios (or --url): no simulated stand-ins.
+        when_missing: WhenMissing::FirstRun,
+        no_pool: a.url.is_some(),
+        ..EngineOptions::default()
+    })
+    .await?
+    {
+        Ok(e) => e,
+        Err(code) => return Ok(code),
+    };
+    if a.url.is_none() && engine.config().workers.is_empty() {
+        let path = super::config_path(a.config.clone())?;
+        eprintln!(
+            "error: no workers in {}\n(batch sends its tasks through the workers in that file, or to --url)",
+            path.display()
+        );
+        return Ok(ExitCode::from(2));
     }
-    let saved_str = |k: &str| {
-        saved
-            .as_ref()
-            .and_then(|s| s.get(k))
-            .and_then(|v| v.as_str())
-            .map(str::to_string)
-    };
-    let saved_num = |k: &str| {
-        saved
-            .as_ref()
-            .and_then(|s| s.get(k))
-            .and_then(|v| v.as_u64())
-    };
-    let target = match &a.url {
-        Some(u) => Target::Url {
-            url: u.clone(),
-            api_key: std::env::var(baton::secrets::BALANCER_KEY_ENV).ok(),
-        },
-        None => {
-            let path = super::config_path(a.config.clone())?;
-            match Config::load(&path) {
-                Ok(c) => Target::Balancer(c),
-                Err(e) => {
-                    eprintln!(
-                        "error: {e}\n(batch sends its tasks through the workers in that file, or to --url)"
-                    );
-                    return Ok(ExitCode::from(2));
-                }
-            }
-        }
-    };
-    let model = match (&a.model, saved_str("model"), &target) {
-        (Some(m), _, _) => m.clone(),
-        (None, Some(m), _) => m,
-        (None, None, Target::Balancer(c)) => c
-            .enabled_workers()
-            .next()
-            .map(|w| w.model.clone())
-            .context("no enabled workers")?,
-        (None, None, Target::Url { .. }) => anyhow::bail!("--url needs --model"),
-    };
-    let opts = Options {
-        input: input.context("--input is required")?,
-        out_dir: output.context("-o/--output is required")?,
-        preset,
-        prompts_file: a
-            .prompts
-            .clone()
-            .or(saved_str("prompts_file").map(PathBuf::from)),
-        model,
+    let req = BatchRequest {
+        input: a.input.clone(),
+        out_dir: a.output.clone(),
+        preset: Some(a.preset.clone()),
+        prompts_file: a.prompts.clone(),
+        model: a.model.clone(),
         concurrency: a.concurrency,
-        // A resumed job keeps the settings it was started with.
-        max_chars: saved_num("max_chars")
-            .map(|n| n as usize)
-            .unwrap_or(a.max_chars),
-        long_docs: match (saved_str("long_docs").as_deref(), a.long_docs) {
-            (Some("split"), _) | (None, LongArg::Split) => LongDocs::Split,
-            _ => LongDocs::Truncate,
-        },
-        max_attempts: saved_num("max_attempts")
-            .map(|n| n as u32)
-            .unwrap_or(a.max_attempts),
-        max_tokens: a.max_tokens.or(saved_num("max_tokens").map(|n| n as u32)),
-        retry_failed: a.retry_failed.is_some(),
+        max_chars: Some(a.max_chars),
+        split_long_docs: matches!(a.long_docs, LongArg::Split),
+        max_attempts: Some(a.max_attempts),
+        max_tokens: a.max_tokens,
+        resume: a.resume,
+        retry_failed: a.retry_failed,
+        url: a.url.clone(),
+        url_api_key: std::env::var(baton::secrets::BALANCER_KEY_ENV).ok(),
     };
     let bar = std::io::stderr().is_terminal().then(|| {
         let b = indicatif::ProgressBar::new(0);
@@ -198,28 +156,25 @@ pub async fn run(a: BatchArgs) -> anyhow::Result<ExitCode> {
         );
         b
     });
-    let obs = Arc::new(Console {
-        bar: bar.clone(),
-        base: Default::default(),
-    });
-    let (stop, abort) = (CancellationToken::new(), CancellationToken::new());
-    let (s2, a2) = (stop.clone(), abort.clone());
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!(
-                "\nStopping: no new tasks; waiting for the running ones (Ctrl-C again to abort them)."
-            );
-            s2.cancel();
-            if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!("Aborting the running tasks; they stay queued for the next run.");
-                a2.cancel();
-            }
-        }
-    });
-    let s = batch::run(&opts, &target, &store_path, obs, stop, abort).await?;
+    let console = Console { bar: bar.clone() };
+    let job = follow::run_job(
+        &engine,
+        || engine.start_batch(req),
+        Interrupt {
+            first: "Stopping: no new tasks; waiting for the running ones (Ctrl-C again to abort them).",
+            second: Some("Aborting the running tasks; they stay queued for the next run."),
+        },
+        |u| console.show(u),
+    )
+    .await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let s = match (job.result, job.error) {
+        (Some(JobResult::Batch(s)), _) => s,
+        (_, Some(e)) => return Err(follow::error(&e)),
+        _ => return Ok(ExitCode::from(130)),
+    };
     println!(
         "\nBatch job {}: {} tasks: {} done, {} failed, {} pending; ran {} in {:.1} s ({:.1} tasks/min)",
         s.job_id, s.tasks, s.done, s.failed, s.pending, s.ran_now, s.elapsed_s, s.tasks_per_minute

@@ -3,16 +3,15 @@
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
 use anyhow::Context;
 use baton::bench::report::BenchResult;
-use baton::bench::run::{self, Gate, Mode, Observer, Plan, Target};
-use baton::config::Config;
-use baton::sim::{self, SimConfig, SimHandle};
+use baton::bench::run::{Gate, Mode};
+use baton::engine::jobs::{JobResult, JobUpdate};
+use baton::engine::{BenchRequest, Options as EngineOptions, SimProfile};
 use clap::{Args, ValueEnum};
-use tokio_util::sync::CancellationToken;
+
+use super::follow::{self, Interrupt};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
 enum ModeArg {
@@ -80,115 +79,95 @@ pub struct BenchArgs {
     no_charts: bool,
 }
 
-/// Progress bars on a terminal, plain lines otherwise.
+/// Progress bars on a terminal, plain lines otherwise, drawn from the
+/// engine's job events.
 struct Console {
-    bar: Mutex<Option<indicatif::ProgressBar>>,
+    bar: Option<indicatif::ProgressBar>,
     tty: bool,
 }
 
-impl Observer for Console {
-    fn note(&self, line: &str) {
-        eprintln!("{line}");
-    }
-    fn level_started(&self, label: &str, planned: Option<u64>, duration: Option<Duration>) {
-        if !self.tty {
-            eprintln!("{label}: running...");
-            return;
+impl Console {
+    fn show(&mut self, u: &JobUpdate) {
+        match u {
+            JobUpdate::Note { line } => match &self.bar {
+                Some(b) => b.println(line),
+                None => eprintln!("{line}"),
+            },
+            JobUpdate::LevelStarted { label, planned, .. } => {
+                if !self.tty {
+                    eprintln!("{label}: running...");
+                    return;
+                }
+                let bar = match planned {
+                    Some(n) => indicatif::ProgressBar::new(*n),
+                    None => indicatif::ProgressBar::new_spinner(),
+                };
+                bar.set_style(
+                    indicatif::ProgressStyle::with_template(
+                        "{prefix:>32} {bar:30} {pos}/{len} {msg}",
+                    )
+                    .expect("valid template")
+                    .progress_chars("=> "),
+                );
+                bar.set_prefix(label.clone());
+                self.bar = Some(bar);
+            }
+            JobUpdate::Progress { ok, failed, .. } => {
+                if let Some(b) = &self.bar {
+                    b.set_position(ok + failed);
+                    b.set_message(if *failed > 0 {
+                        format!("{failed} failed")
+                    } else {
+                        String::new()
+                    });
+                }
+            }
+            JobUpdate::Level { label, summary } => {
+                if let Some(b) = self.bar.take() {
+                    b.finish_and_clear();
+                }
+                eprintln!("{label:>32}: {summary}");
+            }
+            _ => {}
         }
-        let bar = match (planned, duration) {
-            (Some(n), _) => indicatif::ProgressBar::new(n),
-            _ => indicatif::ProgressBar::new_spinner(),
-        };
-        bar.set_style(
-            indicatif::ProgressStyle::with_template("{prefix:>32} {bar:30} {pos}/{len} {msg}")
-                .expect("valid template")
-                .progress_chars("=> "),
-        );
-        bar.set_prefix(label.to_string());
-        *self.bar.lock().expect("bar lock") = Some(bar);
     }
-    fn progress(&self, ok: u64, failed: u64) {
-        if let Some(b) = self.bar.lock().expect("bar lock").as_ref() {
-            b.set_position(ok + failed);
-            b.set_message(if failed > 0 {
-                format!("{failed} failed")
-            } else {
-                String::new()
-            });
-        }
-    }
-    fn level_finished(&self, label: &str, summary: &str) {
-        if let Some(b) = self.bar.lock().expect("bar lock").take() {
-            b.finish_and_clear();
-        }
-        eprintln!("{label:>32}: {summary}");
-    }
-}
-
-/// Identical simulated studios, so the scaling sweep shows clean 1x/2x/3x.
-async fn simulated(n: usize) -> anyhow::Result<(Config, Vec<SimHandle>)> {
-    let studio = |i: usize| SimConfig {
-        slots: 4,
-        tokens_per_second: 80.0,
-        ttft: Duration::from_millis(100),
-        seed: i as u64 + 1,
-        ..SimConfig::default()
-    };
-    Ok(sim::start_pool((0..n).map(studio).collect()).await?)
 }
 
 pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
-    // What to benchmark.
-    let (target, _sims, simulated_pool) = if let Some(url) = &a.url {
-        let key = match &a.api_key_env {
-            Some(var) => Some(
-                std::env::var(var)
-                    .with_context(|| format!("environment variable {var} is not set"))?,
-            ),
-            None => None,
-        };
-        (
-            Target::Url {
-                url: url.clone(),
-                api_key: key,
-            },
-            Vec::new(),
-            false,
-        )
-    } else if let Some(n) = a.simulate {
-        let (c, s) = simulated(n.max(1)).await?;
-        (Target::Balancer(c), s, true)
-    } else {
+    // What to benchmark: a URL, simulated studios, or the workers file.
+    let url_key = match &a.api_key_env {
+        Some(var) => Some(
+            std::env::var(var).with_context(|| format!("environment variable {var} is not set"))?,
+        ),
+        None => None,
+    };
+    let mut opts = EngineOptions {
+        config_path: a.config.clone(),
+        simulate: a.simulate,
+        sim_profile: SimProfile::Uniform,
+        no_pool: a.url.is_some(),
+        ..EngineOptions::default()
+    };
+    if a.url.is_none() && a.simulate.is_none() {
         let path = super::config_path(a.config.clone())?;
         if a.config.is_none() && !path.exists() {
             eprintln!(
-                "No workers file at {} (pass -c FILE for real studios): benchmarking 3 simulated studios.",
-                path.display()
+                "No workers file at {} (pass -c FILE for real studios): benchmarking {} simulated studios.",
+                path.display(),
+                baton::engine::DEFAULT_SIMULATED
             );
-            let (c, s) = simulated(3).await?;
-            (Target::Balancer(c), s, true)
-        } else {
-            match Config::load(&path) {
-                Ok(c) => (Target::Balancer(c), Vec::new(), false),
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    return Ok(ExitCode::from(2));
-                }
-            }
+        } else if let Err(e) = baton::config::Config::load(&path) {
+            eprintln!("error: {e}");
+            return Ok(ExitCode::from(2));
         }
+        opts.config_path = Some(path);
+    }
+    let engine = match follow::open(opts).await? {
+        Ok(e) => e,
+        Err(code) => return Ok(code),
     };
-    let model = match (&a.model, &target) {
-        (Some(m), _) => m.clone(),
-        (None, Target::Balancer(c)) => c
-            .enabled_workers()
-            .next()
-            .map(|w| w.model.clone())
-            .context("the workers file has no enabled workers")?,
-        (None, Target::Url { .. }) => anyhow::bail!("--url needs --model (the model to ask for)"),
-    };
-    let prompts = match (&a.prompt, &a.prompts_file) {
-        (Some(p), _) => vec![p.clone()],
-        (_, Some(f)) => {
+    let prompts = match &a.prompts_file {
+        Some(f) => {
             let text = std::fs::read_to_string(f)
                 .with_context(|| format!("reading prompts from {}", f.display()))?;
             let v: Vec<String> = text
@@ -202,78 +181,63 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             }
             v
         }
-        _ => Vec::new(),
+        None => Vec::new(),
     };
-    // Simulated pools get a short run so the whole job takes under a minute.
-    let duration =
-        a.duration
-            .map(Duration::from_secs_f64)
-            .or(if simulated_pool && a.requests.is_none() {
-                Some(Duration::from_secs(4))
-            } else {
-                None
-            });
-    let levels = if !a.concurrency_levels.is_empty() {
-        a.concurrency_levels.clone()
-    } else if simulated_pool {
-        vec![1, 4, 8, 16, 24]
-    } else {
-        vec![1, 5, 10, 20, 50, 100]
-    };
-    let counts = if !a.worker_counts.is_empty() {
-        a.worker_counts.clone()
-    } else {
-        vec![1, 2, 3, 5, 10]
-    };
-    let plan = Plan {
-        mode: match a.mode {
+    let req = BenchRequest {
+        mode: Some(match a.mode {
             ModeArg::Concurrency => Mode::Concurrency,
             ModeArg::Scaling => Mode::Scaling,
             ModeArg::Both => Mode::Both,
-        },
-        target,
-        model,
-        max_tokens: a
-            .max_tokens
-            .unwrap_or(if simulated_pool { 32 } else { 128 }),
-        prompts,
+        }),
         requests: a.requests,
-        duration,
-        warmup_requests: a.warmup.unwrap_or(1),
-        repeat: a.repeat.max(1),
-        concurrency_levels: levels,
-        worker_counts: counts,
-        gate: if a.skip_preflight {
+        duration_s: a.duration,
+        concurrency_levels: a.concurrency_levels.clone(),
+        worker_counts: a.worker_counts.clone(),
+        max_tokens: a.max_tokens,
+        model: a.model.clone(),
+        prompt: a.prompt.clone(),
+        prompts,
+        warmup: a.warmup,
+        repeat: Some(a.repeat),
+        label: a.label.clone(),
+        gate: Some(if a.skip_preflight {
             Gate::Skip
         } else if a.exclude_unhealthy {
             Gate::ExcludeUnhealthy
         } else {
             Gate::Require
-        },
+        }),
+        url: a.url.clone(),
+        url_api_key: url_key,
     };
-    let obs = Arc::new(Console {
-        bar: Mutex::new(None),
+    let mut console = Console {
+        bar: None,
         tty: std::io::stderr().is_terminal(),
-    });
-    let cancel = CancellationToken::new();
-    let c2 = cancel.clone();
-    tokio::spawn(async move {
-        if tokio::signal::ctrl_c().await.is_ok() {
-            eprintln!("\nInterrupted: keeping the levels finished so far.");
-            c2.cancel();
-        }
-    });
-    let result = match run::run(&plan, obs, cancel).await {
-        Ok(r) => r,
-        Err(e @ run::BenchError::PreflightFailed(_))
-        | Err(e @ run::BenchError::NothingHealthy(_)) => {
-            eprintln!("error: {e}");
+    };
+    let job = follow::run_job(
+        &engine,
+        || engine.start_bench(req),
+        Interrupt {
+            first: "Interrupted: keeping the levels finished so far.",
+            second: None,
+        },
+        |u| console.show(u),
+    )
+    .await?;
+    if let Some(b) = console.bar.take() {
+        b.finish_and_clear();
+    }
+    let (run_id, result) = match (job.result, job.error) {
+        (Some(JobResult::Bench { run_id, result }), _) => (run_id, *result),
+        (_, Some(e)) => {
+            eprintln!("error: {}", follow::error(&e));
             return Ok(ExitCode::from(2));
         }
-        Err(e) => return Err(e.into()),
+        _ => return Ok(ExitCode::from(130)),
     };
     let saved = save(
         &result,
+        run_id,
         a.output.as_deref(),
         a.label.as_deref(),
         !a.no_charts,
@@ -287,20 +251,15 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
-/// Store the run, write the JSON and the charts; returns what to tell the user.
+/// Write the JSON and the charts of a run the engine kept as `id`;
+/// returns what to tell the user.
 fn save(
     result: &BenchResult,
+    id: Option<i64>,
     output: Option<&Path>,
     label: Option<&str>,
     charts: bool,
 ) -> anyhow::Result<String> {
-    let id = match baton::store::Store::open_default().and_then(|s| s.save_run(result, label)) {
-        Ok(id) => Some(id),
-        Err(e) => {
-            eprintln!("warning: the run was not kept in the history: {e}");
-            None
-        }
-    };
     let path = match output {
         Some(p) => p.to_path_buf(),
         None => PathBuf::from("baton-results").join(match id {

@@ -3,11 +3,13 @@
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use baton::discover::{self, Options};
+use baton::discover;
+use baton::engine::jobs::{JobResult, JobUpdate};
+use baton::engine::{DiscoverRequest, Engine, Options as EngineOptions};
 use clap::Args;
+
+use super::follow::Interrupt;
 use ipnet::Ipv4Net;
 
 #[derive(Args, Debug)]
@@ -36,18 +38,14 @@ pub struct DiscoverArgs {
 }
 
 pub async fn run(a: DiscoverArgs) -> anyhow::Result<ExitCode> {
-    let opts = Options {
-        cidrs: a.cidrs.clone(),
-        ports: if a.ports.is_empty() {
-            discover::DEFAULT_PORTS.to_vec()
-        } else {
-            a.ports.clone()
-        },
-        connect_timeout: Duration::from_millis(a.timeout_ms),
+    let req = DiscoverRequest {
+        cidrs: a.cidrs.iter().map(|c| c.to_string()).collect(),
+        ports: a.ports.clone(),
         force: a.force,
-        mdns: !a.no_mdns,
-        ..Options::default()
+        no_mdns: a.no_mdns,
+        timeout_ms: Some(a.timeout_ms),
     };
+    let opts = req.options()?;
     let nets = discover::targets(&opts)?;
     if !a.json {
         let list: Vec<String> = nets.iter().map(|n| n.to_string()).collect();
@@ -68,17 +66,41 @@ pub async fn run(a: DiscoverArgs) -> anyhow::Result<ExitCode> {
     } else {
         None
     };
-    let progress: Option<discover::Progress> = bar.clone().map(|b| {
-        Arc::new(move |done: u64, total: u64, found: usize| {
-            b.set_length(total);
-            b.set_position(done);
-            b.set_message(format!("{found} found"));
-        }) as discover::Progress
-    });
-    let d = discover::run(&opts, progress).await?;
+    let engine = Engine::open(EngineOptions {
+        no_pool: true,
+        ..EngineOptions::default()
+    })
+    .await?;
+    let job = super::follow::run_job(
+        &engine,
+        || engine.start_discover(req),
+        Interrupt {
+            first: "Interrupted.",
+            second: None,
+        },
+        |u| {
+            if let (
+                Some(b),
+                JobUpdate::Progress {
+                    done, total, ok, ..
+                },
+            ) = (&bar, u)
+            {
+                b.set_length(total.unwrap_or(0));
+                b.set_position(*done);
+                b.set_message(format!("{ok} found"));
+            }
+        },
+    )
+    .await?;
     if let Some(b) = bar {
         b.finish_and_clear();
     }
+    let d = match (job.result, job.error) {
+        (Some(JobResult::Discover(d)), _) => d,
+        (_, Some(e)) => return Err(super::follow::error(&e)),
+        _ => return Ok(ExitCode::from(130)),
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&d)?);
     } else {

@@ -3,7 +3,9 @@
 mod batch_cmd;
 mod bench_cmd;
 mod config_cmd;
+mod dashboard_cmd;
 mod discover_cmd;
+mod follow;
 mod key_cmd;
 mod preflight_cmd;
 mod results_cmd;
@@ -29,6 +31,8 @@ pub struct Cli {
 
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    /// Open the dashboard in a browser (balancer, preflight, studios, benchmarks)
+    Dashboard(dashboard_cmd::DashboardArgs),
     /// Serve one OpenAI-compatible endpoint over all studios (the load balancer)
     Serve(serve_cmd::ServeArgs),
     /// Benchmark the pool: concurrency and worker-count sweeps, JSON, charts, history
@@ -65,6 +69,7 @@ pub fn config_path(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
 
 pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Dashboard(a) => dashboard_cmd::run(a).await,
         Command::Serve(a) => serve_cmd::run(a).await,
         Command::Sim(a) => sim_cmd::run(a).await,
         Command::Preflight(a) => preflight_cmd::run(a).await,

@@ -3,9 +3,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+
 use baton::config::Config;
+use baton::engine::jobs::{JobResult, JobUpdate};
+use baton::engine::{Engine, Options as EngineOptions, WhenMissing};
 use baton::preflight::{self, Thresholds};
 use clap::Args;
+
+use super::follow::Interrupt;
 
 #[derive(Args, Debug)]
 pub struct PreflightArgs {
@@ -62,18 +68,48 @@ pub async fn run(a: PreflightArgs) -> anyhow::Result<ExitCode> {
         completion_timeout_ms: a.completion_timeout_ms,
         ..Thresholds::default()
     };
+    let engine = Engine::open(EngineOptions {
+        config_path: Some(path.clone()),
+        when_missing: WhenMissing::FirstRun,
+        ..EngineOptions::default()
+    })
+    .await?;
+    let hosts: usize = config
+        .enabled_workers()
+        .map(|w| 1 + w.members.iter().filter(|m| **m != w.host).count())
+        .sum();
     if !a.json {
         eprintln!("Checking {} worker(s)...", config.enabled_workers().count());
     }
-    let report = preflight::run(&config, &t).await;
-    // Kept for the dashboard and the benchmark: the latest as a file, and
-    // every report in the history store.
-    if let Err(e) = preflight::save_last(&report) {
-        tracing::warn!("could not keep the preflight report: {e}");
-    }
-    if let Err(e) = baton::store::Store::open_default().and_then(|s| s.save_preflight(&report)) {
-        tracing::warn!("could not record the preflight in the history: {e}");
-    }
+    // A line per host as its checks come in (on a terminal).
+    let live = std::io::stderr().is_terminal() && !a.json;
+    let mut seen: Vec<(String, String)> = Vec::new();
+    let job = super::follow::run_job(
+        &engine,
+        || engine.start_preflight(t),
+        Interrupt {
+            first: "Interrupted.",
+            second: None,
+        },
+        |u| {
+            if let JobUpdate::Check { worker, host, .. } = u
+                && !seen.iter().any(|(w, h)| w == worker && h == host)
+            {
+                seen.push((worker.clone(), host.clone()));
+                if live {
+                    eprintln!("  [{}/{hosts}] {worker} {host} checked", seen.len());
+                }
+            }
+        },
+    )
+    .await?;
+    let report = match job.result {
+        Some(JobResult::Preflight(r)) => r,
+        _ => {
+            eprintln!("preflight did not finish");
+            return Ok(ExitCode::from(130));
+        }
+    };
     if a.json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {

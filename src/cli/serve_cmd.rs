@@ -6,9 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use baton::balancer::Balancer;
-use baton::config::Config;
-use baton::sim::{self, SimConfig, SimHandle};
+use baton::engine::{Engine, Options as EngineOptions};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -25,61 +23,50 @@ pub struct ServeArgs {
     simulate: Option<usize>,
 }
 
-/// The demo pool: two bigger studios and a smaller one, so balancing shows.
-fn demo_studio(i: usize) -> SimConfig {
-    let (slots, tps) = if i % 3 == 2 { (2, 20.0) } else { (4, 40.0) };
-    SimConfig {
-        slots,
-        tokens_per_second: tps,
-        ttft: Duration::from_millis(200),
-        seed: i as u64 + 1,
-        ..SimConfig::default()
-    }
-}
-
-async fn start_demo(n: usize) -> anyhow::Result<(Config, Vec<SimHandle>)> {
-    Ok(sim::start_pool((0..n).map(demo_studio).collect()).await?)
-}
-
 pub async fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     let t0 = Instant::now();
-    let (config, file, _sims) = match (a.simulate, &a.config) {
-        (Some(n), _) => {
-            let (c, s) = start_demo(n.max(1)).await?;
-            (c, None, s)
-        }
-        (None, explicit) => {
-            let path = super::config_path(explicit.clone())?;
-            if explicit.is_none() && !path.exists() {
-                eprintln!(
-                    "No workers file at {} (create one, or pass -c FILE): serving 3 simulated studios instead.",
-                    path.display()
-                );
-                let (c, s) = start_demo(3).await?;
-                (c, None, s)
-            } else {
-                match Config::load(&path) {
-                    Ok(c) => (c, Some(path), Vec::new()),
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        return Ok(ExitCode::from(2));
-                    }
-                }
-            }
-        }
+    let path = super::config_path(a.config.clone())?;
+    if a.simulate.is_none() && a.config.is_none() && !path.exists() {
+        eprintln!(
+            "No workers file at {} (create one, or pass -c FILE): serving {} simulated studios instead.",
+            path.display(),
+            baton::engine::DEFAULT_SIMULATED
+        );
+    }
+    if a.config.is_some() && !path.exists() {
+        eprintln!(
+            "error: {}: no such workers file\n  fix: check the path, or find your studios with `baton discover --write {}`",
+            path.display(),
+            path.display()
+        );
+        return Ok(ExitCode::from(2));
+    }
+    let engine = match super::follow::open(EngineOptions {
+        config_path: Some(path),
+        simulate: a.simulate,
+        listen: a.listen,
+        ..EngineOptions::default()
+    })
+    .await?
+    {
+        Ok(e) => e,
+        Err(code) => return Ok(code),
     };
+    let config = engine.config();
     if config.enabled_workers().next().is_none() {
         anyhow::bail!(
             "{}: no enabled workers to serve; add one to \"workers\"",
-            file.as_ref()
+            engine
+                .config_info()
+                .path
                 .map(|p| p.display().to_string())
                 .unwrap_or_default()
         );
     }
-    let api_key = baton::secrets::balancer_key()?;
-    let balancer = Balancer::start(&config, a.listen, api_key).await?;
-    let ready = balancer.wait_ready(Duration::from_secs(5)).await;
-    let url = balancer.url();
+    let status = engine.start_balancer().await?;
+    let url = status.url.clone().unwrap_or_default();
+    let addr = status.listen;
+    let ready = wait_ready(&engine, Duration::from_secs(5)).await;
     println!(
         "Baton {} is serving {} worker(s) at {url}",
         env!("BATON_VERSION"),
@@ -97,10 +84,7 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
     if ready {
         println!("Ready in {} ms.", t0.elapsed().as_millis());
     } else {
-        println!(
-            "No worker is ready yet; requests wait for one. See http://{}/stats for why.",
-            balancer.addr()
-        );
+        println!("No worker is ready yet; requests wait for one. See http://{addr}/stats for why.");
     }
     let model = config
         .enabled_workers()
@@ -109,13 +93,15 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     println!(
         "\nTry:\n  curl {url}/models\n  curl -N {url}/chat/completions -H 'Content-Type: application/json' \\\n    -d '{{\"model\":\"{model}\",\"stream\":true,\"max_tokens\":32,\"messages\":[{{\"role\":\"user\",\"content\":\"hello\"}}]}}'\n  curl http://{addr}/stats      (per-worker figures; /metrics for Prometheus)\n\nOpenAI clients: base_url=\"{url}\", any api_key{key_note}.",
-        addr = balancer.addr(),
-        key_note = if balancer.addr().ip().is_loopback() {
+        key_note = if addr.ip().is_loopback() {
             ""
         } else {
             " = your Baton key"
         }
     );
+    let file = (!engine.config_info().simulated)
+        .then(|| engine.config_info().path)
+        .flatten();
     if let Some(p) = &file {
         println!(
             "Edit {} and send SIGHUP (kill -HUP {}) to reload without dropping requests.",
@@ -124,13 +110,36 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!("Press Ctrl-C to stop.");
-    wait_for_signals(&balancer, file).await?;
-    balancer.shutdown().await;
+    wait_for_signals(&engine).await?;
+    engine.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
 
+/// Wait until a worker is ready, from the engine's events.
+pub async fn wait_ready(engine: &Engine, limit: Duration) -> bool {
+    let (mut rx, _) = engine.subscribe(None);
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if any_ready(engine).await {
+            return true;
+        }
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Ok(_)) | Ok(Err(tokio::sync::broadcast::error::RecvError::Lagged(_))) => {}
+            _ => return any_ready(engine).await,
+        }
+    }
+}
+
+async fn any_ready(engine: &Engine) -> bool {
+    engine
+        .workers()
+        .await
+        .iter()
+        .any(|w| w.status == baton::engine::WorkerStatus::Ready)
+}
+
 #[cfg(unix)]
-async fn wait_for_signals(balancer: &Balancer, file: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn wait_for_signals(engine: &Engine) -> anyhow::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
@@ -138,25 +147,16 @@ async fn wait_for_signals(balancer: &Balancer, file: Option<PathBuf>) -> anyhow:
         tokio::select! {
             r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; return Ok(()); }
             _ = term.recv() => return Ok(()),
-            _ = hup.recv() => {
-                let Some(path) = &file else {
-                    tracing::warn!("SIGHUP ignored: serving simulated studios, not a workers file");
-                    continue;
-                };
-                match Config::load(path) {
-                    // A broken file keeps the running configuration.
-                    Err(e) => tracing::error!("reload failed, keeping the current workers:\n{e}"),
-                    Ok(c) => match balancer.reload(&c) {
-                        Ok(s) => println!("Reloaded {}: added {:?}, removed {:?}, changed {:?}", path.display(), s.added, s.removed, s.changed),
-                        Err(e) => tracing::error!("reload failed, keeping the current workers: {e}"),
-                    },
-                }
-            }
+            _ = hup.recv() => match engine.reload_file().await {
+                Ok(s) => println!("Reloaded: added {:?}, removed {:?}, changed {:?}", s.added, s.removed, s.changed),
+                // A broken file keeps the running configuration.
+                Err(e) => tracing::error!("reload failed, keeping the current workers:\n{e}"),
+            },
         }
     }
 }
 
 #[cfg(not(unix))]
-async fn wait_for_signals(_: &Balancer, _: Option<PathBuf>) -> anyhow::Result<()> {
+pub async fn wait_for_signals(_: &Engine) -> anyhow::Result<()> {
     tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
 }

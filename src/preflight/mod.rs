@@ -125,6 +125,7 @@ impl Report {
 
 /// Limits, defaulting to the user's checklist (0% loss, RTT under 10 ms).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Thresholds {
     pub ping_count: u32,
     pub ping_interval_ms: u64,

@@ -1,0 +1,754 @@
+//! The engine: one object that owns the workers file, the balancer, the
+//! store and the running jobs, and publishes one stream of typed events.
+//!
+//! Data flows one way: the workers file → the engine → events → the CLI's
+//! progress bars, the control API (and through it the dashboard) and the
+//! menu-bar tray. Every one of them is a subscriber of [`Engine::subscribe`];
+//! none polls.
+//!
+//! - `events`: the event types and the bus (with replay for reconnects)
+//! - `jobs`: preflight, discover, bench and batch as cancellable jobs
+//! - `run`: what each job does, reporting through the bus
+//! - `live`: live figures and their one-minute history
+//! - `workers`: editing the workers file (validated, atomic, hot-reloaded)
+
+pub mod events;
+pub mod jobs;
+pub mod live;
+mod run;
+mod workers;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::Serialize;
+use tokio_util::sync::CancellationToken;
+
+use crate::balancer::{self, Balancer, State, WorkerStats};
+use crate::config::{Config, ConfigError};
+use crate::preflight::Report;
+use crate::sim::SimHandle;
+use crate::store::Store;
+use crate::studio::StudioKind;
+use events::{Bus, Event, Numbered};
+use jobs::{Job, JobError, JobId, Jobs};
+use live::{Live, LiveStats};
+
+pub use run::{BatchRequest, BenchRequest, DiscoverRequest};
+
+/// How many simulated studios stand in when there is no workers file.
+pub const DEFAULT_SIMULATED: usize = 3;
+
+/// What to do when the workers file does not exist.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WhenMissing {
+    /// Serve built-in simulated studios (the CLI's `serve`, `bench`,
+    /// `dashboard`): everything can be tried at once.
+    Simulate,
+    /// Start empty and let the user choose (the menu-bar app's first run).
+    FirstRun,
+}
+
+/// How to open the engine.
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// The workers file; `None` = the platform default.
+    pub config_path: Option<PathBuf>,
+    pub when_missing: WhenMissing,
+    /// Ignore any file and serve this many simulated studios.
+    pub simulate: Option<usize>,
+    /// The history database; `None` = the platform default.
+    pub store_path: Option<PathBuf>,
+    /// Where the balancer listens; `None` = the file's, else 127.0.0.1:8421.
+    pub listen: Option<SocketAddr>,
+    /// Load no workers at all (a command that needs none, like discover).
+    pub no_pool: bool,
+    /// How the built-in simulated studios look.
+    pub sim_profile: SimProfile,
+}
+
+/// The built-in simulated pool.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SimProfile {
+    /// Two bigger studios and a smaller one, so balancing shows (serve,
+    /// dashboard).
+    Mixed,
+    /// Identical studios, so a scaling sweep shows clean 1x/2x/3x (bench).
+    Uniform,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Options {
+            config_path: None,
+            when_missing: WhenMissing::Simulate,
+            simulate: None,
+            store_path: None,
+            listen: None,
+            no_pool: false,
+            sim_profile: SimProfile::Mixed,
+        }
+    }
+}
+
+/// Why the engine could not do something: what, and how to fix it.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    #[error("{0}")]
+    Config(#[from] ConfigError),
+    #[error("{0}")]
+    Balancer(#[from] balancer::Error),
+    #[error("no worker `{0}`\n  fix: check the id in the workers list")]
+    UnknownWorker(String),
+    #[error("no job {0}")]
+    UnknownJob(JobId),
+    #[error("a {0} is already running (job {1})\n  fix: wait for it, or cancel it first")]
+    Busy(&'static str, JobId),
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    Store(#[from] crate::store::StoreError),
+    #[error("{0}")]
+    Secret(#[from] crate::secrets::SecretError),
+    #[error("{0}")]
+    Other(String),
+}
+
+impl EngineError {
+    /// The error as the API and the UI show it.
+    pub fn to_job_error(&self) -> JobError {
+        let mut e = match self {
+            EngineError::Config(c) => JobError {
+                message: format!("{}: {}", c.json_path, c.problem)
+                    .trim_start_matches(": ")
+                    .to_string(),
+                fix: Some(c.fix.clone()),
+                code: None,
+            },
+            other => JobError::from_text(&other.to_string()),
+        };
+        if let EngineError::Balancer(balancer::Error::NeedsApiKey(_)) = self {
+            e.code = Some("needs_api_key".into());
+        }
+        e
+    }
+
+    /// The JSON path of the offending field, for validation errors.
+    pub fn field(&self) -> Option<&str> {
+        match self {
+            EngineError::Config(c) if !c.json_path.is_empty() => Some(&c.json_path),
+            _ => None,
+        }
+    }
+}
+
+/// The balancer as the UI shows it.
+#[derive(Clone, Debug, Serialize, PartialEq)]
+pub struct BalancerStatus {
+    pub running: bool,
+    /// `http://addr/v1` while running.
+    pub url: Option<String>,
+    pub listen: SocketAddr,
+    /// Listening on something other than loopback.
+    pub lan_exposed: bool,
+    pub api_key_set: bool,
+    /// Why the last start failed.
+    pub error: Option<String>,
+}
+
+/// A studio's status in the UI: its balancer state, or why it has none.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerStatus {
+    Starting,
+    Ready,
+    Ejected,
+    Probing,
+    Draining,
+    Removed,
+    /// `enabled: false` in the file.
+    Disabled,
+    /// The balancer is not running.
+    Stopped,
+}
+
+impl From<State> for WorkerStatus {
+    fn from(s: State) -> Self {
+        match s {
+            State::Starting => WorkerStatus::Starting,
+            State::Ready => WorkerStatus::Ready,
+            State::Ejected => WorkerStatus::Ejected,
+            State::Probing => WorkerStatus::Probing,
+            State::Draining => WorkerStatus::Draining,
+            State::Removed => WorkerStatus::Removed,
+        }
+    }
+}
+
+/// A worker as in the file plus its live state. Its key is never included.
+#[derive(Clone, Debug, Serialize)]
+pub struct WorkerView {
+    pub id: String,
+    pub host: String,
+    pub port: u16,
+    #[serde(rename = "type")]
+    pub kind: StudioKind,
+    pub model: String,
+    pub max_concurrent_requests: u32,
+    pub enabled: bool,
+    pub weight: f64,
+    pub members: Vec<String>,
+    pub has_api_key: bool,
+    pub status: WorkerStatus,
+    pub live: Option<WorkerStats>,
+}
+
+/// Where the workers come from.
+#[derive(Clone, Debug, Serialize)]
+pub struct ConfigInfo {
+    /// The workers file (also when it does not exist yet).
+    pub path: Option<PathBuf>,
+    /// Built-in simulated studios are serving.
+    pub simulated: bool,
+    /// No workers file and nothing chosen yet.
+    pub first_run: bool,
+}
+
+/// Everything the dashboard shows, at once (`GET /api/state`).
+#[derive(Clone, Debug, Serialize)]
+pub struct EngineState {
+    pub version: String,
+    pub balancer: BalancerStatus,
+    pub config: ConfigInfo,
+    pub workers: Vec<WorkerView>,
+    pub stats: Option<LiveStats>,
+    pub last_preflight: Option<Report>,
+    pub jobs: Vec<Job>,
+}
+
+/// Where the pool's workers come from right now.
+enum Source {
+    File(PathBuf),
+    Simulated {
+        /// The file that would be written if the user adds a studio.
+        path: Option<PathBuf>,
+    },
+    FirstRun(PathBuf),
+}
+
+struct Pool {
+    config: Config,
+    source: Source,
+    /// Running simulated studios (while `source` is `Simulated`).
+    sims: Vec<SimHandle>,
+}
+
+struct Running {
+    balancer: Balancer,
+    watcher: CancellationToken,
+}
+
+pub(crate) struct Inner {
+    pool: Mutex<Pool>,
+    running: tokio::sync::Mutex<Option<Running>>,
+    status: Mutex<BalancerStatus>,
+    store_path: PathBuf,
+    bus: Arc<Bus>,
+    jobs: Arc<Jobs>,
+    live: Live,
+    /// Serializes edits of the workers file.
+    edit: tokio::sync::Mutex<()>,
+    last_preflight: Mutex<Option<Report>>,
+}
+
+/// The engine. Cheap to clone (all clones share one engine).
+#[derive(Clone)]
+pub struct Engine {
+    inner: Arc<Inner>,
+}
+
+impl Engine {
+    /// Load the workers file (or start simulated studios, or start empty),
+    /// open the store. The balancer is not started: see [`Engine::start_balancer`].
+    pub async fn open(opts: Options) -> Result<Engine, EngineError> {
+        let path = match &opts.config_path {
+            Some(p) => Some(p.clone()),
+            None => crate::config::default_path(),
+        };
+        let profile = opts.sim_profile;
+        let pool = match (opts.simulate, &path) {
+            _ if opts.no_pool => empty_pool(path.clone().unwrap_or_default()),
+            (Some(n), _) => simulated_pool(n.max(1), path.clone(), profile).await?,
+            (None, Some(p)) if p.exists() => Pool {
+                config: Config::load(p)?,
+                source: Source::File(p.clone()),
+                sims: Vec::new(),
+            },
+            (None, p) => match (opts.when_missing, p) {
+                // `-c new.json` names a pool to create: start empty.
+                (_, Some(p)) if opts.config_path.is_some() => empty_pool(p.clone()),
+                (WhenMissing::FirstRun, Some(p)) => empty_pool(p.clone()),
+                _ => simulated_pool(DEFAULT_SIMULATED, p.clone(), profile).await?,
+            },
+        };
+        let store_path = match opts.store_path {
+            Some(p) => p,
+            None => crate::store::default_path().ok_or_else(|| {
+                EngineError::Other("no home directory for the history database".into())
+            })?,
+        };
+        let listen = opts
+            .listen
+            .or(pool.config.balancer.listen)
+            .unwrap_or_else(|| balancer::DEFAULT_LISTEN.parse().expect("valid default"));
+        let last_preflight = Store::open(&store_path)
+            .ok()
+            .and_then(|s| s.last_preflight().ok().flatten())
+            .or_else(crate::preflight::load_last);
+        Ok(Engine {
+            inner: Arc::new(Inner {
+                pool: Mutex::new(pool),
+                running: tokio::sync::Mutex::new(None),
+                status: Mutex::new(BalancerStatus {
+                    running: false,
+                    url: None,
+                    listen,
+                    lan_exposed: !listen.ip().is_loopback(),
+                    api_key_set: api_key().is_some(),
+                    error: None,
+                }),
+                store_path,
+                bus: Arc::new(Bus::new()),
+                jobs: Arc::new(Jobs::new()),
+                live: Live::new(),
+                edit: tokio::sync::Mutex::new(()),
+                last_preflight: Mutex::new(last_preflight),
+            }),
+        })
+    }
+
+    /// Every event from now on; with `after`, also the kept ones after that
+    /// sequence number (`None` in the pair when too many were missed).
+    pub fn subscribe(
+        &self,
+        after: Option<u64>,
+    ) -> (
+        tokio::sync::broadcast::Receiver<Numbered>,
+        Option<Vec<Numbered>>,
+    ) {
+        self.inner.bus.subscribe(after)
+    }
+
+    pub fn last_event_seq(&self) -> u64 {
+        self.inner.bus.last_seq()
+    }
+
+    /// The loaded configuration.
+    pub fn config(&self) -> Config {
+        self.inner.pool.lock().expect("pool lock").config.clone()
+    }
+
+    pub fn config_info(&self) -> ConfigInfo {
+        let p = self.inner.pool.lock().expect("pool lock");
+        match &p.source {
+            Source::File(path) => ConfigInfo {
+                path: Some(path.clone()),
+                simulated: false,
+                first_run: false,
+            },
+            Source::Simulated { path } => ConfigInfo {
+                path: path.clone(),
+                simulated: true,
+                first_run: false,
+            },
+            Source::FirstRun(path) => ConfigInfo {
+                path: Some(path.clone()),
+                simulated: false,
+                first_run: true,
+            },
+        }
+    }
+
+    pub fn store_path(&self) -> &std::path::Path {
+        &self.inner.store_path
+    }
+
+    pub fn store(&self) -> Result<Store, EngineError> {
+        Ok(Store::open(&self.inner.store_path)?)
+    }
+
+    pub fn balancer_status(&self) -> BalancerStatus {
+        self.inner.status.lock().expect("status lock").clone()
+    }
+
+    /// Everything at once, for `GET /api/state`.
+    pub async fn state(&self) -> EngineState {
+        EngineState {
+            version: env!("BATON_VERSION").to_string(),
+            balancer: self.balancer_status(),
+            config: self.config_info(),
+            workers: self.workers().await,
+            stats: self.inner.live.current(),
+            last_preflight: self.inner.last_preflight.lock().expect("lock").clone(),
+            jobs: self.inner.jobs.list(),
+        }
+    }
+
+    /// Live figures of the last minute, one sample a second.
+    pub fn stats_history(&self) -> Vec<LiveStats> {
+        self.inner.live.history()
+    }
+
+    /// The workers with their live state.
+    pub async fn workers(&self) -> Vec<WorkerView> {
+        let stats = match &*self.inner.running.lock().await {
+            Some(r) => r.balancer.stats().workers,
+            None => Vec::new(),
+        };
+        let config = self.config();
+        config
+            .workers
+            .iter()
+            .map(|w| {
+                let live = stats.iter().find(|s| s.id == w.id).cloned();
+                let status = match (&live, w.enabled) {
+                    (_, false) => WorkerStatus::Disabled,
+                    (Some(l), true) => l.state.into(),
+                    (None, true) => WorkerStatus::Stopped,
+                };
+                WorkerView {
+                    id: w.id.clone(),
+                    host: w.host.clone(),
+                    port: w.port,
+                    kind: w.kind,
+                    model: w.model.clone(),
+                    max_concurrent_requests: w.max_concurrent_requests,
+                    enabled: w.enabled,
+                    weight: w.weight,
+                    members: w.members.clone(),
+                    has_api_key: w.api_key.is_some(),
+                    status,
+                    live,
+                }
+            })
+            .collect()
+    }
+
+    /// Start the balancer on its listen address. Starting a running one
+    /// changes nothing.
+    pub async fn start_balancer(&self) -> Result<BalancerStatus, EngineError> {
+        let mut running = self.inner.running.lock().await;
+        if running.is_some() {
+            return Ok(self.balancer_status());
+        }
+        let config = self.config();
+        let listen = self.balancer_status().listen;
+        let key = api_key();
+        let started = Balancer::start(&config, Some(listen), key.clone()).await;
+        let balancer = match started {
+            Ok(b) => b,
+            Err(e) => {
+                self.set_status(|s| s.error = Some(e.to_string()));
+                return Err(e.into());
+            }
+        };
+        let watcher = CancellationToken::new();
+        tokio::spawn(watch(
+            self.inner.clone(),
+            balancer.subscribe_changes(),
+            balancer.stats_source(),
+            watcher.clone(),
+        ));
+        let addr = balancer.addr();
+        let url = balancer.url();
+        *running = Some(Running { balancer, watcher });
+        drop(running);
+        self.set_status(|s| {
+            s.running = true;
+            s.url = Some(url);
+            s.listen = addr;
+            s.lan_exposed = !addr.ip().is_loopback();
+            s.api_key_set = key.is_some();
+            s.error = None;
+        });
+        tracing::debug!(%addr, "balancer started");
+        Ok(self.balancer_status())
+    }
+
+    /// Stop the balancer: it takes nothing new; answers in flight get a
+    /// bounded time to finish.
+    pub async fn stop_balancer(&self) -> BalancerStatus {
+        let running = self.inner.running.lock().await.take();
+        if let Some(r) = running {
+            r.watcher.cancel();
+            r.balancer.shutdown().await;
+            self.inner.live.reset();
+            tracing::debug!("balancer stopped");
+        }
+        self.set_status(|s| {
+            s.running = false;
+            s.url = None;
+        });
+        self.publish_workers().await;
+        self.balancer_status()
+    }
+
+    /// Listen somewhere else (restarting a running balancer there). A
+    /// non-loopback address needs the API key.
+    pub async fn set_listen(&self, addr: SocketAddr) -> Result<BalancerStatus, EngineError> {
+        if !addr.ip().is_loopback() && api_key().is_none() {
+            return Err(balancer::Error::NeedsApiKey(addr).into());
+        }
+        let was_running = self.balancer_status().running;
+        if was_running {
+            self.stop_balancer().await;
+        }
+        self.set_status(|s| {
+            s.listen = addr;
+            s.lan_exposed = !addr.ip().is_loopback();
+        });
+        if was_running {
+            self.start_balancer().await
+        } else {
+            Ok(self.balancer_status())
+        }
+    }
+
+    /// Take a studio out of rotation without cancelling anything (`false`
+    /// puts it back). Needs the balancer running.
+    pub async fn drain(&self, id: &str, on: bool) -> Result<(), EngineError> {
+        if !self.config().workers.iter().any(|w| w.id == id) {
+            return Err(EngineError::UnknownWorker(id.to_string()));
+        }
+        match &*self.inner.running.lock().await {
+            Some(r) => r.balancer.drain(id, on)?,
+            None => {
+                return Err(EngineError::Invalid(
+                    "the balancer is not running, so there is nothing to drain\n  fix: start the balancer first".into(),
+                ));
+            }
+        }
+        self.publish_workers().await;
+        Ok(())
+    }
+
+    /// Start simulated studios and serve them (the first run's "Try with
+    /// simulated studios").
+    pub async fn use_simulated(&self, count: usize) -> Result<BalancerStatus, EngineError> {
+        let _edit = self.inner.edit.lock().await;
+        let path = self.config_info().path;
+        let pool = simulated_pool(count.clamp(1, 16), path, SimProfile::Mixed).await?;
+        self.replace_pool(pool, true).await
+    }
+
+    /// Read the workers file again and apply it to the running balancer
+    /// without dropping requests (SIGHUP). A broken file changes nothing.
+    pub async fn reload_file(&self) -> Result<crate::balancer::ReloadSummary, EngineError> {
+        let _edit = self.inner.edit.lock().await;
+        let path = match &self.inner.pool.lock().expect("pool lock").source {
+            Source::File(p) => p.clone(),
+            _ => {
+                return Err(EngineError::Invalid(
+                    "not serving a workers file (simulated studios): nothing to reload".into(),
+                ));
+            }
+        };
+        let config = Config::load(&path)?;
+        let summary = match &*self.inner.running.lock().await {
+            Some(r) => r.balancer.reload(&config)?,
+            None => Default::default(),
+        };
+        self.inner.pool.lock().expect("pool lock").config = config;
+        self.publish_workers().await;
+        Ok(summary)
+    }
+
+    /// The jobs, newest first.
+    pub fn jobs(&self) -> Vec<Job> {
+        self.inner.jobs.list()
+    }
+
+    pub fn job(&self, id: JobId) -> Result<Job, EngineError> {
+        self.inner.jobs.get(id).ok_or(EngineError::UnknownJob(id))
+    }
+
+    pub fn cancel(&self, id: JobId) -> Result<Job, EngineError> {
+        if !self.inner.jobs.cancel(id) {
+            return Err(EngineError::UnknownJob(id));
+        }
+        self.job(id)
+    }
+
+    /// Wait for a job to end.
+    pub async fn wait(&self, id: JobId) -> Result<Job, EngineError> {
+        self.inner
+            .jobs
+            .wait(id)
+            .await
+            .ok_or(EngineError::UnknownJob(id))
+    }
+
+    pub fn last_preflight(&self) -> Option<Report> {
+        self.inner.last_preflight.lock().expect("lock").clone()
+    }
+
+    /// Stop everything: jobs are cancelled, the balancer stops cleanly.
+    pub async fn shutdown(&self) {
+        for j in self.jobs() {
+            if j.status == jobs::JobStatus::Running {
+                self.inner.jobs.cancel(j.id);
+            }
+        }
+        self.stop_balancer().await;
+        self.inner.pool.lock().expect("pool lock").sims.clear();
+    }
+
+    fn set_status(&self, f: impl FnOnce(&mut BalancerStatus)) {
+        let s = {
+            let mut s = self.inner.status.lock().expect("status lock");
+            f(&mut s);
+            s.clone()
+        };
+        self.inner.bus.publish(Event::Balancer(s));
+    }
+
+    async fn publish_workers(&self) {
+        let workers = self.workers().await;
+        self.inner.bus.publish(Event::Config { workers });
+    }
+
+    /// Swap the pool (after an edit or a switch to simulated studios),
+    /// reloading a running balancer without dropping requests.
+    async fn replace_pool(&self, pool: Pool, start: bool) -> Result<BalancerStatus, EngineError> {
+        let config = pool.config.clone();
+        let old_sims = {
+            let mut p = self.inner.pool.lock().expect("pool lock");
+            let old = std::mem::replace(&mut *p, pool);
+            old.sims
+        };
+        let running = {
+            let r = self.inner.running.lock().await;
+            match &*r {
+                Some(r) => {
+                    r.balancer.reload(&config)?;
+                    true
+                }
+                None => false,
+            }
+        };
+        // Simulated studios that left the pool finish what they have first.
+        if !old_sims.is_empty() {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+                drop(old_sims);
+            });
+        }
+        self.publish_workers().await;
+        if running || !start {
+            Ok(self.balancer_status())
+        } else {
+            self.start_balancer().await
+        }
+    }
+}
+
+/// The balancer's API key: `BATON_API_KEY`, else the keychain.
+fn api_key() -> Option<String> {
+    crate::secrets::balancer_key().ok().flatten()
+}
+
+/// The demo pool: two bigger studios and a smaller one, so balancing shows.
+pub fn demo_studio(i: usize) -> crate::sim::SimConfig {
+    let (slots, tps) = if i % 3 == 2 { (2, 20.0) } else { (4, 40.0) };
+    crate::sim::SimConfig {
+        slots,
+        tokens_per_second: tps,
+        ttft: Duration::from_millis(200),
+        seed: i as u64 + 1,
+        ..crate::sim::SimConfig::default()
+    }
+}
+
+/// Identical studios, so the scaling sweep shows clean 1x/2x/3x.
+pub fn uniform_studio(i: usize) -> crate::sim::SimConfig {
+    crate::sim::SimConfig {
+        slots: 4,
+        tokens_per_second: 80.0,
+        ttft: Duration::from_millis(100),
+        seed: i as u64 + 1,
+        ..crate::sim::SimConfig::default()
+    }
+}
+
+fn empty_pool(path: PathBuf) -> Pool {
+    Pool {
+        config: Config {
+            workers: Vec::new(),
+            balancer: Default::default(),
+        },
+        source: Source::FirstRun(path),
+        sims: Vec::new(),
+    }
+}
+
+async fn simulated_pool(
+    n: usize,
+    path: Option<PathBuf>,
+    profile: SimProfile,
+) -> Result<Pool, EngineError> {
+    let studio = match profile {
+        SimProfile::Mixed => demo_studio,
+        SimProfile::Uniform => uniform_studio,
+    };
+    let (config, sims) = crate::sim::start_pool((0..n).map(studio).collect())
+        .await
+        .map_err(|e| EngineError::Other(format!("cannot start simulated studios: {e}")))?;
+    Ok(Pool {
+        config,
+        source: Source::Simulated { path },
+        sims,
+    })
+}
+
+/// While the balancer runs: publish worker state changes at once and live
+/// figures when they change (at most every [`live::TICK`]).
+async fn watch(
+    inner: Arc<Inner>,
+    mut changes: tokio::sync::watch::Receiver<u64>,
+    stats: balancer::StatsSource,
+    stop: CancellationToken,
+) {
+    let mut states: std::collections::HashMap<String, State> = Default::default();
+    let mut tick = tokio::time::interval(live::TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+            r = changes.changed() => if r.is_err() { return },
+        }
+        let snap = stats.snapshot();
+        let mut state_changed = false;
+        for w in &snap.workers {
+            let previous = states.insert(w.id.clone(), w.state);
+            if let Some(p) = previous
+                && p != w.state
+            {
+                state_changed = true;
+                inner.bus.publish(Event::WorkerState {
+                    id: w.id.clone(),
+                    state: w.state,
+                    previous: p,
+                    reason: w.ejected_for,
+                    detail: w.last_error.clone(),
+                });
+            }
+        }
+        if let Some(s) = inner.live.observe(&snap) {
+            inner.bus.publish(Event::Stats(s));
+        }
+        let _ = state_changed;
+    }
+}

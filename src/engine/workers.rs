@@ -1,0 +1,195 @@
+//! Editing the workers file from the dashboard: every change is validated
+//! by the workers-file loader itself (so its errors are the loader's
+//! messages), written atomically (a crash leaves the old or the new file,
+//! never half of one), then hot-reloaded into the running balancer.
+//! Edits are serialized, so two at once both land and the file stays valid.
+
+use std::path::PathBuf;
+
+use serde_json::Value;
+
+use super::{Engine, EngineError, Pool, Source, WorkerView};
+use crate::config::{Config, SecretRef};
+use crate::discover::Found;
+
+impl Engine {
+    /// Add a worker (a workers-file entry as JSON).
+    pub async fn add_worker(&self, worker: Value) -> Result<WorkerView, EngineError> {
+        let id = worker_id(&worker)?;
+        self.edit(|workers| {
+            workers.push(worker);
+            Ok(())
+        })
+        .await?;
+        self.view(&id).await
+    }
+
+    /// Replace a worker's entry (the id may change).
+    pub async fn update_worker(&self, id: &str, worker: Value) -> Result<WorkerView, EngineError> {
+        let new_id = worker_id(&worker)?;
+        self.edit(|workers| {
+            let i = position(workers, id)?;
+            // The key stays where it was unless the edit says otherwise.
+            let mut worker = worker;
+            if let (Some(old), Some(obj)) =
+                (workers[i].get("api_key").cloned(), worker.as_object_mut())
+                && !obj.contains_key("api_key")
+            {
+                obj.insert("api_key".into(), old);
+            }
+            workers[i] = worker;
+            Ok(())
+        })
+        .await?;
+        self.view(&new_id).await
+    }
+
+    pub async fn remove_worker(&self, id: &str) -> Result<(), EngineError> {
+        self.edit(|workers| {
+            let i = position(workers, id)?;
+            workers.remove(i);
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    pub async fn set_enabled(&self, id: &str, enabled: bool) -> Result<WorkerView, EngineError> {
+        self.edit(|workers| {
+            let i = position(workers, id)?;
+            let obj = workers[i].as_object_mut().expect("workers are objects");
+            if enabled {
+                obj.remove("enabled");
+            } else {
+                obj.insert("enabled".into(), false.into());
+            }
+            Ok(())
+        })
+        .await?;
+        self.view(id).await
+    }
+
+    /// Store a worker's API key in the keychain (entry named after the
+    /// worker) and reference it from the file. The key is never read back.
+    pub async fn set_worker_key(&self, id: &str, key: &str) -> Result<(), EngineError> {
+        if key.trim().is_empty() {
+            return Err(EngineError::Invalid(
+                "the API key is empty\n  fix: paste the key the studio's server expects".into(),
+            ));
+        }
+        if !self.config().workers.iter().any(|w| w.id == id) {
+            return Err(EngineError::UnknownWorker(id.to_string()));
+        }
+        crate::secrets::set(id, key.trim())?;
+        let reference = SecretRef::Keychain(id.to_string());
+        self.edit(|workers| {
+            let i = position(workers, id)?;
+            let (k, v) = match &reference {
+                SecretRef::Keychain(n) => ("keychain", n),
+                SecretRef::Env(n) => ("env", n),
+            };
+            workers[i]
+                .as_object_mut()
+                .expect("workers are objects")
+                .insert("api_key".into(), serde_json::json!({ k: v }));
+            Ok(())
+        })
+        .await?;
+        Ok(())
+    }
+
+    /// Add discovered servers as workers (unique ids, nothing lost).
+    pub async fn add_found(&self, found: &[Found]) -> Result<Vec<String>, EngineError> {
+        let mut added = Vec::new();
+        self.edit(|workers| {
+            added = crate::discover::add_found(workers, found);
+            Ok(())
+        })
+        .await?;
+        Ok(added)
+    }
+
+    /// Apply `change` to the file's workers, validate, write, reload.
+    async fn edit(
+        &self,
+        change: impl FnOnce(&mut Vec<Value>) -> Result<(), EngineError>,
+    ) -> Result<(), EngineError> {
+        let _one_at_a_time = self.inner.edit.lock().await;
+        let (current, path) = {
+            let p = self.inner.pool.lock().expect("pool lock");
+            let path = match &p.source {
+                Source::File(p) | Source::FirstRun(p) => Some(p.clone()),
+                Source::Simulated { path } => path.clone(),
+            };
+            // Editing while simulated studios serve starts a real pool.
+            let current = match p.source {
+                Source::Simulated { .. } => Config {
+                    workers: Vec::new(),
+                    balancer: Default::default(),
+                },
+                _ => p.config.clone(),
+            };
+            (current, path)
+        };
+        let path: PathBuf = path.ok_or_else(|| {
+            EngineError::Other(
+                "no place for the workers file (no home directory)\n  fix: pass one with -c FILE"
+                    .into(),
+            )
+        })?;
+        let mut root = current.to_json();
+        let workers = root
+            .get_mut("workers")
+            .and_then(Value::as_array_mut)
+            .expect("to_json writes a workers list");
+        change(workers)?;
+        let text = serde_json::to_string_pretty(&root).expect("JSON serializes") + "\n";
+        // The loader's own validation and messages.
+        let config = Config::parse(&text, &path)?;
+        crate::files::write_atomic(&path, text.as_bytes()).map_err(|e| {
+            EngineError::Other(format!(
+                "cannot write {}: {e}\n  fix: check that the folder is writable",
+                path.display()
+            ))
+        })?;
+        self.replace_pool(
+            Pool {
+                config,
+                source: Source::File(path),
+                sims: Vec::new(),
+            },
+            false,
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn view(&self, id: &str) -> Result<WorkerView, EngineError> {
+        self.workers()
+            .await
+            .into_iter()
+            .find(|w| w.id == id)
+            .ok_or_else(|| EngineError::UnknownWorker(id.to_string()))
+    }
+}
+
+fn worker_id(worker: &Value) -> Result<String, EngineError> {
+    worker
+        .get("id")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .ok_or_else(|| {
+            EngineError::Invalid(
+                "the worker has no `id`\n  fix: give it a short name such as \"mac-studio-1\""
+                    .into(),
+            )
+        })
+}
+
+fn position(workers: &[Value], id: &str) -> Result<usize, EngineError> {
+    workers
+        .iter()
+        .position(|w| w.get("id").and_then(Value::as_str) == Some(id))
+        .ok_or_else(|| EngineError::UnknownWorker(id.to_string()))
+}
