@@ -19,7 +19,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton::bench::load::{self, LoadReport, LoadSpec};
-use baton::config::{BalancerSettings, Config, Strategy, Worker};
+use baton::config::{BalancerSettings, Config, Slots, Strategy, Worker};
 use baton::sim::{self, Faults, SimConfig, SimHandle};
 use baton::studio::StudioKind;
 use serde_json::{Value, json};
@@ -36,7 +36,7 @@ fn main() {
     let sections: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let opts = Opts {
         sections: if sections.is_empty() {
-            vec![1, 2, 3, 4, 5]
+            vec![1, 2, 3, 4, 5, 7, 8]
         } else {
             sections
         },
@@ -66,6 +66,8 @@ fn main() {
                 4 => one_slow_studio(&opts).await,
                 5 => memory(&opts).await,
                 6 => client_speed(&opts).await,
+                7 => server_behaviours(&opts).await,
+                8 => conversations(&opts).await,
                 _ => continue,
             };
             verdicts.extend(v);
@@ -180,16 +182,8 @@ impl Drop for BatonProc {
 }
 
 fn settings_json(s: &BalancerSettings) -> Value {
-    json!({
-        "connect_timeout_ms": s.connect_timeout.as_millis() as u64,
-        "first_token_timeout_ms": s.first_token_timeout.as_millis() as u64,
-        "idle_timeout_ms": s.idle_timeout.as_millis() as u64,
-        "queue_limit": s.queue_limit,
-        "queue_timeout_ms": s.queue_timeout.as_millis() as u64,
-        "probe_interval_ms": s.probe_interval.as_millis() as u64,
-        "probe_timeout_ms": s.probe_timeout.as_millis() as u64,
-        "strategy": match s.strategy { Strategy::LeastTime => "least_time", Strategy::RoundRobin => "round_robin" },
-    })
+    // The workers file's own serialization of the section.
+    s.to_json()
 }
 
 fn rss_mb(pid: u32) -> f64 {
@@ -211,7 +205,7 @@ fn worker(id: &str, addr: SocketAddr, slots: u32) -> Worker {
         port: addr.port(),
         kind: StudioKind::LmStudio,
         model: sim::DEFAULT_MODEL.to_string(),
-        max_concurrent_requests: slots,
+        max_concurrent_requests: Slots::Max(slots),
         enabled: true,
         weight: 1.0,
         api_key: None,
@@ -231,6 +225,7 @@ fn config_for(sims: &[&SimHandle], strategy: Strategy) -> Config {
             strategy,
             ..Default::default()
         },
+        ..Default::default()
     }
 }
 
@@ -335,10 +330,14 @@ struct Wrk {
 }
 
 fn wrk(url: &str, script: &Path, duration: Duration) -> Wrk {
+    wrk_c(url, script, duration, 64)
+}
+
+fn wrk_c(url: &str, script: &Path, duration: Duration, connections: u32) -> Wrk {
     let out = Command::new("wrk")
         .args([
             "-t1",
-            "-c64",
+            &format!("-c{connections}"),
             &format!("-d{}s", duration.as_secs().max(2)),
             "--latency",
             "-s",
@@ -391,7 +390,7 @@ async fn wait_port(addr: SocketAddr) {
 
 async fn proxy_overhead(opts: &Opts) -> Vec<Verdict> {
     println!(
-        "\n1. Proxy overhead: instant backend (nginx returning a fixed completion), wrk -t1 -c64"
+        "\n1. Proxy overhead: instant backend (nginx returning a fixed completion), wrk -t1 at 64 and 1 connections"
     );
     if !have("nginx") || !have("wrk") {
         println!("  skipped: needs nginx and wrk (Debian: apt-get install nginx-light wrk)");
@@ -436,6 +435,7 @@ async fn proxy_overhead(opts: &Opts) -> Vec<Verdict> {
             1024,
         )],
         balancer: BalancerSettings::default(),
+        ..Default::default()
     };
     cfg.workers[0].model = "m".into();
     let baton = BatonProc::start(&cfg);
@@ -457,61 +457,66 @@ wrk.body = '{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi
             Duration::from_secs(2),
         );
     }
-    let direct = wrk(
-        &format!("http://127.0.0.1:{backend_port}/v1/chat/completions"),
-        &script,
-        d,
-    );
-    let nginx = wrk(
-        &format!("http://127.0.0.1:{proxy_port}/v1/chat/completions"),
-        &script,
-        d,
-    );
-    let bat = wrk(&baton.url("/v1/chat/completions"), &script, d);
-    println!(
-        "  {:<14} {:>10} {:>9} {:>9} {:>10}",
-        "path", "req/s", "p50 ms", "p99 ms", "vs direct"
-    );
-    for (name, w) in [
-        ("direct", &direct),
-        ("nginx proxy", &nginx),
-        ("baton", &bat),
-    ] {
+    let mut verdicts = Vec::new();
+    // 64 connections (throughput) and 1 (a plain back-to-back client:
+    // latency, and the pattern that once stalled the queue).
+    for c in [64u32, 1] {
+        let run = |port: u16| {
+            wrk_c(
+                &format!("http://127.0.0.1:{port}/v1/chat/completions"),
+                &script,
+                d,
+                c,
+            )
+        };
+        let direct = run(backend_port);
+        let nginx = run(proxy_port);
+        let bat = run(baton.addr.port());
+        println!("  {c} connection(s)");
         println!(
-            "  {name:<14} {:>10.0} {:>9.2} {:>9.2} {:>9.2}x  {}",
-            w.rps,
-            w.p50_ms,
-            w.p99_ms,
-            w.rps / direct.rps,
-            w.errors
+            "  {:<14} {:>10} {:>9} {:>9} {:>10}",
+            "path", "req/s", "p50 ms", "p99 ms", "vs direct"
         );
+        for (name, w) in [
+            ("direct", &direct),
+            ("nginx proxy", &nginx),
+            ("baton", &bat),
+        ] {
+            println!(
+                "  {name:<14} {:>10.0} {:>9.3} {:>9.3} {:>9.2}x  {}",
+                w.rps,
+                w.p50_ms,
+                w.p99_ms,
+                w.rps / direct.rps,
+                w.errors
+            );
+        }
+        let added_nginx = nginx.p50_ms - direct.p50_ms;
+        let added_baton = bat.p50_ms - direct.p50_ms;
+        println!(
+            "  added p50: nginx {added_nginx:+.3} ms, baton {added_baton:+.3} ms; baton RSS {:.1} MB",
+            baton.rss_mb()
+        );
+        verdicts.push((
+            format!("proxy throughput >= nginx, {c} connection(s)"),
+            bat.rps >= nginx.rps,
+            format!(
+                "baton {:.3}x of direct, nginx {:.3}x",
+                bat.rps / direct.rps,
+                nginx.rps / direct.rps
+            ),
+        ));
+        verdicts.push((
+            format!("added p50 <= nginx's, {c} connection(s)"),
+            added_baton <= added_nginx,
+            format!("baton {added_baton:+.3} ms, nginx {added_nginx:+.3} ms"),
+        ));
     }
-    let added_nginx = nginx.p50_ms - direct.p50_ms;
-    let added_baton = bat.p50_ms - direct.p50_ms;
-    println!(
-        "  added p50: nginx {added_nginx:+.2} ms, baton {added_baton:+.2} ms; baton RSS {:.1} MB",
-        baton.rss_mb()
-    );
     let _ = backend.kill();
     let _ = proxy.kill();
     let _ = backend.wait();
     let _ = proxy.wait();
-    vec![
-        (
-            "proxy throughput >= nginx".into(),
-            bat.rps >= nginx.rps,
-            format!(
-                "baton {:.2}x of direct, nginx {:.2}x",
-                bat.rps / direct.rps,
-                nginx.rps / direct.rps
-            ),
-        ),
-        (
-            "added p50 <= nginx's".into(),
-            added_baton <= added_nginx,
-            format!("baton {added_baton:+.2} ms, nginx {added_nginx:+.2} ms"),
-        ),
-    ]
+    verdicts
 }
 
 // ---------------------------------------------------------------- section 6
@@ -601,22 +606,48 @@ async fn pool_efficiency(opts: &Opts) -> Vec<Verdict> {
     println!("  {:<34} {alone_sum:>8.1} tok/s", "sum of the three alone");
     let refs: Vec<&SimHandle> = sims.iter().collect();
     let mut out = Vec::new();
-    for (name, strategy) in [
-        ("baton least_time", Strategy::LeastTime),
-        ("baton round_robin", Strategy::RoundRobin),
-    ] {
-        let baton = BatonProc::start(&config_for(&refs, strategy));
+    // The slots Baton is told: exact, the user's natural guesses, none.
+    let guesses: [(&str, Option<Slots>, Strategy); 5] = [
+        ("exact slots (4/4/2)", None, Strategy::LeastTime),
+        ("uniform guess 4", Some(Slots::Max(4)), Strategy::LeastTime),
+        (
+            "uniform guess 16",
+            Some(Slots::Max(16)),
+            Strategy::LeastTime,
+        ),
+        ("\"auto\"", Some(Slots::Auto), Strategy::LeastTime),
+        ("round-robin, exact slots", None, Strategy::RoundRobin),
+    ];
+    for (name, slots, strategy) in guesses {
+        let mut cfg = config_for(&refs, strategy);
+        if let Some(sl) = slots {
+            for w in &mut cfg.workers {
+                w.max_concurrent_requests = sl;
+            }
+        }
+        let baton = BatonProc::start(&cfg);
         let r = drive(baton.url("/v1/chat/completions"), 20, d, 64).await;
         line(&format!("{name}, concurrency 20"), &r);
         let ratio = r.window_tokens_per_second() / alone_sum;
-        println!("  {:<34} {ratio:>8.2} of the sum", "");
+        let learned: Vec<String> = baton.stats().await["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|w| w["slots"].to_string())
+            .collect();
+        println!(
+            "  {:<34} {ratio:>8.3} of the sum; learned slots {}",
+            "",
+            learned.join("/")
+        );
         if strategy == Strategy::LeastTime {
             out.push((
-                "pool efficiency >= 0.95".into(),
+                format!("pool efficiency, {name} >= 0.95"),
                 ratio >= 0.95 && r.failed == 0,
                 format!(
-                    "{ratio:.3} of the sum of the studios alone, {} failed",
-                    r.failed
+                    "{ratio:.3} of the sum of the studios alone, {} failed, learned {}",
+                    r.failed,
+                    learned.join("/")
                 ),
             ));
         }
@@ -821,4 +852,261 @@ async fn memory(opts: &Opts) -> Vec<Verdict> {
         busy < 100.0 && in_flight >= 1000,
         format!("idle {idle:.1} MB, {busy:.1} MB with {in_flight} in flight"),
     )]
+}
+
+// ---------------------------------------------------------------- section 7
+
+/// Two studios of the same kind at twice their slots: pooled answers per
+/// second against the sum of what they can give, and ejections.
+async fn mode_pool(name: &str, slots: usize, faults: Faults, d: Duration) -> Verdict {
+    let mk = |seed| SimConfig {
+        slots,
+        ttft: Duration::from_millis(100),
+        tokens_per_second: 50.0,
+        faults: faults.clone(),
+        seed,
+        ..SimConfig::default()
+    };
+    let sims = [
+        sim::start("127.0.0.1:0".parse().unwrap(), mk(1))
+            .await
+            .unwrap(),
+        sim::start("127.0.0.1:0".parse().unwrap(), mk(2))
+            .await
+            .unwrap(),
+    ];
+    let refs: Vec<&SimHandle> = sims.iter().collect();
+    let baton = BatonProc::start(&config_for(&refs, Strategy::LeastTime));
+    let tokens = 24u32;
+    let r = drive(baton.url("/v1/chat/completions"), 4 * slots, d, tokens).await;
+    let answer_s = 0.1 + f64::from(tokens - 1) / 50.0;
+    let capacity = 2.0 * slots as f64 / answer_s;
+    let rate = r.window_ok / r.window.as_secs_f64().max(1e-9);
+    let ratio = rate / capacity;
+    let stats = baton.stats().await;
+    let ejections: u64 = stats["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|w| w["ejections"].as_object().unwrap().values())
+        .filter_map(Value::as_u64)
+        .sum();
+    println!(
+        "  {name:<44} {rate:>6.2} answers/s = {ratio:.3} of the summed capacity ({capacity:.2}/s), {} failed, {ejections} ejections",
+        r.failed
+    );
+    (
+        format!("{name}: >= 0.95 of capacity, no ejection"),
+        ratio >= 0.95 && ejections == 0 && r.failed == 0,
+        format!("{ratio:.3}, {ejections} ejections, {} failed", r.failed),
+    )
+}
+
+async fn server_behaviours(opts: &Opts) -> Vec<Verdict> {
+    println!(
+        "\n7. Real server behaviours: two studios per mode at 2x their slots, 24-token streams"
+    );
+    let d = secs(opts, 15.0);
+    vec![
+        mode_pool("healthy pool", 4, Faults::default(), d).await,
+        mode_pool(
+            "closes after every stream (llama.cpp)",
+            4,
+            Faults {
+                close_after_stream: true,
+                keepalive_idle_ms: Some(5000),
+                ..Faults::default()
+            },
+            d,
+        )
+        .await,
+        mode_pool(
+            "one request at a time (single-threaded HTTP)",
+            1,
+            Faults {
+                serial: true,
+                ..Faults::default()
+            },
+            d,
+        )
+        .await,
+        mode_pool(
+            "a new request ends the running one",
+            1,
+            Faults {
+                interrupt: true,
+                ..Faults::default()
+            },
+            d,
+        )
+        .await,
+    ]
+}
+
+// ---------------------------------------------------------------- section 8
+
+/// Per-turn figures of a conversation workload.
+#[derive(Default)]
+struct Turns {
+    ttft_ms: Vec<f64>,
+    total_ms: Vec<f64>,
+    failed: u64,
+}
+
+impl Turns {
+    fn mean(v: &[f64]) -> f64 {
+        v.iter().sum::<f64>() / v.len().max(1) as f64
+    }
+    fn p95(v: &[f64]) -> f64 {
+        let mut s = v.to_vec();
+        s.sort_by(f64::total_cmp);
+        s.get((s.len() as f64 * 0.95) as usize)
+            .or(s.last())
+            .copied()
+            .unwrap_or(0.0)
+    }
+}
+
+/// One streamed turn: (time to first content, whole time), in ms.
+async fn turn(c: &reqwest::Client, url: &str, body: &Value) -> Option<(f64, f64, String)> {
+    use futures_util::StreamExt;
+    let t0 = Instant::now();
+    let r = c.post(url).json(body).send().await.ok()?;
+    if !r.status().is_success() {
+        return None;
+    }
+    let mut ttft = None;
+    let mut text = String::new();
+    let mut stream = r.bytes_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.ok()?;
+        let s = String::from_utf8_lossy(&chunk);
+        if ttft.is_none() && s.contains("\"content\":\"") && !s.contains("\"content\":\"\"") {
+            ttft = Some(t0.elapsed().as_secs_f64() * 1000.0);
+        }
+        text.push_str(&s);
+    }
+    Some((
+        ttft.unwrap_or(f64::NAN),
+        t0.elapsed().as_secs_f64() * 1000.0,
+        text,
+    ))
+}
+
+/// `conversations` conversations of `turns` turns each, all at once; each
+/// turn adds `words` words of user text to the context.
+async fn conversation_load(url: String, conversations: usize, turns: usize, words: usize) -> Turns {
+    let c = client();
+    let mut tasks = Vec::new();
+    for conv in 0..conversations {
+        let (c, url) = (c.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut out = Turns::default();
+            let mut messages = vec![json!({"role": "system", "content": format!("agent {conv}")})];
+            for t in 0..turns {
+                let text: String = (0..words).map(|i| format!("w{conv}x{t}y{i} ")).collect();
+                messages.push(json!({"role": "user", "content": text}));
+                let body = json!({"model": sim::DEFAULT_MODEL, "stream": true, "max_tokens": 16,
+                                  "messages": messages});
+                match turn(&c, &url, &body).await {
+                    Some((ttft, total, _)) => {
+                        out.ttft_ms.push(ttft);
+                        out.total_ms.push(total);
+                    }
+                    None => out.failed += 1,
+                }
+                messages.push(json!({"role": "assistant", "content": format!("answer {t}")}));
+            }
+            out
+        }));
+    }
+    let mut all = Turns::default();
+    for t in tasks {
+        let r = t.await.unwrap();
+        all.ttft_ms.extend(r.ttft_ms);
+        all.total_ms.extend(r.total_ms);
+        all.failed += r.failed;
+    }
+    all
+}
+
+async fn conversations(opts: &Opts) -> Vec<Verdict> {
+    println!(
+        "\n8. Conversations: 24 agents x 8 turns, context growing to 16k tokens, 4 studios x 6 slots with per-slot prompt caches (prefill 2,000 tok/s, a 7-8B model on an M2 Ultra)"
+    );
+    let studio = |seed| SimConfig {
+        slots: 6,
+        ttft: Duration::from_millis(50),
+        tokens_per_second: 40.0,
+        prefill_tps: Some(2000.0),
+        seed,
+        ..SimConfig::default()
+    };
+    let pool = || async {
+        let mut v = Vec::new();
+        for seed in 1..=4 {
+            v.push(
+                sim::start("127.0.0.1:0".parse().unwrap(), studio(seed))
+                    .await
+                    .unwrap(),
+            );
+        }
+        v
+    };
+    let words = ((2000.0 * opts.scale) as usize).max(200);
+    let mut rows = Vec::new();
+    for strategy in [Strategy::LeastTime, Strategy::CacheAffinity] {
+        let sims = pool().await;
+        let refs: Vec<&SimHandle> = sims.iter().collect();
+        let baton = BatonProc::start(&config_for(&refs, strategy));
+        let t0 = Instant::now();
+        let r = conversation_load(baton.url("/v1/chat/completions"), 24, 8, words).await;
+        let wall = t0.elapsed();
+        let name = match strategy {
+            Strategy::LeastTime => "least_time",
+            Strategy::CacheAffinity => "cache_affinity",
+            Strategy::RoundRobin => "round_robin",
+        };
+        let cached: u64 = sims.iter().map(|s| s.stats().cached_prompt_tokens).sum();
+        let prefilled: u64 = sims.iter().map(|s| s.stats().prefilled_tokens).sum();
+        println!(
+            "  {name:<16} mean TTFT {:>7.0} ms  p95 TTFT {:>7.0} ms  mean turn {:>7.0} ms  wall {:>5.1} s  failed {}  prompt tokens from cache {:.0}%",
+            Turns::mean(&r.ttft_ms),
+            Turns::p95(&r.ttft_ms),
+            Turns::mean(&r.total_ms),
+            wall.as_secs_f64(),
+            r.failed,
+            100.0 * cached as f64 / (cached + prefilled).max(1) as f64
+        );
+        rows.push((Turns::mean(&r.ttft_ms), wall.as_secs_f64(), r.failed));
+    }
+    let ttft_ratio = rows[0].0 / rows[1].0;
+    println!(
+        "  affinity: {ttft_ratio:.2}x lower mean TTFT, {:.2}x shorter wall time",
+        rows[0].1 / rows[1].1
+    );
+    // Single-turn traffic: nothing to remember; affinity must cost nothing.
+    let mut single = Vec::new();
+    for strategy in [Strategy::LeastTime, Strategy::CacheAffinity] {
+        let sims = pool().await;
+        let refs: Vec<&SimHandle> = sims.iter().collect();
+        let baton = BatonProc::start(&config_for(&refs, strategy));
+        let r = drive(baton.url("/v1/chat/completions"), 24, secs(opts, 10.0), 32).await;
+        line(&format!("single-turn, {strategy:?}"), &r);
+        single.push(r.window_tokens_per_second());
+    }
+    let single_ratio = single[1] / single[0];
+    println!("  single-turn: cache_affinity {single_ratio:.3}x of least_time's tokens/s");
+    vec![
+        (
+            "conversations: >= 2x lower mean TTFT with affinity".into(),
+            ttft_ratio >= 2.0 && rows.iter().all(|r| r.2 == 0),
+            format!("{ttft_ratio:.2}x"),
+        ),
+        (
+            "single-turn: affinity costs nothing (>= 0.97)".into(),
+            single_ratio >= 0.97,
+            format!("{single_ratio:.3}x"),
+        ),
+    ]
 }

@@ -152,7 +152,7 @@ async fn preflight_with_black_holes() {
             port: 1234,
             kind: StudioKind::LmStudio,
             model: sim::DEFAULT_MODEL.into(),
-            max_concurrent_requests: 4,
+            max_concurrent_requests: baton::config::Slots::Max(4),
             enabled: true,
             weight: 1.0,
             api_key: None,
@@ -164,6 +164,7 @@ async fn preflight_with_black_holes() {
     let cfg = Config {
         workers,
         balancer: BalancerSettings::default(),
+        ..Default::default()
     };
     let t0 = Instant::now();
     let r = preflight::run(&cfg, &Thresholds::default()).await;

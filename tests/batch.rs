@@ -71,6 +71,7 @@ fn pool(sims: &[SimHandle]) -> Target {
             .map(|(i, s)| sim::worker_for(&format!("studio-{}", i + 1), s))
             .collect(),
         balancer: BalancerSettings::default(),
+        ..Default::default()
     })
 }
 

@@ -56,6 +56,7 @@ fn pool(sims: &[SimHandle]) -> Config {
             .map(|(i, s)| worker_for(&format!("studio-{}", i + 1), s))
             .collect(),
         balancer: BalancerSettings::default(),
+        ..Default::default()
     }
 }
 

@@ -189,6 +189,7 @@ async fn sighup_reloads_the_workers_file() {
         let cfg = baton::config::Config {
             workers,
             balancer: Default::default(),
+            ..Default::default()
         };
         std::fs::write(&file, cfg.to_json().to_string()).unwrap();
     };

@@ -67,10 +67,11 @@ fn the_users_file_loads() {
     assert_eq!(w.port, 1234);
     assert_eq!(w.kind, StudioKind::LmStudio);
     assert_eq!(w.model, "mistral-7b-instruct-v0.2");
-    assert_eq!(w.max_concurrent_requests, 5);
+    assert_eq!(w.max_concurrent_requests, baton::config::Slots::Max(5));
     assert!(w.enabled);
     assert_eq!(w.base_url(), "http://192.168.1.106:1234");
-    assert_eq!(c.balancer.strategy, Strategy::LeastTime);
+    // Defaults apply where the file says nothing.
+    assert_eq!(c.balancer.strategy, Strategy::CacheAffinity);
 }
 
 #[test]
@@ -223,4 +224,52 @@ fn default_location_is_in_the_platform_config_dir() {
     let p = baton::config::default_path().expect("a home directory");
     assert!(p.ends_with("workers.json"));
     assert!(p.to_string_lossy().contains("baton"), "{}", p.display());
+}
+
+#[test]
+fn every_field_round_trips_through_the_files_one_serialization() {
+    let text = r#"{
+      "workers": [
+        {"id": "a", "host": "10.0.0.5", "port": 1234, "type": "lm_studio", "model": "m",
+         "max_concurrent_requests": "auto", "enabled": false, "weight": 2.5,
+         "api_key": {"keychain": "a"}, "members": ["10.0.0.6"]},
+        {"id": "b", "host": "10.0.0.7", "port": 11434, "type": "ollama", "model": "m:7b",
+         "max_concurrent_requests": 3, "api_key": {"env": "B_KEY"}}
+      ],
+      "balancer": {"listen": "127.0.0.1:9000", "connect_timeout_ms": 250, "first_token_timeout_ms": 9000,
+                   "idle_timeout_ms": 8000, "queue_limit": 7, "queue_timeout_ms": 1500,
+                   "probe_interval_ms": 300, "probe_timeout_ms": 400, "max_body_bytes": 1000,
+                   "strategy": "round_robin", "apis": ["openai", "anthropic", "ollama"]},
+      "aliases": {"mistral": ["m", "m:7b"]}
+    }"#;
+    let path = std::path::Path::new("workers.json");
+    let c = Config::parse(text, path).unwrap();
+    let again = Config::parse(&c.to_text(), path).unwrap();
+    assert_eq!(again, c);
+    assert_eq!(
+        c.workers[0].max_concurrent_requests,
+        baton::config::Slots::Auto
+    );
+    assert_eq!(c.balancer.strategy, Strategy::RoundRobin);
+    assert_eq!(c.aliases.names_for("m:7b"), ["mistral", "m", "m:7b"]);
+}
+
+#[test]
+fn alias_mistakes_are_named_with_their_fix() {
+    let base = r#"{"workers":[{"id":"a","host":"10.0.0.5","port":1234,"type":"openai","model":"m"}],"aliases":"#;
+    let err = |aliases: &str| {
+        Config::parse(
+            &format!("{base}{aliases}}}"),
+            std::path::Path::new("w.json"),
+        )
+        .unwrap_err()
+    };
+    let e = err(r#"{"x": []}"#);
+    assert_eq!(e.json_path, "aliases.x");
+    assert!(e.problem.contains("non-empty list"), "{e}");
+    let e = err(r#"{"x": ["m"], "y": ["m"]}"#);
+    assert!(e.problem.contains("also in the alias `x`"), "{e}");
+    assert!(e.fix.contains("one alias only"), "{e}");
+    let e = err(r#"{"x": ["m", 3]}"#);
+    assert_eq!(e.json_path, "aliases.x[1]");
 }

@@ -280,7 +280,7 @@ async fn workers_can_be_added_edited_disabled_and_removed_and_the_file_follows()
     let cfg = baton::config::Config::load(&d.file).unwrap();
     let w9 = cfg.workers.iter().find(|w| w.id == "studio-9").unwrap();
     assert!(!w9.enabled);
-    assert_eq!(w9.max_concurrent_requests, 3);
+    assert_eq!(w9.max_concurrent_requests, baton::config::Slots::Max(3));
     let r = d
         .req(reqwest::Method::DELETE, "/api/workers/studio-9")
         .send()

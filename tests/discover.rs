@@ -152,7 +152,10 @@ async fn finds_every_kind_with_models_and_port_and_nothing_else() {
     assert_eq!(cfg.workers[0].kind, StudioKind::LmStudio);
     assert_eq!(cfg.workers[0].port, 1234);
     assert_eq!(cfg.workers[0].model, "mistral-7b-instruct-v0.2");
-    assert_eq!(cfg.workers[2].max_concurrent_requests, 3);
+    assert_eq!(
+        cfg.workers[2].max_concurrent_requests,
+        baton::config::Slots::Max(3)
+    );
     // Running it again adds nothing; an existing hand-made entry survives.
     let mut text: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&file).unwrap()).unwrap();

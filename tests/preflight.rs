@@ -18,7 +18,7 @@ fn worker(id: &str, host: &str, port: u16, model: &str) -> Worker {
         port,
         kind: StudioKind::LmStudio,
         model: model.into(),
-        max_concurrent_requests: 2,
+        max_concurrent_requests: baton::config::Slots::Max(2),
         enabled: true,
         weight: 1.0,
         api_key: None,
@@ -30,6 +30,7 @@ fn config(workers: Vec<Worker>) -> Config {
     Config {
         workers,
         balancer: BalancerSettings::default(),
+        ..Default::default()
     }
 }
 

@@ -28,11 +28,13 @@ fn stats_lines(b: &Balancer) -> String {
     let mut lines = vec![format!("balancer: retries {}", stats.retries)];
     lines.extend(stats.workers.iter().map(|w| {
         format!(
-            "{} ({}): state {}, requests {}, successes {}, client errors {}, cancelled {}, \
+            "{} ({}): state {}, slots {} (declared {:?}), requests {}, successes {}, client errors {}, cancelled {}, \
                  failures {:?}, ejections {:?}, last error {:?}",
             w.id,
             w.url,
             w.state,
+            w.slots,
+            w.slots_declared,
             w.requests,
             w.successes,
             w.client_errors,

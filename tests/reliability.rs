@@ -124,6 +124,7 @@ async fn random_loss_and_tcp_resets_are_seen_for_what_they_are() {
     let cfg = baton::config::Config {
         workers: vec![wa, wb],
         balancer: Default::default(),
+        ..Default::default()
     };
     let t = Thresholds {
         ping_count: 20,

@@ -31,6 +31,7 @@ async fn serve_and_collect(log: Option<&str>) -> String {
         Config {
             workers: vec![w],
             balancer: Default::default(),
+            ..Default::default()
         }
         .to_json()
         .to_string(),

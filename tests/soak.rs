@@ -178,7 +178,7 @@ async fn soak_under_chaos_loses_nothing_and_leaks_nothing() {
             port: 1234,
             kind: baton::studio::StudioKind::LmStudio,
             model: baton::sim::DEFAULT_MODEL.into(),
-            max_concurrent_requests: 4,
+            max_concurrent_requests: baton::config::Slots::Max(4),
             enabled: true,
             weight: 1.0,
             api_key: None,
@@ -190,6 +190,7 @@ async fn soak_under_chaos_loses_nothing_and_leaks_nothing() {
     let mut cfg = Config {
         workers,
         balancer: Default::default(),
+        ..Default::default()
     }
     .to_json();
     cfg["balancer"] = json!({"connect_timeout_ms": 300, "first_token_timeout_ms": 10000, "idle_timeout_ms": 5000,

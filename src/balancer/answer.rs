@@ -1,31 +1,125 @@
-//! What a complete answer looks like, per API: a stream is complete only
-//! when an event says the answer finished, and a whole answer only when it
-//! carries its finish. Real servers end streams early without saying so
-//! (llama-cpp-python sends `[DONE]` with no finish reason when another
-//! request interrupts it; exo and Ollama report errors inside a 200), so a
-//! `[DONE]` or a clean end of body is not proof of anything.
+//! The APIs Baton relays, and what a complete answer looks like in each: a
+//! stream is complete only when an event says the answer finished, and a
+//! whole answer only when it carries its finish. Real servers end streams
+//! early without saying so (llama-cpp-python sends `[DONE]` with no finish
+//! reason when another request interrupts it; exo and Ollama report errors
+//! inside a 200), so a `[DONE]` or a clean end of body is not proof of
+//! anything.
 
-use serde_json::Value;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::{Value, json};
 
-/// The proxied API an answer belongs to.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Which API family a request speaks: it decides the error shape, how a
+/// stream is framed and how a studio says it lacks the API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub(crate) enum Family {
+    /// OpenAI's API (chat, completions, embeddings, responses).
+    Openai,
+    /// Anthropic's Messages API (Claude Code and other Anthropic clients).
+    Anthropic,
+    /// Ollama's own API (Open WebUI and other Ollama clients).
+    Ollama,
+}
+
+impl Family {
+    /// An error in this API's own shape.
+    pub fn error(self, status: StatusCode, message: &str, code: &str) -> Response {
+        let body = match self {
+            Family::Openai => {
+                let kind = if status.is_server_error() {
+                    "server_error"
+                } else {
+                    "invalid_request_error"
+                };
+                json!({"error": {"message": message, "type": kind, "param": null, "code": code}})
+            }
+            Family::Anthropic => {
+                let kind = match status.as_u16() {
+                    400 | 413 => "invalid_request_error",
+                    401 => "authentication_error",
+                    404 => "not_found_error",
+                    429 => "rate_limit_error",
+                    503 | 529 => "overloaded_error",
+                    _ => "api_error",
+                };
+                json!({"type": "error", "error": {"type": kind, "message": message}})
+            }
+            Family::Ollama => json!({"error": message}),
+        };
+        let mut r = (
+            status,
+            [(header::CONTENT_TYPE, "application/json")],
+            body.to_string(),
+        )
+            .into_response();
+        if status == StatusCode::SERVICE_UNAVAILABLE {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        r
+    }
+
+    /// An error event that ends a stream already under way.
+    pub fn stream_error(self, message: &str) -> String {
+        match self {
+            Family::Openai => {
+                let ev = json!({"error": {"message": message, "type": "server_error",
+                                          "param": null, "code": "upstream_failed"}});
+                format!("data: {ev}\n\n")
+            }
+            Family::Anthropic => {
+                let ev =
+                    json!({"type": "error", "error": {"type": "api_error", "message": message}});
+                format!("event: error\ndata: {ev}\n\n")
+            }
+            Family::Ollama => format!("{}\n", json!({ "error": message })),
+        }
+    }
+}
+
+/// One relayed endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Api {
     ChatCompletions,
     Completions,
     Embeddings,
     Responses,
+    Messages,
+    CountTokens,
+    OllamaChat,
+    OllamaGenerate,
+    OllamaEmbed,
+    OllamaEmbeddings,
+    OllamaShow,
 }
 
 impl Api {
-    pub const ALL: [(Api, &'static str); 4] = [
+    pub const ALL: [(Api, &'static str); 11] = [
         (Api::ChatCompletions, "/v1/chat/completions"),
         (Api::Completions, "/v1/completions"),
         (Api::Embeddings, "/v1/embeddings"),
         (Api::Responses, "/v1/responses"),
+        (Api::Messages, "/v1/messages"),
+        (Api::CountTokens, "/v1/messages/count_tokens"),
+        (Api::OllamaChat, "/api/chat"),
+        (Api::OllamaGenerate, "/api/generate"),
+        (Api::OllamaEmbed, "/api/embed"),
+        (Api::OllamaEmbeddings, "/api/embeddings"),
+        (Api::OllamaShow, "/api/show"),
     ];
 
     pub fn from_path(path: &str) -> Option<Api> {
         Api::ALL.iter().find(|(_, p)| *p == path).map(|(a, _)| *a)
+    }
+
+    /// This API's bit in a capability mask.
+    pub fn bit(self) -> u32 {
+        1 << Api::ALL
+            .iter()
+            .position(|(a, _)| *a == self)
+            .expect("every API is listed")
     }
 
     pub fn path(self) -> &'static str {
@@ -36,7 +130,41 @@ impl Api {
             .expect("every API has a path")
     }
 
-    /// Does this one SSE event say the answer finished?
+    pub fn family(self) -> Family {
+        match self {
+            Api::ChatCompletions | Api::Completions | Api::Embeddings | Api::Responses => {
+                Family::Openai
+            }
+            Api::Messages | Api::CountTokens => Family::Anthropic,
+            Api::OllamaChat
+            | Api::OllamaGenerate
+            | Api::OllamaEmbed
+            | Api::OllamaEmbeddings
+            | Api::OllamaShow => Family::Ollama,
+        }
+    }
+
+    /// Generates text (takes a slot for a while, may be streamed).
+    pub fn generates(self) -> bool {
+        matches!(
+            self,
+            Api::ChatCompletions
+                | Api::Completions
+                | Api::Responses
+                | Api::Messages
+                | Api::OllamaChat
+                | Api::OllamaGenerate
+        )
+    }
+
+    /// Whether a request body without `stream` is streamed: Ollama's own
+    /// API streams unless told not to; the others answer whole.
+    pub fn streams_by_default(self) -> bool {
+        matches!(self, Api::OllamaChat | Api::OllamaGenerate)
+    }
+
+    /// Does this one event (an SSE event, or an NDJSON line for Ollama)
+    /// say the answer finished?
     pub fn event_finishes(self, event: &[u8]) -> bool {
         match self {
             Api::ChatCompletions | Api::Completions => has_finish_reason(event),
@@ -46,7 +174,9 @@ impl Api {
                     || contains(event, b"response.incomplete")
                     || contains(event, b"response.failed")
             }
-            Api::Embeddings => false,
+            Api::Messages => contains(event, b"message_stop"),
+            Api::OllamaChat | Api::OllamaGenerate => has_key_value(event, b"\"done\"", b"true"),
+            _ => false,
         }
     }
 
@@ -58,16 +188,25 @@ impl Api {
         };
         // LM Studio answers unknown paths, and some failures, with a 200
         // and an error object: a complete answer that is an error.
-        if v.get("error").is_some_and(|e| !e.is_null()) {
+        if v.get("error").is_some_and(|e| !e.is_null()) || v["type"] == "error" {
             return Whole::Error;
         }
         match self.check_fields(&v) {
-            Ok(()) => Whole::Complete,
+            Ok(()) => Whole::Complete {
+                tokens: output_tokens(&v),
+            },
             Err(why) => Whole::Cut(why),
         }
     }
 
     fn check_fields(self, v: &Value) -> Result<(), String> {
+        let field = |name: &str| -> Result<(), String> {
+            if v.get(name).is_some_and(|f| !f.is_null()) {
+                Ok(())
+            } else {
+                Err(format!("the answer has no `{name}`"))
+            }
+        };
         match self {
             Api::ChatCompletions | Api::Completions => {
                 let choices = v
@@ -84,24 +223,54 @@ impl Api {
                     Err("the answer has no finish_reason (it was cut short)".into())
                 }
             }
-            Api::Embeddings => v
-                .get("data")
-                .and_then(Value::as_array)
-                .map(|_| ())
-                .ok_or_else(|| "the answer has no `data` list".into()),
-            Api::Responses => v
-                .get("status")
-                .and_then(Value::as_str)
-                .map(|_| ())
-                .ok_or_else(|| "the answer has no `status`".into()),
+            Api::Embeddings => field("data"),
+            Api::Responses => field("status"),
+            Api::Messages => field("stop_reason")
+                .map_err(|_| "the answer has no stop_reason (it was cut short)".into()),
+            Api::CountTokens => field("input_tokens"),
+            Api::OllamaChat | Api::OllamaGenerate => {
+                if v["done"] == true {
+                    Ok(())
+                } else {
+                    Err("the answer is not `done` (it was cut short)".into())
+                }
+            }
+            Api::OllamaEmbed => field("embeddings"),
+            Api::OllamaEmbeddings => field("embedding"),
+            Api::OllamaShow => Ok(()),
         }
     }
+}
+
+/// Does this answer say the studio lacks the API (not that it failed)?
+/// A 404 from any server, or LM Studio's 200 "Unexpected endpoint".
+pub(crate) fn lacks_api(status: StatusCode, body: &[u8]) -> bool {
+    let unexpected = contains(body, b"Unexpected endpoint");
+    (status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED || unexpected)
+        && !mentions_model(body)
+}
+
+/// A 404 about a model (Ollama's `model 'x' not found`) is about the
+/// request, not the API.
+fn mentions_model(body: &[u8]) -> bool {
+    let lower: Vec<u8> = body.iter().map(u8::to_ascii_lowercase).collect();
+    contains(&lower, b"model") && !contains(&lower, b"unexpected endpoint")
+}
+
+/// Output tokens a whole answer reports: OpenAI's `usage.completion_tokens`,
+/// Anthropic's `usage.output_tokens`, Ollama's `eval_count`.
+fn output_tokens(v: &Value) -> Option<u64> {
+    v.pointer("/usage/completion_tokens")
+        .or_else(|| v.pointer("/usage/output_tokens"))
+        .or_else(|| v.get("eval_count"))
+        .and_then(Value::as_u64)
 }
 
 /// What a whole answer turned out to be.
 #[derive(Debug, PartialEq, Eq)]
 pub(crate) enum Whole {
-    Complete,
+    /// Complete, with the output tokens it reports.
+    Complete { tokens: Option<u64> },
     /// The studio answered with an error object (relayed as is).
     Error,
     /// Cut short or malformed: why.
@@ -116,13 +285,18 @@ pub(crate) fn is_done(event: &[u8]) -> bool {
     })
 }
 
-/// One SSE event carries an error object instead of a chunk (exo, Ollama
-/// and LM Studio report failures this way under a 200).
+/// One event carries an error instead of a chunk (exo, Ollama and LM Studio
+/// report failures this way under a 200; Anthropic streams send `error`).
 pub(crate) fn is_error(event: &[u8]) -> bool {
     event.split(|b| *b == b'\n').any(|line| {
-        line.strip_prefix(b"data:")
-            .map(|d| d.trim_ascii_start())
-            .is_some_and(|d| d.starts_with(b"{\"error\""))
+        let line = line.trim_ascii_start();
+        let data = line
+            .strip_prefix(b"data:")
+            .unwrap_or(line)
+            .trim_ascii_start();
+        data.starts_with(b"{\"error\"")
+            || line == b"event: error"
+            || data.starts_with(b"{\"type\":\"error\"")
     })
 }
 
@@ -138,6 +312,20 @@ fn has_finish_reason(event: &[u8]) -> bool {
             if !v.starts_with(b"null") && !v.is_empty() {
                 return true;
             }
+        }
+    }
+    false
+}
+
+/// `"key": value` somewhere in the event.
+fn has_key_value(event: &[u8], key: &[u8], value: &[u8]) -> bool {
+    let mut rest = event;
+    while let Some(i) = find(rest, key) {
+        rest = &rest[i + key.len()..];
+        if let Some(v) = rest.trim_ascii_start().strip_prefix(b":")
+            && v.trim_ascii_start().starts_with(value)
+        {
+            return true;
         }
     }
     false
@@ -169,22 +357,35 @@ mod tests {
     }
 
     #[test]
+    fn anthropic_and_ollama_streams_finish_on_their_own_markers() {
+        assert!(
+            Api::Messages
+                .event_finishes(b"event: message_stop\ndata: {\"type\":\"message_stop\"}\n\n")
+        );
+        assert!(!Api::Messages.event_finishes(b"event: ping\ndata: {\"type\":\"ping\"}\n\n"));
+        assert!(Api::OllamaChat.event_finishes(b"{\"model\":\"m\",\"done\":true}\n"));
+        assert!(!Api::OllamaChat.event_finishes(b"{\"model\":\"m\",\"done\":false}\n"));
+    }
+
+    #[test]
     fn done_and_error_events_are_recognised() {
         assert!(is_done(b"data: [DONE]\n\n"));
         assert!(is_done(b"data:[DONE]\n\n"));
         assert!(!is_done(br#"data: {"x":"[DONE]"}"#));
         assert!(is_error(b"data: {\"error\":{\"message\":\"boom\"}}\n\n"));
+        assert!(is_error(b"{\"error\":\"model not loaded\"}\n"));
+        assert!(is_error(b"event: error\ndata: {\"type\":\"error\"}\n\n"));
         assert!(!is_error(br#"data: {"choices":[]}"#));
     }
 
     #[test]
-    fn a_whole_answer_without_finish_reason_is_incomplete() {
+    fn a_whole_answer_without_its_finish_is_incomplete() {
         let api = Api::ChatCompletions;
         assert_eq!(
             api.judge_whole(
-                br#"{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}]}"#
+                br#"{"choices":[{"message":{"content":"hi"},"finish_reason":"stop"}],"usage":{"completion_tokens":3}}"#
             ),
-            Whole::Complete
+            Whole::Complete { tokens: Some(3) }
         );
         assert!(matches!(
             api.judge_whole(br#"{"choices":[{"message":{"content":"hi"},"finish_reason":null}]}"#),
@@ -196,11 +397,53 @@ mod tests {
         ));
         assert_eq!(
             Api::Embeddings.judge_whole(br#"{"data":[]}"#),
-            Whole::Complete
+            Whole::Complete { tokens: None }
         );
         assert_eq!(
             Api::Responses.judge_whole(br#"{"error":"Unexpected endpoint"}"#),
             Whole::Error
         );
+        assert!(matches!(
+            Api::Messages.judge_whole(br#"{"type":"message","stop_reason":null}"#),
+            Whole::Cut(_)
+        ));
+        assert_eq!(
+            Api::OllamaChat.judge_whole(br#"{"done":true,"message":{},"eval_count":7}"#),
+            Whole::Complete { tokens: Some(7) }
+        );
+    }
+
+    #[test]
+    fn a_missing_api_is_told_from_a_missing_model() {
+        assert!(lacks_api(StatusCode::NOT_FOUND, b"404 page not found"));
+        assert!(lacks_api(
+            StatusCode::OK,
+            br#"{"error":"Unexpected endpoint or method. (POST /api/chat)"}"#
+        ));
+        assert!(!lacks_api(
+            StatusCode::NOT_FOUND,
+            br#"{"error":"model 'llama3' not found"}"#
+        ));
+        assert!(!lacks_api(StatusCode::BAD_REQUEST, b"bad"));
+    }
+
+    #[test]
+    fn each_family_has_its_own_error_shape() {
+        let body = |f: Family| {
+            let r = f.error(StatusCode::NOT_FOUND, "no such model", "model_not_found");
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            let b = rt
+                .block_on(http_body_util::BodyExt::collect(r.into_body()))
+                .unwrap()
+                .to_bytes();
+            serde_json::from_slice::<Value>(&b).unwrap()
+        };
+        assert_eq!(body(Family::Openai)["error"]["code"], "model_not_found");
+        let a = body(Family::Anthropic);
+        assert_eq!(a["type"], "error");
+        assert_eq!(a["error"]["type"], "not_found_error");
+        assert_eq!(body(Family::Ollama)["error"], "no such model");
     }
 }

@@ -143,6 +143,7 @@ pub enum Failure {
     /// No answer in time (connect, first byte, probe or mid-stream).
     Timeout,
     /// The studio answered with a 5xx status.
+    #[serde(rename = "status_5xx")]
     Status5xx,
     /// An answer was cut: the body broke, or ended without a finish.
     Stream,
@@ -265,6 +266,8 @@ pub(crate) enum Verdict {
     /// The studio is busy, not sick (its other answers flow): try again,
     /// it may be this one or another.
     Congested,
+    /// The studio does not offer this API: ask another, count nothing.
+    Lacks,
 }
 
 /// The request could not get a response head from the studio.
@@ -463,9 +466,13 @@ pub(super) async fn run(shared: Arc<Shared>, w: Arc<WorkerEntry>, stop: Cancella
         match w.state() {
             State::Removed => return,
             State::Starting => {
-                // First contact: the model list tells what it serves.
+                // First contact: the model list tells what it serves, and
+                // empty requests tell which other APIs it speaks.
                 match probe(&shared, &w, Probe::Models).await {
-                    Ok((models, rtt)) => admit(&shared, &w, models, rtt),
+                    Ok((models, rtt)) => {
+                        discover_apis(&shared, &w).await;
+                        admit(&shared, &w, models, rtt)
+                    }
                     Err((reason, detail)) => {
                         w.count_failure(Failure::Probe);
                         eject(&shared, &w, reason, &detail);
@@ -596,7 +603,7 @@ async fn probe(shared: &Shared, w: &WorkerEntry, what: Probe) -> ProbeResult {
         Probe::Models | Probe::Readmit => "/v1/models",
     };
     let t0 = Instant::now();
-    let (status, body) = exchange(shared, w, Method::GET, path, Bytes::new(), timeout).await?;
+    let (status, body) = fetch(shared, w, Method::GET, path, Bytes::new(), timeout).await?;
     let rtt = t0.elapsed();
     if !status.is_success() {
         return Err((Failure::Probe, format!("GET {path} answered {status}")));
@@ -619,7 +626,7 @@ async fn probe(shared: &Shared, w: &WorkerEntry, what: Probe) -> ProbeResult {
         });
         // A cold model may need to load: allow more than the list probe.
         let limit = timeout.max(Duration::from_secs(1)) * 5;
-        let (status, _) = exchange(
+        let (status, _) = fetch(
             shared,
             w,
             Method::POST,
@@ -639,9 +646,48 @@ async fn probe(shared: &Shared, w: &WorkerEntry, what: Probe) -> ProbeResult {
     Ok((models, rtt))
 }
 
+/// Which other APIs the studio speaks: an empty request to an endpoint it
+/// has gets a 4xx (or 5xx) about the request; one it lacks gets "not
+/// found". Learned before any client asks, so a studio without Anthropic's
+/// API never sees a Claude Code request.
+async fn discover_apis(shared: &Shared, w: &WorkerEntry) {
+    use super::answer::Api;
+    const ASK: [(&str, &[Api]); 2] = [
+        ("/v1/messages", &[Api::Messages]),
+        (
+            "/api/chat",
+            &[
+                Api::OllamaChat,
+                Api::OllamaGenerate,
+                Api::OllamaEmbed,
+                Api::OllamaEmbeddings,
+                Api::OllamaShow,
+            ],
+        ),
+    ];
+    let timeout = shared.settings().probe_timeout;
+    for (path, apis) in ASK {
+        if let Ok((status, body)) = fetch(
+            shared,
+            w,
+            Method::POST,
+            path,
+            Bytes::from_static(b"{}"),
+            timeout,
+        )
+        .await
+        {
+            let has = !super::answer::lacks_api(status, &body);
+            for api in apis {
+                w.learn_capability(*api, has);
+            }
+        }
+    }
+}
+
 /// One small request over the studio's connection pool, whole body read,
-/// within `limit`.
-async fn exchange(
+/// within `limit` (probes, and the catalogs that ask every studio).
+pub(crate) async fn fetch(
     shared: &Shared,
     w: &WorkerEntry,
     method: Method,

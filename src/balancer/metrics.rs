@@ -69,6 +69,9 @@ pub struct Metrics {
     pub unknown_model: AtomicU64,
     pub no_worker: AtomicU64,
     pub unauthorized: AtomicU64,
+    /// Turns sent to the studio holding their conversation's cache, and not.
+    pub affinity_hits: AtomicU64,
+    pub affinity_misses: AtomicU64,
 }
 
 /// One worker in `GET /stats`.
@@ -78,7 +81,12 @@ pub struct WorkerStats {
     pub url: String,
     pub state: State,
     pub models: Vec<String>,
+    /// Requests it is given at once now (learned).
     pub slots: u64,
+    /// The declared `max_concurrent_requests` (`None`: "auto").
+    pub slots_declared: Option<u32>,
+    /// The most it may be given (the declared number, or the auto ceiling).
+    pub slots_ceiling: u32,
     pub in_flight: u64,
     pub requests: u64,
     pub successes: u64,
@@ -100,6 +108,10 @@ pub struct WorkerStats {
     /// It closes connections after streamed answers (learned), so streams
     /// get fresh ones.
     pub closes_after_stream: bool,
+    /// APIs the studio showed it has (`yes`) or lacks (`no`), by path.
+    pub capabilities: std::collections::BTreeMap<String, super::worker::Capability>,
+    /// Prompt tokens per second it prefilled (0 until seen).
+    pub prefill_per_second: f64,
     pub ewma_latency_ms: f64,
     pub ewma_ttft_ms: f64,
     pub tokens_per_second: f64,
@@ -150,6 +162,8 @@ fn worker_stats(w: &Arc<WorkerEntry>, total_successes: u64) -> WorkerStats {
         state,
         models: w.models(),
         slots: w.slots(),
+        slots_declared: w.cfg.max_concurrent_requests.declared(),
+        slots_ceiling: w.cfg.max_concurrent_requests.ceiling(),
         in_flight: w.in_flight(),
         requests: c.requests.load(Ordering::Relaxed),
         successes,
@@ -167,6 +181,8 @@ fn worker_stats(w: &Arc<WorkerEntry>, total_successes: u64) -> WorkerStats {
         connections_opened: w.upstream.connects.load(Ordering::Relaxed),
         stale_retries: w.upstream.stale_retries.load(Ordering::Relaxed),
         closes_after_stream: w.upstream.closes_after_stream(),
+        capabilities: w.capabilities(),
+        prefill_per_second: l.prefill_per_second,
         ewma_latency_ms: l.latency_ms,
         ewma_ttft_ms: l.ttft_ms,
         tokens_per_second: l.tokens_per_second,
@@ -227,7 +243,7 @@ pub fn render(pool: &Pool, m: &Metrics) -> String {
             w.in_flight()
         );
     }
-    out.push_str("# HELP baton_slots Configured slots (max_concurrent_requests).\n# TYPE baton_slots gauge\n");
+    out.push_str("# HELP baton_slots Requests each worker is given at once (learned, under max_concurrent_requests).\n# TYPE baton_slots gauge\n");
     for w in &workers {
         let _ = writeln!(out, "baton_slots{{worker=\"{}\"}} {}", label(w), w.slots());
     }
@@ -260,6 +276,13 @@ pub fn render(pool: &Pool, m: &Metrics) -> String {
             );
         }
     }
+    out.push_str("# HELP baton_affinity_total Conversation turns sent to the studio holding their prompt cache (hit) or not (miss).\n# TYPE baton_affinity_total counter\n");
+    let _ = writeln!(
+        out,
+        "baton_affinity_total{{outcome=\"hit\"}} {}\nbaton_affinity_total{{outcome=\"miss\"}} {}",
+        m.affinity_hits.load(Ordering::Relaxed),
+        m.affinity_misses.load(Ordering::Relaxed)
+    );
     out.push_str("# HELP baton_retries_total Requests moved to another worker before their first byte.\n# TYPE baton_retries_total counter\n");
     let _ = writeln!(
         out,

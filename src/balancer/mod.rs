@@ -16,12 +16,16 @@
 //! studio before their first byte, so the pool is never slower than its
 //! healthy part. A busy studio is never mistaken for a dead one.
 
+mod affinity;
 mod answer;
+mod catalog;
 mod health;
-pub mod metrics;
-pub mod pool;
+mod limit;
+mod metrics;
+mod pool;
 mod proxy;
 mod relay;
+mod request;
 mod upstream;
 mod worker;
 
@@ -38,8 +42,11 @@ use crate::config::{BalancerSettings, Config, Worker};
 use pool::{Pool, QueueSettings};
 use worker::WorkerEntry;
 
+pub(crate) use answer::lacks_api;
 pub use health::{Failure, State, health_path};
+pub use limit::AUTO_CEILING;
 pub use metrics::{Snapshot, WorkerStats};
+pub use worker::Capability;
 
 /// Response header naming the worker that served a request.
 pub const WORKER_HEADER: &str = "x-baton-worker";
@@ -76,6 +83,8 @@ pub enum Error {
 pub(crate) struct Shared {
     pool: Arc<Pool>,
     settings: RwLock<BalancerSettings>,
+    aliases: RwLock<Arc<crate::config::Aliases>>,
+    affinity: affinity::Affinity,
     metrics: metrics::Metrics,
     api_key: Option<String>,
     started: Instant,
@@ -88,6 +97,10 @@ pub(crate) struct Shared {
 impl Shared {
     fn settings(&self) -> BalancerSettings {
         self.settings.read().expect("settings lock").clone()
+    }
+
+    fn aliases(&self) -> Arc<crate::config::Aliases> {
+        self.aliases.read().expect("aliases lock").clone()
     }
 
     /// A worker's state changed: wake whoever shows it.
@@ -118,6 +131,7 @@ impl Shared {
         // Waiters only this worker could serve get a clear error now.
         self.pool.dispatch();
         self.pool.prune();
+        self.affinity.forget(w.id());
         self.changed();
     }
 }
@@ -230,6 +244,8 @@ impl Balancer {
         let shared = Arc::new(Shared {
             pool: Pool::new(queue_settings(&settings)),
             settings: RwLock::new(settings),
+            aliases: RwLock::new(Arc::new(config.aliases.clone())),
+            affinity: affinity::Affinity::new(),
             metrics: metrics::Metrics::default(),
             api_key,
             started: Instant::now(),
@@ -317,6 +333,7 @@ impl Balancer {
         let settings = config.balancer.clone();
         s.pool.set_settings(queue_settings(&settings));
         *s.settings.write().expect("settings lock") = settings;
+        *s.aliases.write().expect("aliases lock") = Arc::new(config.aliases.clone());
 
         let current: Vec<Arc<WorkerEntry>> = s
             .pool

@@ -5,12 +5,17 @@
 //! the oldest waiter that can use it.
 //!
 //! **Invariant (work conservation).** No request waits while a ready
-//! worker that serves its model (and that it has not already failed on)
-//! has a free slot, with one exception: a *hold-back*, where every free
-//! worker is far slower than a busy one that will free a slot sooner than
-//! the slow one would finish. A hold-back is only ever decided while that
-//! faster worker is busy, so its next release re-examines the decision: it
-//! cannot outlive the moment the faster slot frees. To keep this true,
+//! worker that serves its model and API (and that it has not already failed
+//! on) has a free slot, with two exceptions, both only ever decided while
+//! a particular worker is busy, so that worker's next release re-examines
+//! the decision: it cannot outlive the moment that slot frees.
+//! - a *hold-back*: every free worker is far slower than a busy one that
+//!   will free a slot sooner than the slow one would finish;
+//! - an *affinity hold* (strategy `cache_affinity`): the busy worker holds
+//!   the request's conversation in its prompt cache, and waiting for it is
+//!   expected to cost less than the prefill the cache saves.
+//!
+//! To keep this true,
 //! every event that can change a decision calls [`Pool::dispatch`]: a slot
 //! released, a worker ready or readmitted, ejected, drained or removed, a
 //! speed learned, and a request enqueued. [`Pool::check_invariant`] states
@@ -20,13 +25,47 @@
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
+use super::affinity::Hit;
+use super::answer::Api;
 use super::health::State;
 use super::worker::{EWMA_ALPHA, WorkerEntry};
 use crate::config::Strategy;
+
+/// Prefill rate assumed for a studio never seen prefilling a long prompt
+/// (a mid-size model on an M-series Mac), to weigh an affinity hold.
+const DEFAULT_PREFILL_PER_S: f64 = 1000.0;
+
+/// What a request needs from a worker.
+#[derive(Clone, Debug)]
+pub struct Demand {
+    /// The names it may be served under: its model, or its alias group.
+    pub models: Arc<[String]>,
+    pub api: Api,
+    pub max_tokens: Option<u64>,
+    /// The worker holding the longest cached prefix of its prompt.
+    pub affinity: Option<Hit>,
+}
+
+impl Demand {
+    /// A request for one model name on an API, no affinity.
+    #[cfg(test)]
+    pub fn model(model: &str, api: Api) -> Demand {
+        Demand {
+            models: Arc::from(vec![model.to_string()]),
+            api,
+            max_tokens: None,
+            affinity: None,
+        }
+    }
+
+    fn usable_by(&self, w: &WorkerEntry) -> bool {
+        w.serves_any(&self.models).is_some() && w.capable(self.api)
+    }
+}
 
 /// Answer length assumed before any answer has been seen.
 const DEFAULT_TOKENS: f64 = 256.0;
@@ -42,11 +81,14 @@ const HOLD_BACK_FACTOR: f64 = 1.5;
 
 /// A request waiting in the queue for a slot.
 struct Waiter {
-    model: Arc<str>,
+    demand: Demand,
+    /// Until when it may wait for the busy worker holding its cache: at
+    /// most the prefill time the cache saves (set at the first such hold).
+    hold_until: Option<Instant>,
     /// Expected output tokens, for the expected completion time.
     tokens: f64,
     exclude: Vec<Arc<WorkerEntry>>,
-    tx: oneshot::Sender<Arc<WorkerEntry>>,
+    tx: oneshot::Sender<(Arc<WorkerEntry>, Instant, u32)>,
 }
 
 struct Sched {
@@ -58,6 +100,8 @@ struct Sched {
 /// The scheduler shared by every request.
 pub struct Pool {
     sched: Mutex<Sched>,
+    /// Itself, for the timers that end affinity holds.
+    me: std::sync::Weak<Pool>,
     /// EWMA of output tokens per streamed answer: the length to expect
     /// when a request sets no `max_tokens`.
     typical_tokens: Mutex<f64>,
@@ -87,11 +131,15 @@ pub enum NoSlot {
 pub struct SlotGuard {
     pool: Arc<Pool>,
     pub worker: Arc<WorkerEntry>,
+    /// When the slot is expected to free (see [`WorkerEntry::claim`]).
+    end: Instant,
+    /// Requests the studio had, this one included, when it was claimed.
+    pub level: u32,
 }
 
 impl Drop for SlotGuard {
     fn drop(&mut self) {
-        self.pool.release(&self.worker);
+        self.pool.release(&self.worker, self.end);
     }
 }
 
@@ -102,11 +150,15 @@ enum Pick {
     Wait,
     /// Free slots exist only on workers far slower than a busy faster one.
     HoldBack,
+    /// The busy worker holding its prompt cache is worth waiting for, for
+    /// at most this long (the prefill the cache saves).
+    HoldForCache(Duration),
 }
 
 impl Pool {
     pub fn new(settings: QueueSettings) -> Arc<Pool> {
-        Arc::new(Pool {
+        Arc::new_cyclic(|me| Pool {
+            me: me.clone(),
             sched: Mutex::new(Sched {
                 workers: Vec::new(),
                 queue: VecDeque::new(),
@@ -165,10 +217,12 @@ impl Pool {
         if w.in_flight() != 0 || !matches!(w.state(), State::Ready | State::Draining) {
             return None;
         }
-        w.in_flight.fetch_add(1, Ordering::Relaxed);
+        let (end, level) = w.claim(0.0);
         Some(SlotGuard {
             pool: self.clone(),
             worker: w.clone(),
+            end,
+            level,
         })
     }
 
@@ -176,14 +230,14 @@ impl Pool {
     /// FIFO queue when every suitable slot is busy.
     pub async fn acquire(
         self: &Arc<Self>,
-        model: &str,
-        max_tokens: Option<u64>,
+        demand: &Demand,
         exclude: &[Arc<WorkerEntry>],
         is_retry: bool,
     ) -> Result<SlotGuard, NoSlot> {
         let settings = self.settings();
         let typical = *self.typical_tokens.lock().expect("tokens lock");
-        let tokens = max_tokens
+        let tokens = demand
+            .max_tokens
             .map(|m| (m as f64).min(typical.max(1.0) * 4.0))
             .unwrap_or(typical);
         let rx = {
@@ -191,7 +245,7 @@ impl Pool {
             let has_candidate = s.workers.iter().any(|w| {
                 matches!(w.state(), State::Ready | State::Starting)
                     && !excluded(exclude, w)
-                    && w.serves(model)
+                    && demand.usable_by(w)
             });
             if !has_candidate {
                 return Err(NoSlot::NoCandidate);
@@ -199,12 +253,15 @@ impl Pool {
             // Take a slot directly only when nobody older is waiting.
             let ahead = if is_retry { 0 } else { s.queue.len() };
             if ahead == 0
-                && let Pick::Take(w) = pick(&mut s, model, tokens, exclude, 0, settings.strategy)
+                && let Pick::Take(w) =
+                    pick(&mut s, demand, tokens, exclude, 0, None, settings.strategy)
             {
-                w.in_flight.fetch_add(1, Ordering::Relaxed);
+                let (end, level) = w.claim(tokens);
                 return Ok(SlotGuard {
                     pool: self.clone(),
                     worker: w,
+                    end,
+                    level,
                 });
             }
             if !is_retry && s.queue.len() >= settings.limit {
@@ -213,7 +270,8 @@ impl Pool {
             }
             let (tx, rx) = oneshot::channel();
             let waiter = Waiter {
-                model: Arc::from(model),
+                demand: demand.clone(),
+                hold_until: None,
                 tokens,
                 exclude: exclude.to_vec(),
                 tx,
@@ -227,13 +285,15 @@ impl Pool {
             // The waiters ahead may be unable to use a slot this request
             // can (another model, a hold-back): look again now, or this
             // request could wait with a free slot in front of it.
-            dispatch_locked(&mut s, settings.strategy);
+            dispatch_locked(self, &mut s, settings.strategy);
             rx
         };
         match tokio::time::timeout(settings.timeout, rx).await {
-            Ok(Ok(w)) => Ok(SlotGuard {
+            Ok(Ok((w, end, level))) => Ok(SlotGuard {
                 pool: self.clone(),
                 worker: w,
+                end,
+                level,
             }),
             // The sender was dropped: the worker set changed under us and the
             // waiter was discarded as unservable.
@@ -248,8 +308,8 @@ impl Pool {
         }
     }
 
-    fn release(&self, w: &Arc<WorkerEntry>) {
-        let left = w.in_flight.fetch_sub(1, Ordering::Relaxed) - 1;
+    fn release(&self, w: &Arc<WorkerEntry>, end: Instant) {
+        let left = w.unclaim(end);
         if left == 0 && w.state() == State::Removed {
             self.prune();
         }
@@ -261,7 +321,7 @@ impl Pool {
     pub fn dispatch(&self) {
         let strategy = self.settings().strategy;
         let mut s = self.sched.lock().expect("sched lock");
-        dispatch_locked(&mut s, strategy);
+        dispatch_locked(self, &mut s, strategy);
     }
 
     /// The work-conservation invariant, checked independently of `pick`:
@@ -281,7 +341,7 @@ impl Pool {
                 .filter(|w| {
                     w.state() == State::Ready
                         && !excluded(&waiter.exclude, w)
-                        && w.serves(&waiter.model)
+                        && waiter.demand.usable_by(w)
                 })
                 .collect();
             let several = usable.len() > 1;
@@ -292,6 +352,16 @@ impl Pool {
                 .filter(|w| w.has_free_slot() && !(several && !speed_known(w) && w.in_flight() > 0))
                 .collect();
             if free.is_empty() {
+                continue;
+            }
+            // An affinity hold waits for a busy worker that holds its
+            // cache, within its budget.
+            if let Some(hit) = &waiter.demand.affinity
+                && waiter.hold_until.is_none_or(|t| Instant::now() < t)
+                && usable
+                    .iter()
+                    .any(|w| *w.id() == *hit.worker && !w.has_free_slot() && w.in_flight() > 0)
+            {
                 continue;
             }
             let expected = |w: &WorkerEntry| w.learned().expected_ms(waiter.tokens);
@@ -308,7 +378,7 @@ impl Pool {
             if !slowest_free_beaten {
                 return Err(format!(
                     "waiter {i} for `{}` waits while {} has a free slot and no faster worker is busy",
-                    waiter.model,
+                    waiter.demand.models[0],
                     free[0].id()
                 ));
             }
@@ -321,7 +391,7 @@ fn excluded(exclude: &[Arc<WorkerEntry>], w: &Arc<WorkerEntry>) -> bool {
     exclude.iter().any(|e| Arc::ptr_eq(e, w))
 }
 
-fn dispatch_locked(s: &mut Sched, strategy: Strategy) {
+fn dispatch_locked(pool: &Pool, s: &mut Sched, strategy: Strategy) {
     let mut i = 0;
     while i < s.queue.len() {
         if s.queue[i].tx.is_closed() {
@@ -335,18 +405,35 @@ fn dispatch_locked(s: &mut Sched, strategy: Strategy) {
         {
             break;
         }
-        let (model, exclude) = (s.queue[i].model.clone(), s.queue[i].exclude.clone());
-        let tokens = s.queue[i].tokens;
-        match pick(s, &model, tokens, &exclude, i, strategy) {
+        let (demand, exclude) = (s.queue[i].demand.clone(), s.queue[i].exclude.clone());
+        let (tokens, hold_until) = (s.queue[i].tokens, s.queue[i].hold_until);
+        match pick(s, &demand, tokens, &exclude, i, hold_until, strategy) {
             Pick::Take(w) => {
                 let waiter = s.queue.remove(i).expect("index in range");
-                w.in_flight.fetch_add(1, Ordering::Relaxed);
-                if waiter.tx.send(w.clone()).is_err() {
+                let (end, level) = w.claim(tokens);
+                if waiter.tx.send((w.clone(), end, level)).is_err() {
                     // The waiter gave up a moment ago: take the slot back.
-                    w.in_flight.fetch_sub(1, Ordering::Relaxed);
+                    w.unclaim(end);
                 }
             }
             Pick::HoldBack => i += 1,
+            Pick::HoldForCache(budget) => {
+                if s.queue[i].hold_until.is_none() {
+                    let until = Instant::now() + budget;
+                    s.queue[i].hold_until = Some(until);
+                    // Nothing else may happen before the budget runs out:
+                    // look again then.
+                    if let (Ok(rt), Some(me)) =
+                        (tokio::runtime::Handle::try_current(), pool.me.upgrade())
+                    {
+                        rt.spawn(async move {
+                            tokio::time::sleep_until(until.into()).await;
+                            me.dispatch();
+                        });
+                    }
+                }
+                i += 1;
+            }
             Pick::Wait => {
                 // Drop waiters no worker can ever serve now (all excluded or gone).
                 let servable = s.workers.iter().any(|w| {
@@ -354,7 +441,7 @@ fn dispatch_locked(s: &mut Sched, strategy: Strategy) {
                         w.state(),
                         State::Ready | State::Starting | State::Probing | State::Ejected
                     ) && !excluded(&exclude, w)
-                        && w.serves(&model)
+                        && demand.usable_by(w)
                 });
                 if servable {
                     i += 1;
@@ -374,12 +461,14 @@ fn dispatch_locked(s: &mut Sched, strategy: Strategy) {
 /// fast slot would finish sooner (so a 10x slower studio does not drag the
 /// tail); only busy workers can justify it, since only their release wakes
 /// the queue again.
+#[allow(clippy::too_many_arguments)]
 fn pick(
     s: &mut Sched,
-    model: &str,
+    demand: &Demand,
     tokens: f64,
     exclude: &[Arc<WorkerEntry>],
     position: usize,
+    hold_until: Option<Instant>,
     strategy: Strategy,
 ) -> Pick {
     let n = s.workers.len();
@@ -389,7 +478,7 @@ fn pick(
     let candidates: Vec<&Arc<WorkerEntry>> = s
         .workers
         .iter()
-        .filter(|w| w.state() == State::Ready && !excluded(exclude, w) && w.serves(model))
+        .filter(|w| w.state() == State::Ready && !excluded(exclude, w) && demand.usable_by(w))
         .collect();
     if candidates.is_empty() {
         return Pick::Wait;
@@ -455,6 +544,20 @@ fn pick(
             best = Some((i, score, order));
         }
     }
+    if strategy == Strategy::CacheAffinity
+        && let Some(hit) = &demand.affinity
+        && let Some(a) = candidates.iter().position(|w| *w.id() == *hit.worker)
+    {
+        // The studio holding the conversation's cache: take it when free,
+        // wait for it when that costs less than the prefill it saves.
+        if free.contains(&a) {
+            return Pick::Take(candidates[a].clone());
+        }
+        let within_budget = hold_until.is_none_or(|t| Instant::now() < t);
+        if within_budget && let Some(budget) = worth_waiting_for(candidates[a], hit.tokens) {
+            return Pick::HoldForCache(budget);
+        }
+    }
     let Some((chosen, _, _)) = best else {
         return Pick::Wait;
     };
@@ -462,6 +565,23 @@ fn pick(
         return Pick::HoldBack;
     }
     Pick::Take(candidates[chosen].clone())
+}
+
+/// A busy worker holding `cached` tokens of the prompt: the prefill time
+/// its cache saves, when waiting for its first slot to free (as expected
+/// from the answers it is giving) is cheaper than that. The wait is then
+/// capped at the saving, so a wrong guess costs at most what a miss would.
+fn worth_waiting_for(w: &WorkerEntry, cached: u32) -> Option<Duration> {
+    if w.has_free_slot() || w.in_flight() == 0 {
+        return None;
+    }
+    let wait = w.soonest_free()?;
+    let rate = match w.learned().prefill_per_second {
+        r if r > 0.0 => r,
+        _ => DEFAULT_PREFILL_PER_S,
+    };
+    let saved = Duration::from_secs_f64(f64::from(cached) / rate);
+    (wait < saved).then_some(saved)
 }
 
 /// Hold-back: every free worker (speeds known) would finish far later than
@@ -527,7 +647,7 @@ mod tests {
                 port: 1,
                 kind: StudioKind::Openai,
                 model: model.into(),
-                max_concurrent_requests: slots,
+                max_concurrent_requests: crate::config::Slots::Max(slots),
                 enabled: true,
                 weight: 1.0,
                 api_key: None,
@@ -559,11 +679,13 @@ mod tests {
         ws[0].learn(Duration::from_micros(100), None, 0);
         ws[1].learn(Duration::from_millis(5), None, 0);
         for _ in 0..1000 {
-            let g =
-                tokio::time::timeout(Duration::from_secs(1), pool.acquire("m", None, &[], false))
-                    .await
-                    .expect("a request waited with idle workers")
-                    .unwrap();
+            let g = tokio::time::timeout(
+                Duration::from_secs(1),
+                pool.acquire(&Demand::model("m", Api::ChatCompletions), &[], false),
+            )
+            .await
+            .expect("a request waited with idle workers")
+            .unwrap();
             drop(g);
         }
     }
@@ -626,7 +748,11 @@ mod tests {
                 Op::Arrive { model, max_tokens } => {
                     let (p, tx) = (pool.clone(), tx.clone());
                     tokio::spawn(async move {
-                        if let Ok(g) = p.acquire(MODELS[model], max_tokens, &[], false).await {
+                        let d = Demand {
+                            max_tokens,
+                            ..Demand::model(MODELS[model], Api::ChatCompletions)
+                        };
+                        if let Ok(g) = p.acquire(&d, &[], false).await {
                             let _ = tx.send(g);
                         }
                     });

@@ -1,5 +1,6 @@
-//! The balancer's HTTP server: OpenAI-compatible endpoints, forwarding with
-//! retries before the first byte, unbuffered streaming after it.
+//! The balancer's HTTP server: the OpenAI, Anthropic and Ollama endpoints,
+//! forwarding with retries before the first byte, unbuffered streaming
+//! after it.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -14,25 +15,33 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
-use serde_json::{Value, json};
 
-use super::answer::{Api, Whole};
-use super::health::{self, Failure, State as WState, Verdict};
-use super::pool::{NoSlot, SlotGuard};
-use super::relay::Relay;
+use super::answer::{self, Api, Family, Whole};
+use super::health::{self, Failure, Verdict};
+use super::limit::Change;
+use super::pool::{Demand, NoSlot, SlotGuard};
+use super::relay::{Framing, Relay};
+use super::request::{self, Parsed};
 use super::upstream::{Conn, SendError};
 use super::worker::WorkerEntry;
-use super::{Shared, WORKER_HEADER, metrics};
+use super::{Shared, WORKER_HEADER, catalog, metrics};
+use crate::config::Strategy;
 
 type St = State<Arc<Shared>>;
 
+/// Request headers an Anthropic client sends that the studio must see.
+const PASSED_HEADERS: [&str; 2] = ["anthropic-version", "anthropic-beta"];
+
 pub(super) fn router(shared: Arc<Shared>) -> Router {
-    let mut r = Router::new()
-        .route("/v1/chat/completions", post(forward))
-        .route("/v1/completions", post(forward))
-        .route("/v1/embeddings", post(forward))
-        .route("/v1/responses", post(forward))
-        .route("/v1/models", get(models))
+    let mut r = Router::new();
+    for (_, path) in Api::ALL {
+        r = r.route(path, post(forward));
+    }
+    let mut r = r
+        .route("/v1/models", get(catalog::openai_models))
+        .route("/api/tags", get(catalog::ollama_tags))
+        .route("/api/ps", get(catalog::ollama_ps))
+        .route("/api/version", get(catalog::ollama_version))
         .route("/stats", get(stats))
         .route("/metrics", get(prometheus))
         .fallback(not_found);
@@ -43,44 +52,36 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     r.route("/health", get(health)).with_state(shared)
 }
 
-/// An OpenAI-shaped error response.
-pub(super) fn error(status: StatusCode, message: &str, kind: &str, code: Option<&str>) -> Response {
-    let body = json!({"error": {"message": message, "type": kind, "param": null, "code": code}});
-    (
-        status,
-        [(header::CONTENT_TYPE, "application/json")],
-        body.to_string(),
+/// The family of the API a path belongs to (OpenAI for anything unknown).
+fn family_of(path: &str) -> Family {
+    Api::from_path(path).map_or_else(
+        || {
+            if path.starts_with("/api/") {
+                Family::Ollama
+            } else {
+                Family::Openai
+            }
+        },
+        Api::family,
     )
-        .into_response()
-}
-
-fn unavailable(message: &str, code: &str) -> Response {
-    let mut r = error(
-        StatusCode::SERVICE_UNAVAILABLE,
-        message,
-        "server_error",
-        Some(code),
-    );
-    r.headers_mut()
-        .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-    r
 }
 
 async fn authorize(State(s): St, req: Request, next: Next) -> Response {
     if let Some(key) = &s.api_key {
-        let given = req
-            .headers()
+        let h = req.headers();
+        // OpenAI clients send a bearer token; Anthropic clients `x-api-key`.
+        let given = h
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
             s.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-            return error(
+            return family_of(req.uri().path()).error(
                 StatusCode::UNAUTHORIZED,
-                "missing or wrong API key: send `Authorization: Bearer <key>`",
-                "invalid_request_error",
-                Some("invalid_api_key"),
+                "missing or wrong API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)",
+                "invalid_api_key",
             );
         }
     }
@@ -92,14 +93,13 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
-    error(
+    family_of(uri.path()).error(
         StatusCode::NOT_FOUND,
         &format!(
-            "unknown endpoint {}; Baton serves /v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses and /v1/models",
+            "unknown endpoint {}; Baton serves the OpenAI API (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/models), Anthropic's (/v1/messages) and Ollama's (/api/chat, /api/generate, /api/embed, /api/tags, ...)",
             uri.path()
         ),
-        "invalid_request_error",
-        Some("unknown_url"),
+        "unknown_url",
     )
 }
 
@@ -107,19 +107,16 @@ async fn health(State(s): St) -> Response {
     let workers = s.pool.workers();
     let ready = workers
         .iter()
-        .filter(|w| w.state() == WState::Ready)
+        .filter(|w| w.state() == health::State::Ready)
         .count();
-    let total = workers
-        .iter()
-        .filter(|w| w.state() != WState::Removed)
-        .count();
+    let total = workers.iter().filter(|w| w.state().is_live()).count();
     let status = if ready > 0 {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    let body = json!({"status": if ready > 0 { "ok" } else { "unavailable" },
-                      "ready_workers": ready, "workers": total});
+    let body = serde_json::json!({"status": if ready > 0 { "ok" } else { "unavailable" },
+                                  "ready_workers": ready, "workers": total});
     (status, axum::Json(body)).into_response()
 }
 
@@ -135,53 +132,20 @@ async fn prometheus(State(s): St) -> Response {
         .into_response()
 }
 
-/// Models of ready workers, de-duplicated, with the workers serving each.
-async fn models(State(s): St) -> axum::Json<Value> {
-    let mut by_model: Vec<(String, Vec<String>)> = Vec::new();
-    for w in s
-        .pool
-        .workers()
-        .iter()
-        .filter(|w| w.state() == WState::Ready)
-    {
-        for m in w.models() {
-            match by_model.iter_mut().find(|(id, _)| *id == m) {
-                Some((_, ws)) => ws.push(w.id().to_string()),
-                None => by_model.push((m, vec![w.id().to_string()])),
-            }
-        }
-    }
-    let data: Vec<Value> = by_model
-        .into_iter()
-        .map(|(id, ws)| json!({"id": id, "object": "model", "owned_by": "baton", "workers": ws}))
-        .collect();
-    axum::Json(json!({"object": "list", "data": data}))
-}
-
-/// Every model any live worker serves, sorted, for error messages.
-fn known_models(s: &Shared) -> Vec<String> {
-    let mut all: Vec<String> = s
-        .pool
-        .workers()
-        .iter()
-        .filter(|w| w.state() != WState::Removed)
-        .flat_map(|w| w.models())
-        .collect();
-    all.sort();
-    all.dedup();
-    all
-}
-
 /// Read the request body, refusing more than `limit` bytes.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, Response> {
+async fn read_body(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    family: Family,
+) -> Result<Bytes, Response> {
     let too_big = || {
-        error(
+        family.error(
             StatusCode::PAYLOAD_TOO_LARGE,
             &format!(
                 "request body is larger than the {limit}-byte limit (balancer.max_body_bytes)"
             ),
-            "invalid_request_error",
-            Some("request_too_large"),
+            "request_too_large",
         )
     };
     let declared = headers
@@ -194,41 +158,12 @@ async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Byte
     match http_body_util::Limited::new(body, limit).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
-        Err(e) => Err(error(
+        Err(e) => Err(family.error(
             StatusCode::BAD_REQUEST,
             &format!("could not read the request body: {e}"),
-            "invalid_request_error",
-            None,
+            "invalid_request",
         )),
     }
-}
-
-#[derive(serde::Deserialize)]
-struct RequestHead<'a> {
-    #[serde(default, borrow)]
-    model: Option<std::borrow::Cow<'a, str>>,
-    /// Helps estimate how long the answer takes; odd values are ignored.
-    #[serde(default, deserialize_with = "lenient_u64")]
-    max_tokens: Option<u64>,
-    #[serde(default, deserialize_with = "lenient_u64")]
-    max_completion_tokens: Option<u64>,
-}
-
-/// A whole number if it is one; anything else is left to the studio to judge.
-fn lenient_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    let v: Value = serde::Deserialize::deserialize(d)?;
-    Ok(v.as_u64())
-}
-
-fn parse_head(body: &[u8]) -> Result<RequestHead<'_>, String> {
-    let first = body.iter().find(|b| !b.is_ascii_whitespace());
-    if first.is_some() && first != Some(&b'{') {
-        return Err("request body must be a JSON object".into());
-    }
-    serde_json::from_slice(body).map_err(|e| match e.classify() {
-        serde_json::error::Category::Data => format!("invalid request: {e}"),
-        _ => format!("request body is not valid JSON: {e}"),
-    })
 }
 
 /// Times a request may be re-queued because its studio was congested (a
@@ -236,77 +171,102 @@ fn parse_head(body: &[u8]) -> Result<RequestHead<'_>, String> {
 /// counts as failed for it.
 const MAX_CONGESTED_RETRIES: u32 = 4;
 
-/// `POST /v1/...`: route to a worker, retrying on another before the first byte.
+/// One request on its way: what it is and where it may go.
+struct Job {
+    api: Api,
+    body: Bytes,
+    parsed: Parsed,
+    demand: Demand,
+    /// Headers passed on to the studio.
+    passed: Vec<(&'static str, HeaderValue)>,
+    started: Instant,
+}
+
+/// `POST` to a relayed endpoint: route to a worker, retrying on another
+/// before the first byte.
 async fn forward(State(s): St, req: Request) -> Response {
     let started = Instant::now();
     let Some(api) = Api::from_path(req.uri().path()) else {
         return not_found(req.uri().clone()).await;
     };
+    let family = api.family();
     let (parts, body) = req.into_parts();
     // One snapshot of the settings per request, so a reload mid-request is consistent.
     let settings = s.settings();
-    let limit = settings.max_body_bytes;
-    let body = match read_body(body, &parts.headers, limit).await {
+    let body = match read_body(body, &parts.headers, settings.max_body_bytes, family).await {
         Ok(b) => b,
         Err(r) => {
             s.metrics.bad_request.fetch_add(1, Ordering::Relaxed);
             return r;
         }
     };
-    // Only `model` matters for routing; the rest is validated as JSON but
-    // not built into a tree (prompts can be large).
-    let head: RequestHead = match parse_head(&body) {
-        Ok(h) => h,
+    // Only what routing needs is read; the prompt is not built into a tree.
+    let parsed = match request::parse(&body, api) {
+        Ok(p) => p,
         Err(msg) => {
             s.metrics.bad_request.fetch_add(1, Ordering::Relaxed);
-            return error(StatusCode::BAD_REQUEST, &msg, "invalid_request_error", None);
+            return family.error(StatusCode::BAD_REQUEST, &msg, "invalid_request");
         }
     };
-    let model = match head.model.as_deref() {
-        Some(m)
-            if s.pool
+    let names = match parsed.model.as_deref() {
+        Some(m) => {
+            let names = s.aliases().names_for(m);
+            if !s
+                .pool
                 .workers()
                 .iter()
-                .any(|w| w.state().is_live() && w.serves(m)) =>
-        {
-            m.to_string()
+                .any(|w| w.state().is_live() && w.serves_any(&names).is_some())
+            {
+                return unknown_model(&s, family, Some(m));
+            }
+            names
         }
-        other => {
-            let known = known_models(&s);
-            s.metrics.unknown_model.fetch_add(1, Ordering::Relaxed);
-            let what = match other {
-                Some(m) => format!("model `{m}` is not served by any worker"),
-                None => "no `model` given".to_string(),
-            };
-            return error(
-                StatusCode::NOT_FOUND,
-                &format!("{what}; available models: {}", known.join(", ")),
-                "invalid_request_error",
-                Some("model_not_found"),
-            );
-        }
+        None => return unknown_model(&s, family, None),
     };
-    let max_tokens = head.max_completion_tokens.or(head.max_tokens);
+    let affinity = (settings.strategy == Strategy::CacheAffinity && worth_caching(api, &parsed))
+        .then(|| s.affinity.lookup(&parsed.prefixes))
+        .flatten()
+        .filter(|hit| hit.tokens >= MIN_AFFINITY_TOKENS);
+    let demand = Demand {
+        models: Arc::from(names),
+        api,
+        max_tokens: parsed.max_tokens,
+        affinity,
+    };
+    let passed = PASSED_HEADERS
+        .iter()
+        .filter_map(|h| parts.headers.get(*h).map(|v| (*h, v.clone())))
+        .collect();
+    let job = Job {
+        api,
+        body,
+        parsed,
+        demand,
+        passed,
+        started,
+    };
 
     let mut tried: Vec<Arc<WorkerEntry>> = Vec::new();
     let mut congested = 0;
     let mut last_failure: Option<String> = None;
     loop {
         let is_retry = !tried.is_empty() || congested > 0;
-        let slot = match s.pool.acquire(&model, max_tokens, &tried, is_retry).await {
+        let slot = match s.pool.acquire(&job.demand, &tried, is_retry).await {
             Ok(slot) => slot,
-            Err(no) => return no_slot(&s, no, &model, &settings, last_failure),
+            Err(no) => return no_slot(&s, &job, no, &settings, last_failure),
         };
         let w = slot.worker.clone();
         w.counters.requests.fetch_add(1, Ordering::Relaxed);
-        match attempt(&s, slot, api, body.clone(), &settings, started).await {
+        match attempt(&s, slot, &job, &settings).await {
             Ok(resp) => return resp,
             Err(Retry { detail, verdict }) => {
                 tracing::debug!(
                     worker = w.id(),
                     "attempt failed before first byte: {detail}"
                 );
-                last_failure = Some(format!("{}: {detail}", w.id()));
+                if verdict != Verdict::Lacks {
+                    last_failure = Some(format!("{}: {detail}", w.id()));
+                }
                 if verdict == Verdict::Congested && congested < MAX_CONGESTED_RETRIES {
                     congested += 1;
                 } else {
@@ -318,38 +278,78 @@ async fn forward(State(s): St, req: Request) -> Response {
     }
 }
 
+fn unknown_model(s: &Shared, family: Family, model: Option<&str>) -> Response {
+    s.metrics.unknown_model.fetch_add(1, Ordering::Relaxed);
+    let what = match model {
+        Some(m) => format!("model `{m}` is not served by any worker"),
+        None => "no `model` given".to_string(),
+    };
+    family.error(
+        StatusCode::NOT_FOUND,
+        &format!(
+            "{what}; available models: {}",
+            catalog::known_models(s).join(", ")
+        ),
+        "model_not_found",
+    )
+}
+
 /// The answer when no slot could be had.
 fn no_slot(
     s: &Shared,
+    job: &Job,
     no: NoSlot,
-    model: &str,
     settings: &crate::config::BalancerSettings,
     last_failure: Option<String>,
 ) -> Response {
+    let family = job.api.family();
+    let model = &job.demand.models[0];
     match no {
         NoSlot::NoCandidate => {
             s.metrics.no_worker.fetch_add(1, Ordering::Relaxed);
+            let speaks = s.pool.workers().iter().any(|w| {
+                w.state().is_live()
+                    && w.serves_any(&job.demand.models).is_some()
+                    && w.capable(job.api)
+            });
             match last_failure {
-                None => unavailable(
+                Some(f) => family.error(
+                    StatusCode::BAD_GATEWAY,
+                    &format!("every worker serving `{model}` failed: {f}"),
+                    "upstream_failed",
+                ),
+                None if !speaks => family.error(
+                    StatusCode::NOT_FOUND,
+                    &format!(
+                        "no worker serving `{model}` offers {} ({} answered that they lack it)",
+                        job.api.path(),
+                        s.pool
+                            .workers()
+                            .iter()
+                            .filter(|w| !w.capable(job.api))
+                            .map(|w| w.id().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    "unsupported_endpoint",
+                ),
+                None => family.error(
+                    StatusCode::SERVICE_UNAVAILABLE,
                     &format!("no worker serving `{model}` is ready right now; see /stats"),
                     "no_worker_available",
                 ),
-                Some(f) => error(
-                    StatusCode::BAD_GATEWAY,
-                    &format!("every worker serving `{model}` failed: {f}"),
-                    "server_error",
-                    Some("upstream_failed"),
-                ),
             }
         }
-        NoSlot::QueueFull => unavailable(
+        NoSlot::QueueFull => family.error(
+            StatusCode::SERVICE_UNAVAILABLE,
             &format!(
                 "all slots are busy and the queue is full ({} waiting); retry shortly",
                 settings.queue_limit
             ),
             "queue_full",
         ),
-        NoSlot::QueueTimeout => unavailable(
+        NoSlot::QueueTimeout => family.error(
+            StatusCode::SERVICE_UNAVAILABLE,
             &format!(
                 "no slot became free within {:?}; retry shortly",
                 settings.queue_timeout
@@ -380,6 +380,19 @@ enum FirstByte {
     Body(String),
 }
 
+/// The request as this worker gets it: its own name for the model.
+fn body_for(job: &Job, w: &WorkerEntry) -> Bytes {
+    match (
+        job.parsed.model.as_deref(),
+        w.serves_any(&job.demand.models),
+    ) {
+        (Some(asked), Some(name)) if asked != name => request::with_model(&job.body, name)
+            .map(Bytes::from)
+            .unwrap_or_else(|| job.body.clone()),
+        _ => job.body.clone(),
+    }
+}
+
 /// Send the request to the slot's worker and wait for its first body byte.
 /// `Err` means the worker failed before anything reached the client: the
 /// caller tries again (another worker, or the same one when it was only
@@ -387,13 +400,13 @@ enum FirstByte {
 async fn attempt(
     s: &Arc<Shared>,
     slot: SlotGuard,
-    api: Api,
-    body: Bytes,
+    job: &Job,
     settings: &crate::config::BalancerSettings,
-    started: Instant,
 ) -> Result<Response, Retry> {
     let w = slot.worker.clone();
+    let api = job.api;
     let mut ejected = w.health.ejected.subscribe();
+    let body = body_for(job, &w);
     let make = || {
         let mut b = axum::http::Request::builder()
             .method(axum::http::Method::POST)
@@ -402,6 +415,16 @@ async fn attempt(
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(a) = &w.auth_header {
             b = b.header(header::AUTHORIZATION, a);
+            if api.family() == Family::Anthropic
+                && let Some(k) = a.to_str().ok().and_then(|v| v.strip_prefix("Bearer "))
+                && let Ok(mut v) = HeaderValue::from_str(k)
+            {
+                v.set_sensitive(true);
+                b = b.header("x-api-key", v);
+            }
+        }
+        for (name, value) in &job.passed {
+            b = b.header(*name, value);
         }
         b.body(Full::new(body.clone()))
             .expect("valid upstream request")
@@ -466,13 +489,24 @@ async fn attempt(
         return Err(Retry::another(format!("answered {status}")));
     }
     health::on_first_byte(&w);
-    w.learn_ttft(sent_at.elapsed());
-    s.metrics.ttft.observe(started.elapsed());
-    let sse = parts
+    let ttft = sent_at.elapsed();
+    w.learn_ttft(ttft);
+    if api.generates() {
+        learn_limit(s, job, &w, ttft, slot.level);
+    }
+    s.metrics.ttft.observe(job.started.elapsed());
+    let content_type = parts
         .headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("text/event-stream"));
+        .unwrap_or("");
+    let framing = if content_type.starts_with("text/event-stream") {
+        Some(Framing::Sse)
+    } else if content_type.starts_with("application/x-ndjson") && job.parsed.stream {
+        Some(Framing::Ndjson)
+    } else {
+        None
+    };
     let mut builder = Response::builder().status(status);
     if let Some(ct) = parts.headers.get(header::CONTENT_TYPE) {
         builder = builder.header(header::CONTENT_TYPE, ct);
@@ -480,15 +514,18 @@ async fn attempt(
     if let Ok(v) = HeaderValue::from_str(w.id()) {
         builder = builder.header(WORKER_HEADER, v);
     }
-    if sse && status.is_success() {
+    if let Some(framing) = framing.filter(|_| status.is_success()) {
+        w.learn_capability(api, true);
+        learn_cache(s, job, &w, ttft);
         let relay = Relay::new(
             s.clone(),
             slot,
             conn,
             upstream,
             api,
+            framing,
             first,
-            started,
+            job.started,
             settings.idle_timeout,
         );
         return Ok(builder
@@ -497,20 +534,42 @@ async fn attempt(
             .body(Body::from_stream(relay.into_stream()))
             .expect("valid response parts"));
     }
-    let whole = read_whole(&w, upstream, first, settings.idle_timeout).await;
-    let whole = match whole {
+    let whole = match read_whole(&w, upstream, first, settings.idle_timeout).await {
         Ok(b) => b,
         Err(detail) => {
             health::on_cut_answer(s, &w, Failure::Stream, &detail);
             return Err(Retry::another(detail));
         }
     };
+    if answer::lacks_api(status, &whole) {
+        // Not a failure: this studio does not speak this API. Remember it
+        // and ask another.
+        w.learn_capability(api, false);
+        tracing::info!(
+            worker = w.id(),
+            path = api.path(),
+            "studio lacks this endpoint; not asking it again"
+        );
+        finish_whole(&w, conn, slot);
+        return Err(Retry {
+            detail: format!("{} has no {}", w.id(), api.path()),
+            verdict: Verdict::Lacks,
+        });
+    }
     match status.is_success().then(|| api.judge_whole(&whole)) {
-        Some(Whole::Complete) => {
+        Some(Whole::Complete { tokens }) => {
+            w.learn_capability(api, true);
             w.counters.successes.fetch_add(1, Ordering::Relaxed);
             health::on_good_answer(&w);
-            s.metrics.request_duration.observe(started.elapsed());
-            w.learn(started.elapsed(), None, 0);
+            s.metrics.request_duration.observe(job.started.elapsed());
+            // A whole answer's generation time is its time minus the
+            // studio's first byte (roughly its prompt time).
+            let took = sent_at.elapsed();
+            match tokens {
+                Some(t) => w.learn(took, Some(took.saturating_sub(ttft)), t),
+                None => w.learn(took, None, 0),
+            }
+            learn_cache(s, job, &w, ttft);
         }
         Some(Whole::Cut(why)) => {
             // Nothing reached the client yet: another studio can answer.
@@ -528,6 +587,81 @@ async fn attempt(
     Ok(builder
         .body(Body::from(whole))
         .expect("valid response parts"))
+}
+
+/// Cached prompts shorter than this are not worth following: their prefill
+/// takes less than routing by speed saves (256 tokens: a tenth of a second
+/// or so on a Mac).
+const MIN_AFFINITY_TOKENS: u32 = 256;
+
+/// A generation whose prompt is long enough for its cache to matter.
+fn worth_caching(api: Api, parsed: &Parsed) -> bool {
+    api.generates() && parsed.prefixes.total_tokens() >= MIN_AFFINITY_TOKENS
+}
+
+/// Prompt tokens per second assumed where a studio's rate is not known yet:
+/// on the slow side, so a long prompt is not taken for queueing.
+const ASSUMED_PREFILL_PER_S: f64 = 1000.0;
+
+/// Tokens of this request's prompt the worker must prefill (its cache
+/// holds the rest when the request followed its conversation there).
+fn uncached_tokens(job: &Job, w: &WorkerEntry) -> u32 {
+    let cached = match &job.demand.affinity {
+        Some(hit) if *hit.worker == *w.id() => hit.tokens,
+        _ => 0,
+    };
+    job.parsed.prefixes.total_tokens().saturating_sub(cached)
+}
+
+/// A first token tells how many requests the studio really runs at once.
+fn learn_limit(s: &Shared, job: &Job, w: &WorkerEntry, ttft: Duration, level: u32) {
+    let rate = match w.learned().prefill_per_second {
+        r if r > 0.0 => r,
+        _ => ASSUMED_PREFILL_PER_S,
+    };
+    let prefill = Duration::from_secs_f64(f64::from(uncached_tokens(job, w)) / rate);
+    let answer = Some(w.learned().latency_ms)
+        .filter(|ms| *ms > 0.0)
+        .map(|ms| Duration::from_secs_f64(ms / 1000.0));
+    match w.limit.on_first_token(ttft, prefill, level, answer) {
+        Change::Raised(n) => {
+            tracing::debug!(worker = w.id(), limit = n, "studio takes more at once");
+            // A slot more: a waiter may take it now.
+            s.pool.dispatch();
+        }
+        Change::Lowered(n) => {
+            tracing::debug!(
+                worker = w.id(),
+                limit = n,
+                "studio queues beyond this; limit lowered"
+            );
+        }
+        Change::None => {}
+    }
+}
+
+/// The studio now holds this prompt in its cache; and how fast it
+/// processed the part it could not have had cached.
+fn learn_cache(s: &Shared, job: &Job, w: &Arc<WorkerEntry>, ttft: Duration) {
+    let p = &job.parsed.prefixes;
+    if !job.api.generates() || p.is_empty() {
+        return;
+    }
+    w.learn_prefill(uncached_tokens(job, w), ttft);
+    if s.settings().strategy == Strategy::CacheAffinity && worth_caching(job.api, &job.parsed) {
+        s.affinity.record(p, &w.cfg_id);
+        let hit = job
+            .demand
+            .affinity
+            .as_ref()
+            .is_some_and(|h| *h.worker == *w.id());
+        let counter = if hit {
+            &s.metrics.affinity_hits
+        } else {
+            &s.metrics.affinity_misses
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
 }
 
 /// Return the connection to the pool and free the slot.

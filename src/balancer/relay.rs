@@ -1,11 +1,12 @@
-//! Relays a streamed (SSE) answer to the client event by event, unbuffered,
-//! holds the slot until the end, and makes sure every answer ends either
-//! complete or with an error event: never looking complete when it was cut.
+//! Relays a streamed answer (SSE, or Ollama's NDJSON) to the client event
+//! by event, unbuffered, holds the slot until the end, and makes sure every
+//! answer ends either complete or with an error event: never looking
+//! complete when it was cut.
 //!
-//! `[DONE]` is held back until the studio's body has ended cleanly and an
-//! event said the answer finished; otherwise the client gets an SSE error
-//! event *instead of* `[DONE]` (clients stop reading at `[DONE]`, so an
-//! error after it would never be seen).
+//! OpenAI's `[DONE]` is held back until the studio's body has ended cleanly
+//! and an event said the answer finished; otherwise the client gets an
+//! error event *instead of* `[DONE]` (clients stop reading at `[DONE]`, so
+//! an error after it would never be seen).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -15,7 +16,6 @@ use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use serde_json::json;
 
 use super::Shared;
 use super::answer::{self, Api};
@@ -32,6 +32,24 @@ const RATE_FIRST_AT: u64 = 8;
 
 const DONE: &[u8] = b"data: [DONE]\n\n";
 
+/// How a stream's events are delimited.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Framing {
+    /// Server-sent events, ending with a blank line.
+    Sse,
+    /// One JSON object per line (Ollama).
+    Ndjson,
+}
+
+impl Framing {
+    fn delimiter(self) -> &'static [u8] {
+        match self {
+            Framing::Sse => b"\n\n",
+            Framing::Ndjson => b"\n",
+        }
+    }
+}
+
 /// A streamed answer in flight.
 pub(crate) struct Relay {
     pub shared: Arc<Shared>,
@@ -39,6 +57,7 @@ pub(crate) struct Relay {
     pub conn: Option<Conn>,
     pub body: Incoming,
     pub api: Api,
+    pub framing: Framing,
     /// The first chunk, already read while choosing the worker.
     pub first: Option<Bytes>,
     /// When the request reached Baton.
@@ -74,6 +93,7 @@ impl Relay {
         conn: Conn,
         body: Incoming,
         api: Api,
+        framing: Framing,
         first: Option<Bytes>,
         started: Instant,
         idle: Duration,
@@ -85,6 +105,7 @@ impl Relay {
             conn: Some(conn),
             body,
             api,
+            framing,
             first,
             started,
             first_byte_at: Instant::now(),
@@ -177,18 +198,23 @@ impl Relay {
     /// event, never glued to half of a data line. (Studios send whole
     /// events per chunk, so this adds no delay in practice.)
     fn take_events(&mut self, b: Bytes) -> Option<Bytes> {
-        let whole = if self.pending.is_empty() && b.ends_with(b"\n\n") {
+        let delim = self.framing.delimiter();
+        let whole = if self.pending.is_empty() && b.ends_with(delim) {
             b
         } else {
             self.pending.extend_from_slice(&b);
-            let end = self.pending.windows(2).rposition(|w| w == b"\n\n")? + 2;
+            let end = self
+                .pending
+                .windows(delim.len())
+                .rposition(|w| w == delim)?
+                + delim.len();
             self.pending.split_to(end).freeze()
         };
         let mut out: Option<BytesMut> = None;
         let mut start = 0;
-        for end in event_ends(&whole) {
+        for end in event_ends(&whole, delim) {
             let event = &whole[start..end];
-            if answer::is_done(event) {
+            if self.framing == Framing::Sse && answer::is_done(event) {
                 self.saw_done = true;
                 // From here on, copy out everything but this event.
                 if out.is_none() {
@@ -200,7 +226,7 @@ impl Relay {
                 } else if self.api.event_finishes(event) {
                     self.saw_finish = true;
                 }
-                if event.windows(5).any(|w| w == b"data:") {
+                if self.framing == Framing::Ndjson || event.windows(5).any(|w| w == b"data:") {
                     self.events += 1;
                 }
                 if let Some(o) = out.as_mut() {
@@ -278,9 +304,7 @@ impl Relay {
                     return Bytes::new();
                 }
                 let message = format!("worker `{}` failed mid-response: {detail}", w.id());
-                let ev = json!({"error": {"message": message, "type": "server_error",
-                                          "param": null, "code": "upstream_failed"}});
-                Bytes::from(format!("data: {ev}\n\n"))
+                Bytes::from(self.api.family().stream_error(&message))
             }
         }
     }
@@ -302,13 +326,13 @@ impl Relay {
     }
 }
 
-/// Byte offsets just past each `\n\n` in a buffer of whole events.
-fn event_ends(b: &[u8]) -> impl Iterator<Item = usize> + '_ {
+/// Byte offsets just past each delimiter in a buffer of whole events.
+fn event_ends<'a>(b: &'a [u8], delim: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
     let mut i = 0;
     std::iter::from_fn(move || {
-        while i + 1 < b.len() {
-            if b[i] == b'\n' && b[i + 1] == b'\n' {
-                i += 2;
+        while i + delim.len() <= b.len() {
+            if &b[i..i + delim.len()] == delim {
+                i += delim.len();
                 return Some(i);
             }
             i += 1;

@@ -2,11 +2,12 @@
 //! its health, its live counters and what routing has learned of its speed.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
 
+use super::answer::Api;
 use super::health::{Failure, Health, State};
 use super::upstream::Upstream;
 use crate::config::Worker;
@@ -19,6 +20,9 @@ pub struct Learned {
     /// From sending the request to the studio to its first byte.
     pub ttft_ms: f64,
     pub tokens_per_second: f64,
+    /// Prompt tokens processed per second (from prompts the studio could
+    /// not have cached); 0 until seen.
+    pub prefill_per_second: f64,
 }
 
 impl Learned {
@@ -72,18 +76,40 @@ impl Counters {
 /// One worker: configuration plus live state.
 pub struct WorkerEntry {
     pub cfg: Worker,
+    /// The id, shared cheaply (cache affinity remembers studios by it).
+    pub(crate) cfg_id: std::sync::Arc<str>,
     /// `Bearer <key>` for the worker's own API key, from the keychain or
     /// environment; marked sensitive so it never shows in debug output.
     pub auth_header: Option<HeaderValue>,
     pub base_url: String,
     pub(crate) upstream: Upstream,
     pub(crate) health: Health,
+    /// How many it really runs at once, learned (under the declared ceiling).
+    pub(crate) limit: super::limit::Limit,
     /// Slots in use; only changed under the scheduler lock.
     pub(crate) in_flight: AtomicU64,
     pub counters: Counters,
     learned: Mutex<Learned>,
     /// Models the worker's last model-list probe gave, plus the configured one.
     models: Mutex<Vec<String>>,
+    /// APIs the studio answered as missing (bit per [`Api`]): learned, so
+    /// it is not asked again.
+    lacks: AtomicU32,
+    /// APIs the studio answered.
+    serves_api: AtomicU32,
+    /// When each claimed slot is expected to free (from what routing knew
+    /// of the studio's speed when it was claimed).
+    slot_ends: Mutex<Vec<Instant>>,
+}
+
+/// What a studio has shown about one API.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// It answered requests of this API.
+    Yes,
+    /// It answered that it has no such endpoint.
+    No,
 }
 
 impl WorkerEntry {
@@ -98,10 +124,15 @@ impl WorkerEntry {
             base_url: cfg.base_url(),
             upstream: Upstream::new(&cfg.host, cfg.port),
             health: Health::new(),
+            limit: super::limit::Limit::new(cfg.max_concurrent_requests.declared()),
             in_flight: AtomicU64::new(0),
             counters: Counters::default(),
             learned: Mutex::new(Learned::default()),
             models: Mutex::new(vec![cfg.model.clone()]),
+            lacks: AtomicU32::new(0),
+            serves_api: AtomicU32::new(0),
+            slot_ends: Mutex::new(Vec::new()),
+            cfg_id: std::sync::Arc::from(cfg.id.as_str()),
             cfg,
         }
     }
@@ -122,8 +153,43 @@ impl WorkerEntry {
         self.in_flight.load(Ordering::Relaxed)
     }
 
+    /// Requests it may have at once now: the learned limit.
     pub fn slots(&self) -> u64 {
-        u64::from(self.cfg.max_concurrent_requests)
+        u64::from(self.limit.current())
+    }
+
+    /// Take one slot for a request of about `tokens` output tokens; returns
+    /// when it is expected to free and how many requests the studio has
+    /// with this one. Only the scheduler calls this, under its lock.
+    pub(crate) fn claim(&self, tokens: f64) -> (Instant, u32) {
+        let expected = self.learned().expected_ms(tokens).unwrap_or(0.0);
+        let end = Instant::now() + Duration::from_secs_f64(expected.max(0.0) / 1000.0);
+        let level = self.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
+        self.slot_ends.lock().expect("ends lock").push(end);
+        (end, u32::try_from(level).unwrap_or(u32::MAX))
+    }
+
+    /// Give back a slot claimed with `end`; returns the slots still in use.
+    pub(crate) fn unclaim(&self, end: Instant) -> u64 {
+        {
+            let mut ends = self.slot_ends.lock().expect("ends lock");
+            if let Some(i) = ends.iter().position(|e| *e == end) {
+                ends.swap_remove(i);
+            }
+        }
+        self.in_flight.fetch_sub(1, Ordering::Relaxed) - 1
+    }
+
+    /// How long until its first slot is expected to free (zero when one is
+    /// free or overdue); `None` when nothing is in flight.
+    pub fn soonest_free(&self) -> Option<Duration> {
+        let now = Instant::now();
+        self.slot_ends
+            .lock()
+            .expect("ends lock")
+            .iter()
+            .map(|e| e.saturating_duration_since(now))
+            .min()
     }
 
     pub fn has_free_slot(&self) -> bool {
@@ -138,12 +204,63 @@ impl WorkerEntry {
         *self.learned.lock().expect("learned lock") = Learned::default();
     }
 
-    pub fn serves(&self, model: &str) -> bool {
-        self.models
-            .lock()
-            .expect("models lock")
+    /// The first of `names` this worker serves, preferring its configured
+    /// model (the name to send it).
+    pub fn serves_any<'a>(&self, names: &'a [String]) -> Option<&'a str> {
+        if let Some(n) = names.iter().find(|n| **n == self.cfg.model) {
+            return Some(n);
+        }
+        let models = self.models.lock().expect("models lock");
+        names
             .iter()
-            .any(|m| m == model)
+            .find(|n| models.iter().any(|m| m == *n))
+            .map(String::as_str)
+    }
+
+    /// Not known to lack this API (unknown counts as capable: try it).
+    pub fn capable(&self, api: Api) -> bool {
+        self.lacks.load(Ordering::Relaxed) & api.bit() == 0
+    }
+
+    pub(crate) fn learn_capability(&self, api: Api, has: bool) {
+        if has {
+            self.serves_api.fetch_or(api.bit(), Ordering::Relaxed);
+            self.lacks.fetch_and(!api.bit(), Ordering::Relaxed);
+        } else {
+            self.lacks.fetch_or(api.bit(), Ordering::Relaxed);
+        }
+    }
+
+    /// What it has shown, per endpoint path.
+    pub fn capabilities(&self) -> std::collections::BTreeMap<String, Capability> {
+        let (no, yes) = (
+            self.lacks.load(Ordering::Relaxed),
+            self.serves_api.load(Ordering::Relaxed),
+        );
+        Api::ALL
+            .iter()
+            .filter_map(|(api, path)| {
+                let c = if no & api.bit() != 0 {
+                    Capability::No
+                } else if yes & api.bit() != 0 {
+                    Capability::Yes
+                } else {
+                    return None;
+                };
+                Some((path.to_string(), c))
+            })
+            .collect()
+    }
+
+    /// Record a prompt's processing rate: `tokens` not cached there, done
+    /// in `ttft`.
+    pub fn learn_prefill(&self, tokens: u32, ttft: Duration) {
+        // Short prompts say more about latency than about prefill speed.
+        if tokens < 256 || ttft.is_zero() {
+            return;
+        }
+        let mut l = self.learned.lock().expect("learned lock");
+        l.prefill_per_second = ewma(l.prefill_per_second, f64::from(tokens) / ttft.as_secs_f64());
     }
 
     pub fn models(&self) -> Vec<String> {

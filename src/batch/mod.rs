@@ -230,7 +230,7 @@ pub async fn run(
                 }
                 let slots = cfg
                     .enabled_workers()
-                    .map(|w| w.max_concurrent_requests as usize)
+                    .map(|w| w.max_concurrent_requests.ceiling() as usize)
                     .sum();
                 (b.url(), None, Some(b), slots)
             }

@@ -153,6 +153,7 @@ pub async fn run(
             let kept = Config {
                 workers: workers.clone(),
                 balancer: cfg.balancer.clone(),
+                ..Default::default()
             };
             result.config = kept.to_json();
             workers
@@ -204,12 +205,13 @@ pub async fn run(
                 let subset: Vec<Worker> = workers[..n].to_vec();
                 let concurrency: usize = subset
                     .iter()
-                    .map(|w| w.max_concurrent_requests as usize)
+                    .map(|w| w.max_concurrent_requests.ceiling() as usize)
                     .sum();
                 let sub_plan = Plan {
                     target: Target::Balancer(Config {
                         workers: subset.clone(),
                         balancer: balancer_settings(plan),
+                        ..Default::default()
                     }),
                     ..plan.clone()
                 };
@@ -306,6 +308,7 @@ async fn gate(
         &Config {
             workers: workers.clone(),
             balancer: cfg.balancer.clone(),
+            ..Default::default()
         },
         &Thresholds::default(),
     )
@@ -402,6 +405,7 @@ impl Endpoint {
                 let config = Config {
                     workers: workers.to_vec(),
                     balancer: cfg.balancer.clone(),
+                    ..Default::default()
                 };
                 let b = Balancer::start(
                     &config,

@@ -177,7 +177,7 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
                 port: s.addr().port(),
                 kind: a.kind,
                 model: a.models[0].clone(),
-                max_concurrent_requests: a.slots as u32,
+                max_concurrent_requests: baton::config::Slots::Max(a.slots as u32),
                 enabled: true,
                 weight: 1.0,
                 api_key: None,
@@ -187,6 +187,7 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
         let file = Config {
             workers,
             balancer: BalancerSettings::default(),
+            ..Default::default()
         };
         let text = serde_json::to_string_pretty(&file.to_json())? + "\n";
         std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;

@@ -58,7 +58,7 @@ impl Guard {
         }
     }
 
-    fn check(&self, path: &str, h: &HeaderMap) -> Result<(), Response> {
+    fn check(&self, path: &str, h: &HeaderMap) -> Result<(), (StatusCode, String)> {
         let host = h
             .get(header::HOST)
             .and_then(|v| v.to_str().ok())
@@ -103,8 +103,8 @@ impl Guard {
     }
 }
 
-fn refuse(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({"error": {"message": message}}))).into_response()
+fn refuse(status: StatusCode, message: &str) -> (StatusCode, String) {
+    (status, message.to_string())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -113,8 +113,8 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Middleware applying the guard to every request.
 pub(super) async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
-    if let Err(r) = g.check(req.uri().path(), req.headers()) {
-        return r;
+    if let Err((status, message)) = g.check(req.uri().path(), req.headers()) {
+        return (status, axum::Json(json!({"error": {"message": message}}))).into_response();
     }
     next.run(req).await
 }
@@ -150,14 +150,14 @@ mod tests {
         assert!(g.check("/api/state", &ok).is_ok());
         let no_token = headers(&[(header::HOST, "localhost:8422")]);
         assert_eq!(
-            g.check("/api/state", &no_token).unwrap_err().status(),
+            g.check("/api/state", &no_token).unwrap_err().0,
             StatusCode::UNAUTHORIZED
         );
         // The UI's files need no token, but the right host.
         assert!(g.check("/", &no_token).is_ok());
         let evil = headers(&[(header::HOST, "evil.example:8422")]);
         assert_eq!(
-            g.check("/", &evil).unwrap_err().status(),
+            g.check("/", &evil).unwrap_err().0,
             StatusCode::FORBIDDEN
         );
         let mut cross = ok.clone();
@@ -166,7 +166,7 @@ mod tests {
             HeaderValue::from_static("https://evil.example"),
         );
         assert_eq!(
-            g.check("/api/state", &cross).unwrap_err().status(),
+            g.check("/api/state", &cross).unwrap_err().0,
             StatusCode::FORBIDDEN
         );
     }

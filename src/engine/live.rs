@@ -32,7 +32,10 @@ pub struct PoolNow {
 pub struct WorkerNow {
     pub id: String,
     pub state: State,
+    /// Requests it is given at once now (learned).
     pub slots: u64,
+    /// The declared `max_concurrent_requests` (`None`: "auto").
+    pub slots_declared: Option<u32>,
     pub in_flight: u64,
     pub tokens_per_second: f64,
     pub ttft_ms: f64,
@@ -120,6 +123,7 @@ impl Live {
                     id: w.id.clone(),
                     state: w.state,
                     slots: w.slots,
+                    slots_declared: w.slots_declared,
                     in_flight: w.in_flight,
                     tokens_per_second: tps,
                     ttft_ms: round1(w.ewma_ttft_ms),

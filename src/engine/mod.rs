@@ -196,7 +196,7 @@ pub struct WorkerView {
     #[serde(rename = "type")]
     pub kind: StudioKind,
     pub model: String,
-    pub max_concurrent_requests: u32,
+    pub max_concurrent_requests: crate::config::Slots,
     pub enabled: bool,
     pub weight: f64,
     pub members: Vec<String>,
@@ -687,6 +687,7 @@ fn empty_pool(path: PathBuf) -> Pool {
         config: Config {
             workers: Vec::new(),
             balancer: Default::default(),
+            ..Default::default()
         },
         source: Source::FirstRun(path),
         sims: Vec::new(),

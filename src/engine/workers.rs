@@ -126,6 +126,7 @@ impl Engine {
                 Source::Simulated { .. } => Config {
                     workers: Vec::new(),
                     balancer: Default::default(),
+                    ..Default::default()
                 },
                 _ => p.config.clone(),
             };

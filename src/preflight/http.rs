@@ -240,3 +240,56 @@ fn short(e: &reqwest::Error) -> String {
     }
     s
 }
+
+/// Does the studio offer another API the pool is asked to serve? An empty
+/// request to an endpoint it has gets an error about the request; one it
+/// lacks gets "not found" (LM Studio: a 200 saying "Unexpected endpoint").
+pub async fn api(
+    client: &reqwest::Client,
+    w: &Worker,
+    auth: Option<&str>,
+    api: crate::config::ClientApi,
+    timeout: Duration,
+) -> Check {
+    use crate::config::ClientApi;
+    let (name, path, what) = match api {
+        ClientApi::Anthropic => ("api_anthropic", "/v1/messages", "Anthropic's Messages API"),
+        ClientApi::Ollama => ("api_ollama", "/api/chat", "Ollama's API"),
+        ClientApi::Openai => ("api_openai", "/v1/chat/completions", "OpenAI's API"),
+    };
+    let mut rb = client
+        .post(format!("{}{path}", w.base_url()))
+        .header("content-type", "application/json")
+        .body("{}")
+        .timeout(timeout);
+    if let Some(k) = auth {
+        rb = rb.bearer_auth(k).header("x-api-key", k);
+    }
+    let (status, body) = match rb.send().await {
+        Ok(r) => {
+            let status = axum::http::StatusCode::from_u16(r.status().as_u16())
+                .unwrap_or(axum::http::StatusCode::BAD_GATEWAY);
+            (status, r.bytes().await.unwrap_or_default())
+        }
+        Err(e) => {
+            return Check::new(name, Status::Warn, format!("{path}: {}", short(&e))).remedy(
+                format!("the studio did not answer {path}; check it serves {what}"),
+            );
+        }
+    };
+    if crate::balancer::lacks_api(status, &body) {
+        Check::new(name, Status::Warn, format!("no {path}: {what} is not served here"))
+            .remedy(format!(
+                "Baton sends {what} requests to the studios that have it; to serve it here, update the server ({})",
+                match (api, w.kind) {
+                    (ClientApi::Anthropic, StudioKind::LmStudio) => "LM Studio 0.3.30 or later",
+                    (ClientApi::Anthropic, StudioKind::Ollama) => "Ollama 0.14 or later",
+                    (ClientApi::Anthropic, StudioKind::LlamaCpp) => "a recent llama-server",
+                    (ClientApi::Ollama, _) => "only Ollama itself serves Ollama's API",
+                    _ => "a version that serves it",
+                }
+            ))
+    } else {
+        Check::new(name, Status::Pass, format!("{path} answers ({status})"))
+    }
+}

@@ -180,10 +180,11 @@ pub async fn run_observed(
         .build()
         .expect("HTTP client");
     let mut jobs = Vec::new();
+    let apis = &config.balancer.apis[..];
     let observed = |member| {
         let (pinger, client, locals) = (&pinger, &client, &locals);
         move |w| async move {
-            let h = check_host(w, member, t, pinger, client, locals).await;
+            let h = check_host(w, member, t, apis, pinger, client, locals).await;
             on_host(&h);
             h
         }
@@ -212,6 +213,7 @@ async fn check_host(
     w: &Worker,
     member: Option<&String>,
     t: &Thresholds,
+    apis: &[crate::config::ClientApi],
     pinger: &icmp::Pinger,
     client: &reqwest::Client,
     locals: &[LocalNet],
@@ -326,6 +328,13 @@ async fn check_host(
                     "skipped: no model list",
                 ));
             }
+        }
+        // One check per other API the pool is asked to serve.
+        for api in apis
+            .iter()
+            .filter(|a| **a != crate::config::ClientApi::Openai)
+        {
+            out.push(http::api(client, w, auth.as_deref(), *api, http_timeout).await);
         }
         (out, connected)
     };

@@ -93,7 +93,7 @@ pub(super) async fn messages(
     let ask = match parse(&s, &body) {
         Ok(a) => a,
         Err((status, msg)) => {
-            tracker.finish();
+            tracker.refused();
             return error(status, &msg);
         }
     };

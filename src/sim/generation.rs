@@ -46,6 +46,14 @@ impl Tracker {
         self.done = true;
     }
 
+    /// The body was not a request the server would run (malformed, or an
+    /// empty one asking whether the endpoint exists): answered, and not
+    /// counted among the requests.
+    pub(super) fn refused(self) {
+        self.state.counters.requests.fetch_sub(1, Ordering::Relaxed);
+        self.finish();
+    }
+
     /// The request was answered in full.
     pub(super) fn complete(self) {
         self.state

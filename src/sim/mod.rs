@@ -461,7 +461,7 @@ pub fn worker_for(id: &str, sim: &SimHandle) -> crate::config::Worker {
         port: sim.addr().port(),
         kind: sim.config().kind,
         model: sim.config().models[0].clone(),
-        max_concurrent_requests: sim.config().slots as u32,
+        max_concurrent_requests: crate::config::Slots::Max(sim.config().slots as u32),
         enabled: true,
         weight: 1.0,
         api_key: None,
@@ -488,6 +488,7 @@ pub async fn start_pool(
         crate::config::Config {
             workers,
             balancer: crate::config::BalancerSettings::default(),
+            ..Default::default()
         },
         sims,
     ))

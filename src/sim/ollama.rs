@@ -129,7 +129,7 @@ async fn generate(state: Arc<SimState>, ctx: ReqCtx, body: Bytes, api: Api) -> R
     let (model, v) = match parse(&state, &body) {
         Ok(p) => p,
         Err(r) => {
-            tracker.finish();
+            tracker.refused();
             return r.into_response();
         }
     };
@@ -291,7 +291,7 @@ pub(super) async fn embed(State(s): St, body: Bytes) -> Response {
     let (model, v) = match parse(&s, &body) {
         Ok(p) => p,
         Err(r) => {
-            tracker.finish();
+            tracker.refused();
             return r.into_response();
         }
     };
@@ -317,7 +317,7 @@ pub(super) async fn embeddings(State(s): St, body: Bytes) -> Response {
     let v = match parse(&s, &body) {
         Ok((_, v)) => v,
         Err(r) => {
-            tracker.finish();
+            tracker.refused();
             return r.into_response();
         }
     };

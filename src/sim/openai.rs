@@ -191,7 +191,7 @@ async fn generate(
     let (ask, include_usage) = match parse(&state, &body, flavor) {
         Ok(a) => a,
         Err((status, msg)) => {
-            tracker.finish();
+            tracker.refused();
             return error(status, &msg, "invalid_request_error");
         }
     };

@@ -144,6 +144,16 @@ impl Lab {
         settings: baton::config::BalancerSettings,
         key: Option<String>,
     ) -> Lab {
+        Self::start_full(sims, settings, key, Default::default()).await
+    }
+
+    /// The general form: studios, settings, the balancer's key, aliases.
+    pub async fn start_full(
+        sims: Vec<baton::sim::SimConfig>,
+        settings: baton::config::BalancerSettings,
+        key: Option<String>,
+        aliases: baton::config::Aliases,
+    ) -> Lab {
         let mut handles = Vec::new();
         for c in sims {
             handles.push(
@@ -160,6 +170,7 @@ impl Lab {
         let config = baton::config::Config {
             workers,
             balancer: settings,
+            aliases,
         };
         let balancer = baton::balancer::Balancer::start(&config, None, key)
             .await
@@ -180,6 +191,12 @@ impl Lab {
 
     pub fn url(&self) -> String {
         self.balancer.url()
+    }
+
+    /// `http://addr` without `/v1` (Anthropic and Ollama clients add their
+    /// own paths).
+    pub fn root(&self) -> String {
+        format!("http://{}", self.balancer.addr())
     }
 
     pub fn worker(&self, id: &str) -> baton::balancer::WorkerStats {

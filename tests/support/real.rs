@@ -169,7 +169,7 @@ impl LlamaServer {
             port: self.addr.port(),
             kind: baton::studio::StudioKind::LlamaCpp,
             model: MODEL.to_string(),
-            max_concurrent_requests: 2,
+            max_concurrent_requests: baton::config::Slots::Max(2),
             enabled: true,
             weight: 1.0,
             api_key: None,
@@ -303,6 +303,7 @@ pub async fn balancer_over(servers: &[LlamaServer]) -> baton::balancer::Balancer
             .map(|(i, s)| s.worker(&format!("llama{i}")))
             .collect(),
         balancer: production_settings(),
+        ..Default::default()
     };
     let b = baton::balancer::Balancer::start(&config, None, None)
         .await

@@ -48,6 +48,7 @@ pub async fn start(sims: &[(&str, &SimHandle)]) -> Balancer {
     let cfg = Config {
         workers: sims.iter().map(|(id, s)| sim::worker_for(id, s)).collect(),
         balancer: BalancerSettings::default(),
+        ..Default::default()
     };
     let b = Balancer::start(&cfg, Some("127.0.0.1:0".parse().unwrap()), None)
         .await

@@ -1,0 +1,111 @@
+// Building DOM without a framework: every string goes in as text, never as
+// HTML, so names and messages from studios cannot inject markup.
+
+export function h(tag, props, ...children) {
+  const el = document.createElement(tag);
+  for (const [k, v] of Object.entries(props || {})) {
+    if (v == null || v === false) continue;
+    if (k === 'class') el.className = v;
+    else if (k === 'text') el.textContent = v;
+    else if (k.startsWith('on')) el.addEventListener(k.slice(2), v);
+    else if (k in el && !k.includes('-')) el[k] = v;
+    else el.setAttribute(k, v === true ? '' : v);
+  }
+  add(el, children);
+  return el;
+}
+
+function add(el, children) {
+  for (const c of children.flat(Infinity)) {
+    if (c == null || c === false) continue;
+    el.append(c instanceof Node ? c : String(c));
+  }
+}
+
+// Replace an element's content.
+export function fill(el, ...children) {
+  el.replaceChildren();
+  add(el, children);
+  return el;
+}
+
+export const dot = (tone, label) => h('span', { class: `dot ${tone}`, role: 'img', 'aria-label': label, title: label });
+export const badge = (tone, word) => h('span', { class: `badge ${tone}`, text: word });
+
+// A labelled field: the label element wraps its text and control so every
+// control has an accessible name without id bookkeeping.
+export function field(label, control, hint) {
+  return h('label', { class: 'field' }, h('span', { class: 'label', text: label }), control,
+    hint && h('span', { class: 'hint', text: hint }));
+}
+
+const LOCAL_NETWORK = 'x-apple.systempreferences:com.apple.preference.security?Privacy_LocalNetwork';
+
+// Where macOS denies Local Network access, say so and link to the setting.
+export function localNetworkNote() {
+  return h('p', { class: 'lan-denied' },
+    'macOS is blocking Baton from reaching your local network. Allow it in System Settings > Privacy & Security > Local Network. ',
+    h('a', { href: LOCAL_NETWORK, text: 'Open Local Network settings' }));
+}
+
+// The engine's own error, shown where it happened: message, then the fix.
+export function errorBox(err) {
+  if (!err) return null;
+  return h('div', { class: 'error', role: 'alert' },
+    h('p', { class: 'msg', text: err.message || String(err) }),
+    err.fix && h('p', { class: 'fix' }, h('b', { text: 'Fix: ' }), err.fix),
+    err.code === 'local_network_denied' && localNetworkNote());
+}
+
+// Show (or clear, with null) an error in a slot element.
+export const showError = (slot, err) => fill(slot, errorBox(err));
+
+// Run an action from a button: disabled while it runs (no double submits),
+// its error shown in `slot`.
+export async function act(button, slot, fn) {
+  button.disabled = true;
+  if (slot) fill(slot);
+  try {
+    return await fn();
+  } catch (err) {
+    if (slot) showError(slot, err);
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// A modal dialog: <dialog> gives focus trapping and Escape for free.
+export function modal(title, body, actions) {
+  const d = h('dialog', { class: 'modal', 'aria-label': title },
+    h('h2', { text: title }), body, h('div', { class: 'actions' }, actions));
+  d.addEventListener('close', () => d.remove());
+  document.body.append(d);
+  d.showModal();
+  return d;
+}
+
+// A confirmation in our own dialog (window.confirm is unreliable in webviews).
+export function confirmDialog(title, message, actionLabel) {
+  return new Promise((resolve) => {
+    let ok = false;
+    const d = modal(title, h('p', { text: message }), [
+      h('button', { type: 'button', text: 'Cancel', onclick: () => d.close() }),
+      h('button', { type: 'button', class: 'danger', text: actionLabel, onclick: () => { ok = true; d.close(); } }),
+    ]);
+    d.addEventListener('close', () => resolve(ok));
+  });
+}
+
+// Copy text; the clipboard API needs a secure context (127.0.0.1 is one), the
+// fallback covers webviews that refuse it.
+export async function copyText(text) {
+  try {
+    await navigator.clipboard.writeText(text);
+  } catch {
+    const t = h('textarea', { value: text, 'aria-hidden': 'true', class: 'offscreen' });
+    document.body.append(t);
+    t.select();
+    document.execCommand('copy');
+    t.remove();
+  }
+}

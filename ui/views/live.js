@@ -1,0 +1,104 @@
+// Live figures: the pool's rates and one row per studio (status dot, slots,
+// in flight, tokens/s, TTFT, share, a one-minute sparkline, why it is out).
+// Rows are built when the studio list changes and only their text is updated
+// on each stats event.
+
+import { sparkBox, sparkline } from '../charts.js';
+import { dot, fill, h } from '../dom.js';
+import { failureWord, int, ms, num, pct, studioStatus } from '../format.js';
+import { liveOf, on, state } from '../state.js';
+
+export function poolFigures(life) {
+  const cell = (label) => {
+    const v = h('span', { class: 'v', text: '–' });
+    return [h('div', { class: 'figure' }, v, h('span', { class: 'k', text: label })), v];
+  };
+  const [tokEl, tok] = cell('tokens/s');
+  const [reqEl, req] = cell('requests/s');
+  const [flightEl, flight] = cell('in flight');
+  const [readyEl, ready] = cell('studios ready');
+  const el = h('section', { class: 'figures', 'aria-label': 'Pool now' }, tokEl, reqEl, flightEl, readyEl);
+  const render = () => {
+    const p = state.balancer?.running ? state.stats?.pool : null;
+    if (!p) {
+      for (const v of [tok, req, flight, ready]) v.textContent = '–';
+      return;
+    }
+    tok.textContent = num(p.tokens_per_second);
+    req.textContent = num(p.requests_per_second);
+    flight.textContent = p.queue_depth ? `${int(p.in_flight)} + ${int(p.queue_depth)} queued` : int(p.in_flight);
+    ready.textContent = `${int(p.ready)} of ${int(p.total)}`;
+  };
+  life.push(on('stats', render), on('state', render), on('balancer', render));
+  render();
+  return el;
+}
+
+// `compact`: the popover's two-line rows, without sparklines.
+export function studioRows(life, { compact = false } = {}) {
+  const list = h('ul', { class: `studios ${compact ? 'compact' : ''}`, 'aria-label': 'Studios' });
+  const head = compact ? null : h('div', { class: 'studios-head', 'aria-hidden': 'true' },
+    ['Studio', 'Slots', 'In flight', 'Tokens/s', 'TTFT', 'Share', 'Last minute'].map((t) => h('span', { text: t })));
+  let rows = new Map();
+
+  function build() {
+    rows = new Map();
+    fill(list, state.workers.length ? null : h('li', { class: 'empty', text: 'No studios yet.' }));
+    for (const w of state.workers) {
+      const c = {};
+      const fig = (key, label) => h('span', { class: `c ${key}` }, h('span', { class: 'k', text: label }), c[key] = h('span', { class: 'v' }));
+      c.dot = h('span', { class: 'dotslot' });
+      c.word = h('span', { class: 'word' });
+      c.note = h('p', { class: 'note' });
+      const spark = compact ? null : sparkBox(`${w.id} tokens per second, last minute`);
+      c.line = spark?.line;
+      const li = h('li', { class: 'studio' },
+        h('span', { class: 'c name' }, c.dot, h('span', { class: 'id', text: w.id, title: w.id }), c.word),
+        fig('slots', 'Slots'), fig('flight', 'In flight'), fig('tps', 'Tokens/s'),
+        !compact && fig('ttft', 'TTFT'), !compact && fig('share', 'Share'),
+        spark && h('span', { class: 'c spark-cell' }, spark.box),
+        c.note);
+      rows.set(w.id, c);
+      list.append(li);
+    }
+    update();
+  }
+
+  function update() {
+    const hist = state.history;
+    const end = hist.length ? hist[hist.length - 1].at_ms : 0;
+    // One scale for every sparkline, so studios compare at a glance.
+    let max = 0;
+    for (const s of hist) for (const w of s.workers) max = Math.max(max, w.tokens_per_second);
+    for (const w of state.workers) {
+      const c = rows.get(w.id);
+      if (!c) continue;
+      const l = liveOf(w.id) || {};
+      const st = studioStatus(w.status === 'disabled' ? 'disabled' : l.state || w.status, l.in_flight);
+      fill(c.dot, dot(st.tone, st.word));
+      c.word.textContent = st.word;
+      c.word.className = `word ${st.tone}`;
+      const slots = l.slots ?? w.max_concurrent_requests;
+      c.slots.textContent = `${int(Math.min(l.in_flight || 0, slots))}/${int(slots)}`;
+      // What the user declared, and what Baton learned the studio runs.
+      c.slots.title = l.slots == null ? '' : l.slots_declared
+        ? `declared ${l.slots_declared}, runs ${l.slots} in parallel`
+        : `auto: runs ${l.slots} in parallel`;
+      c.flight.textContent = int(l.in_flight || 0);
+      c.tps.textContent = num(l.tokens_per_second);
+      if (c.ttft) c.ttft.textContent = ms(l.ttft_ms ?? l.ewma_ttft_ms);
+      if (c.share) c.share.textContent = pct(l.share);
+      const why = l.ejected_for ? `Ejected: ${failureWord(l.ejected_for)}` : '';
+      c.note.textContent = [why, l.last_error && st.key === 'ejected' ? l.last_error : ''].filter(Boolean).join(' — ');
+      c.note.hidden = !c.note.textContent;
+      if (c.line) {
+        const pts = hist.map((s) => s.workers.find((x) => x.id === w.id)).map((x) => x?.tokens_per_second ?? 0);
+        sparkline(c.line, pts, hist.map((s) => s.at_ms), end, max);
+      }
+    }
+  }
+
+  life.push(on('workers', build), on('state', build), on('stats', update), on('balancer', update));
+  build();
+  return compact ? list : h('div', { class: 'studios-wrap' }, head, list);
+}
