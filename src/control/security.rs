@@ -156,10 +156,7 @@ mod tests {
         // The UI's files need no token, but the right host.
         assert!(g.check("/", &no_token).is_ok());
         let evil = headers(&[(header::HOST, "evil.example:8422")]);
-        assert_eq!(
-            g.check("/", &evil).unwrap_err().0,
-            StatusCode::FORBIDDEN
-        );
+        assert_eq!(g.check("/", &evil).unwrap_err().0, StatusCode::FORBIDDEN);
         let mut cross = ok.clone();
         cross.insert(
             header::ORIGIN,
