@@ -8,7 +8,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde_json::{Value, json};
+use serde_json::json;
 
 /// Which API family a request speaks: it decides the error shape, how a
 /// stream is framed and how a studio says it lacks the API.
@@ -181,73 +181,79 @@ impl Api {
     }
 
     /// Judge a whole (non-streamed) answer that came with a 2xx status.
+    ///
+    /// By scanning its bytes, not parsing it: building a JSON tree of every
+    /// answer cost more than the rest of the proxy path together. The body
+    /// is known to be whole at the HTTP level (hyper checks its length or
+    /// chunking); what is checked here is that the studio said it finished.
     pub fn judge_whole(self, body: &[u8]) -> Whole {
-        let v: Value = match serde_json::from_slice(body) {
-            Ok(v) => v,
-            Err(e) => return Whole::Cut(format!("the answer is not complete JSON ({e})")),
-        };
+        let b = body.trim_ascii();
+        if !(b.starts_with(b"{") && b.ends_with(b"}")) {
+            return Whole::Cut("the answer is not a complete JSON object".into());
+        }
         // LM Studio answers unknown paths, and some failures, with a 200
         // and an error object: a complete answer that is an error.
-        if v.get("error").is_some_and(|e| !e.is_null()) || v["type"] == "error" {
+        if is_error_object(b) {
             return Whole::Error;
         }
-        match self.check_fields(&v) {
-            Ok(()) => Whole::Complete {
-                tokens: output_tokens(&v),
-            },
-            Err(why) => Whole::Cut(why),
-        }
-    }
-
-    fn check_fields(self, v: &Value) -> Result<(), String> {
-        let field = |name: &str| -> Result<(), String> {
-            if v.get(name).is_some_and(|f| !f.is_null()) {
-                Ok(())
+        let need = |key: &'static [u8], why: &str| {
+            if has_non_null(b, key) {
+                Whole::Complete {
+                    tokens: output_tokens(b),
+                }
             } else {
-                Err(format!("the answer has no `{name}`"))
+                Whole::Cut(why.to_string())
             }
         };
         match self {
-            Api::ChatCompletions | Api::Completions => {
-                let choices = v
-                    .get("choices")
-                    .and_then(Value::as_array)
-                    .filter(|c| !c.is_empty())
-                    .ok_or("the answer has no choices")?;
-                if choices
-                    .iter()
-                    .all(|c| c.get("finish_reason").is_some_and(|f| !f.is_null()))
-                {
-                    Ok(())
-                } else {
-                    Err("the answer has no finish_reason (it was cut short)".into())
-                }
-            }
-            Api::Embeddings => field("data"),
-            Api::Responses => field("status"),
-            Api::Messages => field("stop_reason")
-                .map_err(|_| "the answer has no stop_reason (it was cut short)".into()),
-            Api::CountTokens => field("input_tokens"),
+            Api::ChatCompletions | Api::Completions => need(
+                b"\"finish_reason\"",
+                "the answer has no finish_reason (it was cut short)",
+            ),
+            Api::Embeddings => need(b"\"data\"", "the answer has no `data`"),
+            Api::Responses => need(b"\"status\"", "the answer has no `status`"),
+            Api::Messages => need(
+                b"\"stop_reason\"",
+                "the answer has no stop_reason (it was cut short)",
+            ),
+            Api::CountTokens => need(b"\"input_tokens\"", "the answer has no `input_tokens`"),
             Api::OllamaChat | Api::OllamaGenerate => {
-                if v["done"] == true {
-                    Ok(())
+                if has_key_value(b, b"\"done\"", b"true") {
+                    Whole::Complete {
+                        tokens: output_tokens(b),
+                    }
                 } else {
-                    Err("the answer is not `done` (it was cut short)".into())
+                    Whole::Cut("the answer is not `done` (it was cut short)".into())
                 }
             }
-            Api::OllamaEmbed => field("embeddings"),
-            Api::OllamaEmbeddings => field("embedding"),
-            Api::OllamaShow => Ok(()),
+            Api::OllamaEmbed => need(b"\"embeddings\"", "the answer has no `embeddings`"),
+            Api::OllamaEmbeddings => need(b"\"embedding\"", "the answer has no `embedding`"),
+            Api::OllamaShow => Whole::Complete { tokens: None },
         }
     }
+}
+
+/// An error object: its first key is `error`, or its type says so
+/// (`{"type":"error"}` from Anthropic servers, `{"object":"error"}` from
+/// older vLLM).
+fn is_error_object(b: &[u8]) -> bool {
+    let inner = b[1..].trim_ascii_start();
+    inner.starts_with(b"\"error\"")
+        || has_key_value(&b[..b.len().min(64)], b"\"type\"", b"\"error\"")
+        || has_key_value(&b[..b.len().min(64)], b"\"object\"", b"\"error\"")
 }
 
 /// Does this answer say the studio lacks the API (not that it failed)?
 /// A 404 from any server, or LM Studio's 200 "Unexpected endpoint".
 pub(crate) fn lacks_api(status: StatusCode, body: &[u8]) -> bool {
-    let unexpected = contains(body, b"Unexpected endpoint");
-    (status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED || unexpected)
-        && !mentions_model(body)
+    let missing = status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED;
+    // Only an error object can be LM Studio's "Unexpected endpoint".
+    let error_object = body.trim_ascii_start().starts_with(b"{")
+        && body.trim_ascii_start()[1..]
+            .trim_ascii_start()
+            .starts_with(b"\"error\"");
+    let unexpected = error_object && contains(body, b"Unexpected endpoint");
+    (missing || unexpected) && !mentions_model(body)
 }
 
 /// A 404 about a model (Ollama's `model 'x' not found`) is about the
@@ -259,11 +265,42 @@ fn mentions_model(body: &[u8]) -> bool {
 
 /// Output tokens a whole answer reports: OpenAI's `usage.completion_tokens`,
 /// Anthropic's `usage.output_tokens`, Ollama's `eval_count`.
-fn output_tokens(v: &Value) -> Option<u64> {
-    v.pointer("/usage/completion_tokens")
-        .or_else(|| v.pointer("/usage/output_tokens"))
-        .or_else(|| v.get("eval_count"))
-        .and_then(Value::as_u64)
+fn output_tokens(b: &[u8]) -> Option<u64> {
+    [
+        &b"\"completion_tokens\""[..],
+        b"\"output_tokens\"",
+        b"\"eval_count\"",
+    ]
+    .iter()
+    .find_map(|k| number_after(b, k))
+}
+
+/// The whole number after `"key":`.
+fn number_after(b: &[u8], key: &'static [u8]) -> Option<u64> {
+    let i = find(b, key)?;
+    let rest = b[i + key.len()..].trim_ascii_start().strip_prefix(b":")?;
+    let digits: Vec<u8> = rest
+        .trim_ascii_start()
+        .iter()
+        .take_while(|c| c.is_ascii_digit())
+        .copied()
+        .collect();
+    std::str::from_utf8(&digits).ok()?.parse().ok()
+}
+
+/// `"key":` followed by something other than `null`.
+fn has_non_null(b: &[u8], key: &'static [u8]) -> bool {
+    let mut rest = b;
+    while let Some(i) = find(rest, key) {
+        rest = &rest[i + key.len()..];
+        if let Some(v) = rest.trim_ascii_start().strip_prefix(b":") {
+            let v = v.trim_ascii_start();
+            if !v.is_empty() && !v.starts_with(b"null") {
+                return true;
+            }
+        }
+    }
+    false
 }
 
 /// What a whole answer turned out to be.
@@ -318,7 +355,7 @@ fn has_finish_reason(event: &[u8]) -> bool {
 }
 
 /// `"key": value` somewhere in the event.
-fn has_key_value(event: &[u8], key: &[u8], value: &[u8]) -> bool {
+fn has_key_value(event: &[u8], key: &'static [u8], value: &[u8]) -> bool {
     let mut rest = event;
     while let Some(i) = find(rest, key) {
         rest = &rest[i + key.len()..];
@@ -331,11 +368,28 @@ fn has_key_value(event: &[u8], key: &[u8], value: &[u8]) -> bool {
     false
 }
 
-fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
-    hay.windows(needle.len()).position(|w| w == needle)
+/// Where `needle` (always a literal) first occurs. Each thread keeps the
+/// searchers it built: building one costs more than a short search.
+fn find(hay: &[u8], needle: &'static [u8]) -> Option<usize> {
+    use std::cell::RefCell;
+    thread_local! {
+        static FINDERS: RefCell<Vec<(usize, memchr::memmem::Finder<'static>)>> =
+            const { RefCell::new(Vec::new()) };
+    }
+    let key = needle.as_ptr() as usize;
+    FINDERS.with(|f| {
+        let mut f = f.borrow_mut();
+        if let Some((_, finder)) = f.iter().find(|(k, _)| *k == key) {
+            return finder.find(hay);
+        }
+        let finder = memchr::memmem::Finder::new(needle);
+        let at = finder.find(hay);
+        f.push((key, finder));
+        at
+    })
 }
 
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
+fn contains(hay: &[u8], needle: &'static [u8]) -> bool {
     find(hay, needle).is_some()
 }
 
@@ -438,7 +492,7 @@ mod tests {
                 .block_on(http_body_util::BodyExt::collect(r.into_body()))
                 .unwrap()
                 .to_bytes();
-            serde_json::from_slice::<Value>(&b).unwrap()
+            serde_json::from_slice::<serde_json::Value>(&b).unwrap()
         };
         assert_eq!(body(Family::Openai)["error"]["code"], "model_not_found");
         let a = body(Family::Anthropic);

@@ -82,7 +82,8 @@ pub enum Error {
 /// State shared by the server, the probers and every request.
 pub(crate) struct Shared {
     pool: Arc<Pool>,
-    settings: RwLock<BalancerSettings>,
+    /// Replaced whole on reload; each request takes one snapshot.
+    settings: RwLock<Arc<BalancerSettings>>,
     aliases: RwLock<Arc<crate::config::Aliases>>,
     affinity: affinity::Affinity,
     metrics: metrics::Metrics,
@@ -95,7 +96,7 @@ pub(crate) struct Shared {
 }
 
 impl Shared {
-    fn settings(&self) -> BalancerSettings {
+    fn settings(&self) -> Arc<BalancerSettings> {
         self.settings.read().expect("settings lock").clone()
     }
 
@@ -243,7 +244,7 @@ impl Balancer {
             .map_err(|source| Error::Bind { addr, source })?;
         let shared = Arc::new(Shared {
             pool: Pool::new(queue_settings(&settings)),
-            settings: RwLock::new(settings),
+            settings: RwLock::new(Arc::new(settings)),
             aliases: RwLock::new(Arc::new(config.aliases.clone())),
             affinity: affinity::Affinity::new(),
             metrics: metrics::Metrics::default(),
@@ -332,7 +333,7 @@ impl Balancer {
         let s = &self.shared;
         let settings = config.balancer.clone();
         s.pool.set_settings(queue_settings(&settings));
-        *s.settings.write().expect("settings lock") = settings;
+        *s.settings.write().expect("settings lock") = Arc::new(settings);
         *s.aliases.write().expect("aliases lock") = Arc::new(config.aliases.clone());
 
         let current: Vec<Arc<WorkerEntry>> = s

@@ -193,6 +193,16 @@ impl Pool {
         self.sched.lock().expect("sched lock").workers.clone()
     }
 
+    /// Does any worker satisfy `f`? (Looks without copying the list.)
+    pub fn any_worker(&self, f: impl Fn(&WorkerEntry) -> bool) -> bool {
+        self.sched
+            .lock()
+            .expect("sched lock")
+            .workers
+            .iter()
+            .any(|w| f(w))
+    }
+
     pub fn queue_depth(&self) -> usize {
         self.sched.lock().expect("sched lock").queue.len()
     }

@@ -213,9 +213,7 @@ async fn forward(State(s): St, req: Request) -> Response {
             let names = s.aliases().names_for(m);
             if !s
                 .pool
-                .workers()
-                .iter()
-                .any(|w| w.state().is_live() && w.serves_any(&names).is_some())
+                .any_worker(|w| w.state().is_live() && w.serves_any(&names).is_some())
             {
                 return unknown_model(&s, family, Some(m));
             }
@@ -685,7 +683,13 @@ async fn read_whole(
         buf.extend_from_slice(&f);
     }
     loop {
-        match tokio::time::timeout(idle, body.frame()).await {
+        // Most of a whole answer is already here: look before arming a
+        // timer (timers cost more than the rest of a small answer).
+        let next = match futures_util::FutureExt::now_or_never(body.frame()) {
+            Some(n) => Ok(n),
+            None => tokio::time::timeout(idle, body.frame()).await,
+        };
+        match next {
             Ok(Some(Ok(f))) => {
                 w.health.progress();
                 if let Ok(d) = f.into_data() {

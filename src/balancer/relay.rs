@@ -203,11 +203,7 @@ impl Relay {
             b
         } else {
             self.pending.extend_from_slice(&b);
-            let end = self
-                .pending
-                .windows(delim.len())
-                .rposition(|w| w == delim)?
-                + delim.len();
+            let end = memchr::memmem::rfind(&self.pending, delim)? + delim.len();
             self.pending.split_to(end).freeze()
         };
         let mut out: Option<BytesMut> = None;
@@ -226,7 +222,9 @@ impl Relay {
                 } else if self.api.event_finishes(event) {
                     self.saw_finish = true;
                 }
-                if self.framing == Framing::Ndjson || event.windows(5).any(|w| w == b"data:") {
+                if self.framing == Framing::Ndjson
+                    || memchr::memmem::find(event, b"data:").is_some()
+                {
                     self.events += 1;
                 }
                 if let Some(o) = out.as_mut() {
@@ -328,17 +326,7 @@ impl Relay {
 
 /// Byte offsets just past each delimiter in a buffer of whole events.
 fn event_ends<'a>(b: &'a [u8], delim: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
-    let mut i = 0;
-    std::iter::from_fn(move || {
-        while i + delim.len() <= b.len() {
-            if &b[i..i + delim.len()] == delim {
-                i += delim.len();
-                return Some(i);
-            }
-            i += 1;
-        }
-        None
-    })
+    memchr::memmem::find_iter(b, delim).map(move |i| i + delim.len())
 }
 
 impl Drop for Relay {
