@@ -53,7 +53,8 @@ impl Dash {
         let engine = Engine::open(Options {
             config_path: Some(file.clone()),
             when_missing: WhenMissing::FirstRun,
-            store_path: Some(dir.path().join("baton.sqlite3")),
+            // Where the CLI finds it with XDG_DATA_HOME=<dir>/data.
+            store_path: Some(dir.path().join("data/baton/baton.sqlite3")),
             listen: Some("127.0.0.1:0".parse().unwrap()),
             ..Options::default()
         })
@@ -656,4 +657,52 @@ fn first_line_with(child: &mut std::process::Child, needle: &str) -> String {
             return rest.trim().to_string();
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_prints_the_same_structs_the_api_serves_for_a_preflight_and_a_run() {
+    let d = Dash::start(2).await;
+    // The API's preflight.
+    let (_, v) = d.send(reqwest::Method::POST, "/api/preflight", json!({})).await;
+    let api = d.job(v["job"].as_u64().unwrap()).await["result"].clone();
+    // The CLI's, over the same workers file.
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["preflight", "--json", "-c"])
+        .arg(&d.file)
+        .env("XDG_DATA_HOME", dir.path())
+        .output()
+        .unwrap();
+    let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let keys = |v: &Value| -> Vec<String> {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    assert_eq!(keys(&cli), keys(&api));
+    let check_keys = |v: &Value| keys(&v["hosts"][0]["checks"][0]);
+    assert_eq!(check_keys(&cli), check_keys(&api));
+    for r in [&cli, &api] {
+        serde_json::from_value::<baton::preflight::Report>(r.clone()).unwrap();
+    }
+    // A run: `baton runs show` prints what `GET /api/runs/{id}` serves.
+    let (_, v) = d
+        .send(
+            reqwest::Method::POST,
+            "/api/bench",
+            json!({"mode": "concurrency", "requests": 6, "concurrency_levels": [2], "max_tokens": 4}),
+        )
+        .await;
+    let job = d.job(v["job"].as_u64().unwrap()).await;
+    let id = job["result"]["run_id"].as_i64().unwrap();
+    let (_, api_run) = d.get(&format!("/api/runs/{id}")).await;
+    let data_home = d.engine.store_path().parent().unwrap().parent().unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
+        .args(["runs", "show", &id.to_string()])
+        .env("XDG_DATA_HOME", data_home)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let cli_run: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(cli_run, api_run);
 }
