@@ -1,0 +1,117 @@
+//! The tray menu over D-Bus, as a desktop's tray shows it: the exact items,
+//! Start Balancer starting a real balancer, the Studios submenu following
+//! the engine, and Quit stopping cleanly (an answer in flight finishes, the
+//! ports close, the process exits 0).
+
+mod common;
+
+use std::time::Duration;
+
+use common::dbus::Menu;
+use common::{App, Home};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tray_menu_lists_its_items_starts_the_balancer_and_quits_cleanly() {
+    if let Some(why) = common::missing(false) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let (a, b) = (common::studio(1).await, common::studio(2).await);
+    let home = Home::new(&[("studio-a", &a), ("studio-b", &b)]);
+    let mut app = App::start(&home, &["--no-balancer"]);
+    let control = app.control_api(Duration::from_secs(30));
+    let menu = Menu::find(app.pid(), Duration::from_secs(30)).await;
+
+    // Exactly the items of the issue, in order (separators aside).
+    let layout = menu.layout().await;
+    assert_eq!(
+        common::labels(&layout),
+        [
+            "Start Balancer",
+            "Run Preflight",
+            "Studios",
+            "Open Dashboard",
+            "Copy Endpoint URL",
+            "Launch at Login",
+            "Quit Baton"
+        ]
+    );
+    let login = menu.item("Launch at Login").await;
+    assert_eq!(
+        login.props.get("toggle-type").map(String::as_str),
+        Some("checkmark")
+    );
+    // The balancer is stopped: its port refuses, and the studios say so.
+    assert!(common::refused(home.balancer()));
+    let studios = menu.item("Studios").await;
+    assert_eq!(
+        common::labels(&studios.children),
+        ["studio-a — stopped", "studio-b — stopped"]
+    );
+
+    // Start Balancer starts it: a real client gets the model list.
+    menu.click(menu.item("Start Balancer").await.id).await;
+    let up = common::wait_for(Duration::from_secs(15), || {
+        common::balancer_answers(home.balancer()).then_some(())
+    });
+    assert!(
+        up.is_some(),
+        "the balancer did not answer on {}",
+        home.balancer()
+    );
+
+    // The menu follows the engine's events: the toggle, and each studio's
+    // state and round trip.
+    let mut last = Vec::new();
+    let followed = async {
+        for _ in 0..100 {
+            let layout = menu.layout().await;
+            last = common::labels(&layout);
+            let studios = layout.iter().find(|i| i.label == "Studios").unwrap();
+            let lines = common::labels(&studios.children);
+            if last[0] == "Stop Balancer"
+                && lines.len() == 2
+                && lines
+                    .iter()
+                    .all(|l| l.contains("— ready · ") && l.ends_with(" ms"))
+            {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(
+        followed.await,
+        "the menu did not follow the balancer: {last:?}"
+    );
+
+    // An answer in flight when Quit is clicked still finishes: 40 tokens at
+    // 50/s take about a second.
+    let balancer = home.balancer();
+    let answer = std::thread::spawn(move || common::stream_chat(balancer, 40));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    menu.click(menu.item("Quit Baton").await.id).await;
+    let status = app.wait_exit(Duration::from_secs(15));
+    let answer = answer.join().unwrap();
+    assert!(
+        answer.contains("data: [DONE]"),
+        "the answer in flight was cut by Quit:\n{answer}"
+    );
+    let status =
+        status.unwrap_or_else(|| panic!("Quit did not end the app; output:\n{}", app.output()));
+    assert!(
+        status.success(),
+        "Quit ended the app with {status}; output:\n{}",
+        app.output()
+    );
+    assert!(
+        common::refused(home.balancer()),
+        "the balancer still listens after Quit"
+    );
+    assert!(
+        common::refused(control),
+        "the control API still listens after Quit"
+    );
+    common::assert_no_token(&app.output());
+}
