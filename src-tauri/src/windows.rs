@@ -89,9 +89,11 @@ pub fn popover_lost_focus(app: &AppHandle) {
 }
 
 /// The popover's "Open dashboard" (`window.__TAURI__.core.invoke`): the
-/// only command the pages may call (capabilities/default.json).
+/// only command the pages may call (capabilities/default.json). Async, so
+/// it runs off the main thread, where building a window from a command
+/// could deadlock.
 #[tauri::command]
-pub fn open_dashboard(app: AppHandle) {
+pub async fn open_dashboard(app: AppHandle) {
     show_dashboard(&app, None);
 }
 

@@ -32,15 +32,18 @@ async fn first_run_reaches_a_working_balancer_in_two_clicks() {
 
     // Click two.
     sim.click().await.expect("click Try with simulated studios");
-    let up = common::wait_for(Duration::from_secs(20), || {
-        common::balancer_answers(home.balancer()).then_some(())
+    // Working: it lists the studios' model and answers a chat.
+    let models = common::wait_for(Duration::from_secs(20), || {
+        common::http_get(home.balancer(), "/v1/models")
+            .ok()
+            .filter(|(code, body)| *code == 200 && body.contains(baton::sim::DEFAULT_MODEL))
     });
     assert!(
-        up.is_some(),
+        models.is_some(),
         "no working balancer on {listen} after two clicks"
     );
-    let (_, models) = common::http_get(home.balancer(), "/v1/models").unwrap();
-    assert!(models.contains(baton::sim::DEFAULT_MODEL), "{models}");
+    let answer = common::stream_chat(home.balancer(), 5);
+    assert!(answer.contains("data: [DONE]"), "{answer}");
     // The popover now shows the simulated pool, and no welcome any more.
     c.wait()
         .at_most(Duration::from_secs(20))

@@ -35,6 +35,25 @@ async fn popover_shows_the_pool_and_starts_and_stops_the_balancer() {
             .unwrap_or_else(|e| panic!("the popover does not show {id}: {e}"));
     }
 
+    common::step("Run preflight");
+    button(&c, "Run preflight")
+        .await
+        .click()
+        .await
+        .expect("click Run preflight");
+    let verdict = c
+        .wait()
+        .at_most(Duration::from_secs(60))
+        .for_element(Locator::Css(
+            "section.pop-preflight p.summary.ok, section.pop-preflight p.summary.wait, section.pop-preflight p.summary.bad",
+        ))
+        .await
+        .expect("a preflight verdict in the popover");
+    common::step(&format!(
+        "preflight: {}",
+        verdict.text().await.unwrap_or_default()
+    ));
+
     common::step("Start");
     assert!(common::refused(home.balancer()));
     button(&c, "Start balancer")
@@ -54,11 +73,13 @@ async fn popover_shows_the_pool_and_starts_and_stops_the_balancer() {
 
     // Some traffic, so the picture shows live figures.
     let balancer = home.balancer();
-    let traffic: Vec<_> = (0..3)
+    // Every slot busy with short answers, so some finish in every quarter
+    // second and the figures never read zero.
+    let traffic: Vec<_> = (0..4)
         .map(|_| {
             std::thread::spawn(move || {
-                (0..5)
-                    .map(|_| common::stream_chat(balancer, 40))
+                (0..12)
+                    .map(|_| common::stream_chat(balancer, 20))
                     .collect::<Vec<_>>()
             })
         })
@@ -79,8 +100,16 @@ async fn popover_shows_the_pool_and_starts_and_stops_the_balancer() {
     }
     assert_eq!(ready, 2, "the studios did not show as ready");
     // Answers have finished, so tokens per second show.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1200)).await;
     common::step("screenshot");
+    let figures = c
+        .execute(
+            "return [...document.querySelectorAll('li.studio')].map(li => li.innerText.replace(/\\s+/g, ' '))",
+            vec![],
+        )
+        .await
+        .unwrap_or_default();
+    common::step(&format!("the studios say: {figures}"));
     webdriver::screenshot(&c, "popover.png").await;
     for t in traffic {
         for answer in t.join().unwrap() {

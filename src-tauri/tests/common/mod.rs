@@ -94,6 +94,7 @@ impl Home {
                 listen: Some(SocketAddr::from((Ipv4Addr::LOCALHOST, balancer_port))),
                 ..BalancerSettings::default()
             },
+            aliases: Default::default(),
         };
         let home = Home { dir, balancer_port };
         let file = home.workers_file();
@@ -125,6 +126,9 @@ impl Home {
             ("XDG_CONFIG_HOME", self.config_dir()),
             ("XDG_DATA_HOME", self.dir.path().join(".local/share")),
             ("XDG_CACHE_HOME", self.dir.path().join(".cache")),
+            // No accessibility bus: nothing here reads it, and it is one
+            // more process per launch.
+            ("NO_AT_BRIDGE", "1".into()),
         ]
     }
 
