@@ -16,6 +16,7 @@ async fn first_run_reaches_a_working_balancer_in_two_clicks() {
         println!("SKIPPED: {why}");
         return;
     }
+    let _one = common::serial().await;
     let home = Home::empty();
     // The file has no listen address yet: keep tests off the default port.
     let listen = home.balancer().to_string();

@@ -1,6 +1,6 @@
-//! A studio going down and coming back makes one notification each, sent
-//! to the desktop's notification server (a stand-in here), and none at
-//! start-up. The app starts its balancer by itself at launch.
+//! Notifications, sent to the desktop's notification server (a stand-in
+//! here): one when a studio goes down and one when it comes back, none at
+//! start-up; and why the app cannot start, when its workers file is broken.
 
 mod common;
 
@@ -15,6 +15,7 @@ async fn a_notification_when_a_studio_goes_down_and_when_it_comes_back() {
         println!("SKIPPED: {why}");
         return;
     }
+    let _one = common::serial().await;
     let server = Notifications::start().await;
     let (a, b) = (common::studio(1).await, common::studio(2).await);
     let home = Home::new(&[("studio-a", &a), ("studio-b", &b)]);
@@ -85,6 +86,35 @@ async fn a_notification_when_a_studio_goes_down_and_when_it_comes_back() {
     assert!(status.success(), "{status}; output:\n{}", app.output());
     assert!(common::refused(home.balancer()));
     common::assert_no_token(&app.output());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_workers_file_is_reported_with_its_fix_and_the_app_exits_1() {
+    if let Some(why) = common::missing(false) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let _one = common::serial().await;
+    let server = Notifications::start().await;
+    let home = Home::empty();
+    std::fs::create_dir_all(home.workers_file().parent().unwrap()).unwrap();
+    std::fs::write(home.workers_file(), "{\"workers\": [ {\"id\": \"m1\",}] }").unwrap();
+    let mut app = App::start(&home, &[]);
+    let status = app
+        .wait_exit(Duration::from_secs(20))
+        .expect("the app exits");
+    assert_eq!(status.code(), Some(1), "output:\n{}", app.output());
+    let output = app.output();
+    assert!(
+        output.contains("workers.json") && output.contains("fix:"),
+        "{output}"
+    );
+    let n = server
+        .wait_for("Baton could not start", Duration::from_secs(5))
+        .await;
+    let n = n.unwrap_or_else(|| panic!("no notification; got {:?}", server.all()));
+    assert!(n.body.contains("Fix: "), "{n:?}");
+    assert!(common::refused(home.balancer()));
 }
 
 fn sigterm(pid: u32) {

@@ -17,6 +17,7 @@ async fn popover_shows_the_pool_and_starts_and_stops_the_balancer() {
         println!("SKIPPED: {why}");
         return;
     }
+    let _one = common::serial().await;
     let (a, b) = (common::studio(1).await, common::studio(2).await);
     let home = Home::new(&[("studio-a", &a), ("studio-b", &b)]);
     common::step("starting the app under WebDriver");

@@ -16,6 +16,7 @@ async fn tray_menu_lists_its_items_starts_the_balancer_and_quits_cleanly() {
         println!("SKIPPED: {why}");
         return;
     }
+    let _one = common::serial().await;
     let (a, b) = (common::studio(1).await, common::studio(2).await);
     let home = Home::new(&[("studio-a", &a), ("studio-b", &b)]);
     let mut app = App::start(&home, &["--no-balancer"]);
@@ -36,10 +37,29 @@ async fn tray_menu_lists_its_items_starts_the_balancer_and_quits_cleanly() {
             "Quit Baton"
         ]
     );
+    // Launch at Login is a check item that really installs a login item
+    // (on Linux an XDG autostart entry) and takes it away again.
     let login = menu.item("Launch at Login").await;
+    let check = |i: &common::dbus::Item, key: &str| i.props.get(key).cloned().unwrap_or_default();
+    assert_eq!(check(&login, "toggle-type"), "checkmark");
+    assert_eq!(check(&login, "toggle-state"), "0");
+    let entry = home.dir.path().join(".config/autostart/Baton.desktop");
+    menu.click(login.id).await;
+    let installed = common::wait_for(Duration::from_secs(5), || {
+        std::fs::read_to_string(&entry).ok()
+    });
+    let installed = installed.expect("Launch at Login wrote no autostart entry");
+    assert!(installed.contains("baton-app"), "{installed}");
     assert_eq!(
-        login.props.get("toggle-type").map(String::as_str),
-        Some("checkmark")
+        check(&menu.item("Launch at Login").await, "toggle-state"),
+        "1"
+    );
+    menu.click(login.id).await;
+    let removed = common::wait_for(Duration::from_secs(5), || (!entry.exists()).then_some(()));
+    assert!(removed.is_some(), "a second click left the autostart entry");
+    assert_eq!(
+        check(&menu.item("Launch at Login").await, "toggle-state"),
+        "0"
     );
     // The balancer is stopped: its port refuses, and the studios say so.
     assert!(common::refused(home.balancer()));

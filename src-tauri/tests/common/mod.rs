@@ -24,6 +24,13 @@ use baton::sim::{self, SimConfig, SimHandle};
 
 pub const APP: &str = env!("CARGO_BIN_EXE_baton-app");
 
+/// One app at a time per test binary: two would share the session bus, and
+/// the second would hand over to the first (one instance only).
+pub async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
 /// `None` when the tests can run here; else why not. Under `CI=true` a
 /// missing piece fails the test instead.
 pub fn missing(needs_webdriver: bool) -> Option<String> {
