@@ -102,7 +102,13 @@ fn main() -> ExitCode {
             tauri_plugin_autostart::MacosLauncher::LaunchAgent,
             None,
         ))
-        .invoke_handler(tauri::generate_handler![windows::open_dashboard])
+        .invoke_handler(tauri::generate_handler![windows::open_dashboard]);
+    // The menu bar's menu while a window is in front (macOS): Edit, so that
+    // copy and paste work in the dashboard's fields, and a Quit that stops
+    // the engine cleanly. Elsewhere it would be a menu bar in every window.
+    #[cfg(target_os = "macos")]
+    let app = app.menu(windows::app_menu);
+    let app = app
         .setup(move |app| {
             // No Dock icon and no app menu: Baton lives in the menu bar.
             #[cfg(target_os = "macos")]
@@ -145,14 +151,17 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    app.run(|_app, event| {
-        // With every window hidden there is still the tray: only an explicit
-        // exit (Quit) ends the app.
-        if let RunEvent::ExitRequested {
-            code: None, api, ..
-        } = event
+    app.run(|app, event| {
+        // Only Quit ends the app, since it stops the engine first: with every
+        // window hidden there is still the tray, and any other exit request
+        // goes through Quit.
+        if let RunEvent::ExitRequested { code, api, .. } = event
+            && !shell::quitting(app)
         {
             api.prevent_exit();
+            if code.is_some() {
+                shell::quit(app);
+            }
         }
     });
     ExitCode::SUCCESS

@@ -140,6 +140,12 @@ pub fn start_if_configured(app: AppHandle) {
     });
 }
 
+/// Whether Quit is under way (the one exit the app lets through).
+pub fn quitting(app: &AppHandle) -> bool {
+    app.try_state::<Shell>()
+        .is_none_or(|s| s.quitting.load(Ordering::SeqCst))
+}
+
 /// Quit Baton: the balancer stops taking requests, answers in flight get
 /// their bounded time, the control API closes, then the process exits 0.
 pub fn quit(app: &AppHandle) {

@@ -438,7 +438,8 @@ fn on_menu(app: &AppHandle, event: MenuEvent) {
                 .autostart
                 .set_checked(auto.is_enabled().unwrap_or(false));
         }
-        id::QUIT => shell::quit(app),
+        // The tray's Quit, and the app menu's (Cmd-Q on macOS).
+        id::QUIT | windows::APP_QUIT => shell::quit(app),
         other if other.starts_with(id::STUDIO_PREFIX) => {
             windows::show_dashboard(app, Some("studios"));
         }

@@ -6,13 +6,17 @@
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tauri::{AppHandle, Manager, Url, WebviewUrl, WebviewWindow, WebviewWindowBuilder};
+use tauri::menu::{Menu, MenuItem, PredefinedMenuItem, Submenu};
+use tauri::{AppHandle, Manager, Url, WebviewUrl, WebviewWindow, WebviewWindowBuilder, Wry};
 use tauri_plugin_positioner::{Position, WindowExt};
 
 use crate::shell::Shell;
 
 pub const POPOVER: &str = "popover";
 pub const DASHBOARD: &str = "dashboard";
+
+/// The app menu's Quit (handled with the tray menu's items).
+pub const APP_QUIT: &str = "app-quit";
 
 /// A click on the tray icon right after the popover hid itself for losing
 /// focus (to that very click) must not show it again.
@@ -164,4 +168,50 @@ fn open_outside(url: &str) {
     {
         tracing::warn!("cannot open {url} with {opener}: {e}");
     }
+}
+
+/// The app menu (macOS): Baton (About, Hide, Quit), Edit, Window. Built on
+/// every platform so it is compiled and checked everywhere; used on macOS.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+pub fn app_menu(app: &AppHandle) -> tauri::Result<Menu<Wry>> {
+    let sep = || PredefinedMenuItem::separator(app);
+    let quit = MenuItem::with_id(app, APP_QUIT, "Quit Baton", true, Some("CmdOrCtrl+Q"))?;
+    let baton = Submenu::with_items(
+        app,
+        "Baton",
+        true,
+        &[
+            &PredefinedMenuItem::about(app, Some("About Baton"), None)?,
+            &sep()?,
+            &PredefinedMenuItem::hide(app, Some("Hide Baton"))?,
+            &PredefinedMenuItem::hide_others(app, None)?,
+            &sep()?,
+            &quit,
+        ],
+    )?;
+    let edit = Submenu::with_items(
+        app,
+        "Edit",
+        true,
+        &[
+            &PredefinedMenuItem::undo(app, None)?,
+            &PredefinedMenuItem::redo(app, None)?,
+            &sep()?,
+            &PredefinedMenuItem::cut(app, None)?,
+            &PredefinedMenuItem::copy(app, None)?,
+            &PredefinedMenuItem::paste(app, None)?,
+            &PredefinedMenuItem::select_all(app, None)?,
+        ],
+    )?;
+    let window = Submenu::with_items(
+        app,
+        "Window",
+        true,
+        &[
+            &PredefinedMenuItem::minimize(app, None)?,
+            // Closing hides (see main.rs): the app keeps serving.
+            &PredefinedMenuItem::close_window(app, None)?,
+        ],
+    )?;
+    Menu::with_items(app, &[&baton, &edit, &window])
 }
