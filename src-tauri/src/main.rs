@@ -110,7 +110,7 @@ fn main() -> ExitCode {
     let app = app.menu(windows::app_menu);
     let app = app
         .setup(move |app| {
-            // No Dock icon and no app menu: Baton lives in the menu bar.
+            // No Dock icon: Baton lives in the menu bar.
             #[cfg(target_os = "macos")]
             app.set_activation_policy(tauri::ActivationPolicy::Accessory);
             let shell = match tauri::async_runtime::block_on(shell::Shell::open(args.listen)) {
