@@ -33,7 +33,7 @@ pub fn create_popover(app: &AppHandle) -> tauri::Result<()> {
     let url = app.state::<Shell>().page(Some("popover"));
     let builder = WebviewWindowBuilder::new(app, POPOVER, WebviewUrl::External(url))
         .title("Baton")
-        .inner_size(360.0, 540.0)
+        .inner_size(380.0, 540.0)
         .resizable(false)
         .maximizable(false)
         .minimizable(false)
