@@ -1,6 +1,6 @@
 //! Build script: stamps the version string with the git commit, when known,
-//! so `baton --version` says exactly what is running.
-//! (The dashboard in ui/ will be embedded here once it exists.)
+//! so `baton --version` says exactly what is running. (The dashboard in
+//! ui/ is embedded by rust-embed in src/control/assets.rs.)
 
 use std::process::Command;
 
@@ -19,6 +19,14 @@ fn main() {
         None => version.to_string(),
     };
     println!("cargo:rustc-env=BATON_VERSION={full}");
-    println!("cargo:rerun-if-changed=.git/HEAD");
-    println!("cargo:rerun-if-changed=.git/refs/heads");
+    // Watch only paths that exist: in a git worktree `.git` is a file, and
+    // a missing path would make Cargo rerun this script on every build.
+    for p in [".git/HEAD", ".git/refs/heads"] {
+        if std::path::Path::new(p).exists() {
+            println!("cargo:rerun-if-changed={p}");
+        }
+    }
+    if !std::path::Path::new(".git/HEAD").exists() {
+        println!("cargo:rerun-if-changed=build.rs");
+    }
 }

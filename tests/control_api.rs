@@ -663,7 +663,9 @@ fn first_line_with(child: &mut std::process::Child, needle: &str) -> String {
 async fn the_cli_prints_the_same_structs_the_api_serves_for_a_preflight_and_a_run() {
     let d = Dash::start(2).await;
     // The API's preflight.
-    let (_, v) = d.send(reqwest::Method::POST, "/api/preflight", json!({})).await;
+    let (_, v) = d
+        .send(reqwest::Method::POST, "/api/preflight", json!({}))
+        .await;
     let api = d.job(v["job"].as_u64().unwrap()).await["result"].clone();
     // The CLI's, over the same workers file.
     let dir = tempfile::tempdir().unwrap();
@@ -702,7 +704,11 @@ async fn the_cli_prints_the_same_structs_the_api_serves_for_a_preflight_and_a_ru
         .env("XDG_DATA_HOME", data_home)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let cli_run: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(cli_run, api_run);
 }

@@ -314,7 +314,9 @@ impl Relay {
         self.shared.metrics.request_duration.observe(total);
         // Role, finish and usage events are not tokens.
         let tokens = self.events.saturating_sub(3);
-        w.counters.tokens.fetch_add(tokens, Ordering::Relaxed);
+        w.counters
+            .tokens
+            .fetch_sub(self.events - tokens, Ordering::Relaxed);
         self.shared.pool.learn_tokens(tokens);
         w.learn(total, Some(self.first_byte_at.elapsed()), tokens);
         if let Some(c) = self.conn.take() {

@@ -65,15 +65,19 @@ impl LiveStats {
     }
 }
 
-/// Counters at the previous look, to turn totals into rates.
+/// Counters a little over a second ago, to turn totals into rates over a
+/// window that slides with every look (a window that jumps once a second
+/// makes rates flicker between zero and double).
 #[derive(Default)]
 struct Last {
-    at: Option<Instant>,
-    tokens: BTreeMap<String, u64>,
-    requests: u64,
+    /// (when, tokens per worker, requests), oldest first.
+    window: VecDeque<(Instant, BTreeMap<String, u64>, u64)>,
     pushed: Option<LiveStats>,
     sampled_at: Option<Instant>,
 }
+
+/// How far back rates look.
+const RATE_WINDOW: Duration = Duration::from_secs(1);
 
 /// Turns balancer snapshots into live figures and keeps their history.
 pub(crate) struct Live {
@@ -101,15 +105,17 @@ impl Live {
             .collect();
         let now = Instant::now();
         let mut last = self.last.lock().expect("live lock");
-        let dt = last
-            .at
-            .map(|t| now.duration_since(t).as_secs_f64())
-            .unwrap_or(0.0);
+        let requests: u64 = snap.workers.iter().map(|w| w.successes).sum();
+        last.window.push_back((now, tokens.clone(), requests));
+        while last.window.len() > 2 && now.duration_since(last.window[1].0) >= RATE_WINDOW {
+            last.window.pop_front();
+        }
+        let (then, then_tokens, then_requests) = last.window.front().cloned().expect("just pushed");
+        let dt = now.duration_since(then).as_secs_f64();
         let rate = |now_v: u64, then: Option<u64>| match then {
             Some(t) if dt > 0.0 => now_v.saturating_sub(t) as f64 / dt,
             _ => 0.0,
         };
-        let requests: u64 = snap.workers.iter().map(|w| w.successes).sum();
         let mut pool_tps = 0.0;
         let workers: Vec<WorkerNow> = snap
             .workers
@@ -117,7 +123,7 @@ impl Live {
             .filter(|w| w.state.is_live())
             .map(|w| {
                 let t = tokens.get(&w.id).copied().unwrap_or(0);
-                let tps = round1(rate(t, last.tokens.get(&w.id).copied()));
+                let tps = round1(rate(t, then_tokens.get(&w.id).copied()));
                 pool_tps += tps;
                 WorkerNow {
                     id: w.id.clone(),
@@ -139,7 +145,7 @@ impl Live {
             at_ms: self.epoch.elapsed().as_millis() as u64,
             pool: PoolNow {
                 tokens_per_second: round1(pool_tps),
-                requests_per_second: round1(rate(requests, last.at.map(|_| last.requests))),
+                requests_per_second: round1(rate(requests, Some(then_requests))),
                 in_flight: workers.iter().map(|w| w.in_flight).sum(),
                 queue_depth: snap.queue_depth,
                 ready: workers.iter().filter(|w| w.state == State::Ready).count(),
@@ -147,15 +153,6 @@ impl Live {
             },
             workers,
         };
-        // Rates are per second: move the reference point once a second.
-        if last
-            .at
-            .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))
-        {
-            last.at = Some(now);
-            last.tokens = tokens;
-            last.requests = requests;
-        }
         if last
             .sampled_at
             .is_none_or(|t| now.duration_since(t) >= Duration::from_secs(1))

@@ -98,14 +98,20 @@ impl Engine {
         Ok(())
     }
 
-    /// Add discovered servers as workers (unique ids, nothing lost).
+    /// Add discovered servers as workers (unique ids, nothing lost). On a
+    /// first run this also starts the balancer: "Discover", then "Add all",
+    /// is a working pool.
     pub async fn add_found(&self, found: &[Found]) -> Result<Vec<String>, EngineError> {
+        let first_run = self.config_info().first_run;
         let mut added = Vec::new();
         self.edit(|workers| {
             added = crate::discover::add_found(workers, found);
             Ok(())
         })
         .await?;
+        if first_run && !added.is_empty() {
+            self.start_balancer().await?;
+        }
         Ok(added)
     }
 
