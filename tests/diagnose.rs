@@ -617,7 +617,12 @@ fn the_cli_prints_the_verdict_and_diagnoses_a_stored_run() {
         .output()
         .unwrap();
     let v: baton::bench::diagnose::Diagnosis = serde_json::from_slice(&again.stdout).unwrap();
-    assert_eq!(v, d);
+    // (Figures may differ in the last bit: JSON does not round-trip every float.)
+    assert_eq!(
+        (&v.verdict, v.healthy, &v.findings, &v.basis),
+        (&d.verdict, d.healthy, &d.findings, &d.basis)
+    );
+    assert!((v.scaling_efficiency.unwrap() - d.scaling_efficiency.unwrap()).abs() < 1e-9);
     assert_eq!(again.status.code(), Some(if d.healthy { 0 } else { 1 }));
 
     // A run recorded before the evidence: diagnosed from its tables.

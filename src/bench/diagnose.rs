@@ -1093,22 +1093,61 @@ fn slow_studios(run: &Run, dead: &BTreeSet<&str>, serial: &BTreeSet<&str>, out: 
         .max_by_key(|(l, _)| l.concurrency)
         .map(|(l, _)| *l);
     let total_slots: u32 = live.iter().map(|s| s.slots).sum();
+    let alone_sum: f64 = live.iter().filter_map(|s| s.alone_rps()).sum();
+    // Its share of the load against its share of the capacity (or of the
+    // slots when not measured alone), and whether it finished long after
+    // the others.
     let share_text = |s: &Studio| -> String {
-        match top {
-            Some(l) if total_slots > 0 => format!(
-                "; at concurrency {} it served {:.0}% of the requests with {} of the slots",
-                l.concurrency,
-                l.worker_stats
-                    .get(&s.id)
-                    .map(|w| w.load_percentage)
-                    .unwrap_or(0.0),
-                pct(f64::from(s.slots) / f64::from(total_slots))
-            ),
-            _ => String::new(),
+        let mut out = String::new();
+        if let Some(l) = top {
+            let served = l
+                .worker_stats
+                .get(&s.id)
+                .map(|w| w.load_percentage)
+                .unwrap_or(0.0);
+            match s.alone_rps().filter(|_| alone_sum > 0.0) {
+                Some(r) => {
+                    out += &format!(
+                        "; at concurrency {} it served {served:.0}% of the requests with {} of the pool's capacity",
+                        l.concurrency,
+                        pct(r / alone_sum)
+                    )
+                }
+                None if total_slots > 0 => {
+                    out += &format!(
+                        "; at concurrency {} it served {served:.0}% of the requests with {} of the slots",
+                        l.concurrency,
+                        pct(f64::from(s.slots) / f64::from(total_slots))
+                    )
+                }
+                None => {}
+            }
         }
+        let tail = run
+            .levels
+            .iter()
+            .filter_map(|(l, e)| {
+                let e = (*e)?;
+                let mine = e.workers.get(&s.id)?.last_end_s;
+                let others = e
+                    .workers
+                    .iter()
+                    .filter(|(k, _)| **k != s.id)
+                    .map(|(_, w)| w.last_end_s)
+                    .fold(0.0, f64::max);
+                let late = mine - others;
+                (others > 0.0 && late >= 1.0 && late >= 0.2 * e.elapsed_s)
+                    .then_some((l.concurrency, late))
+            })
+            .max_by(|a, b| a.1.total_cmp(&b.1));
+        if let Some((c, late)) = tail {
+            out += &format!(
+                "; at concurrency {c} its last answer ended {late:.1} s after the others' (the run waited for it)"
+            );
+        }
+        out
     };
     if measured.len() >= 2 {
-        let alone_sum: f64 = live.iter().filter_map(|s| s.alone_rps()).sum();
         for (s, t) in &measured {
             if serial.contains(s.id.as_str()) {
                 continue;
