@@ -74,6 +74,8 @@ fn plan(cfg: Config, mode: Mode, levels: Vec<usize>, counts: Vec<usize>, secs: f
         concurrency_levels: levels,
         worker_counts: counts,
         gate: Gate::Require,
+        probe_studios: false,
+        max_connections: None,
     }
 }
 

@@ -1,7 +1,10 @@
 //! Benchmarks: the closed-loop load runner, the results file, the sweep
-//! orchestration behind `baton bench`, and `baton compare`.
+//! orchestration behind `baton bench`, each studio measured alone, the
+//! diagnosis, and `baton compare`.
 
 pub mod compare;
+pub mod diagnose;
 pub mod load;
+pub mod probe;
 pub mod report;
 pub mod run;

@@ -347,4 +347,7 @@ fn print_summary(r: &BenchResult) {
     if r.interrupted {
         println!("\n(interrupted: later levels were not run)");
     }
+    if let Some(d) = &r.diagnosis {
+        print!("{}", baton::bench::diagnose::render(d));
+    }
 }

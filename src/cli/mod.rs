@@ -4,6 +4,7 @@ mod batch_cmd;
 mod bench_cmd;
 mod config_cmd;
 mod dashboard_cmd;
+mod diagnose_cmd;
 mod discover_cmd;
 mod follow;
 mod key_cmd;
@@ -41,6 +42,8 @@ pub enum Command {
     Batch(batch_cmd::BatchArgs),
     /// Compare benchmark runs (files or run ids): the speedup table and a verdict
     Compare(results_cmd::CompareArgs),
+    /// Say what limited a benchmark run (run id or results file) and what to change
+    Diagnose(diagnose_cmd::DiagnoseArgs),
     /// List past benchmark runs, or show one
     Runs(results_cmd::RunsArgs),
     /// Draw charts (SVG and PNG) of one or more runs
@@ -77,6 +80,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Bench(a) => bench_cmd::run(a).await,
         Command::Batch(a) => batch_cmd::run(a).await,
         Command::Compare(a) => results_cmd::compare(a),
+        Command::Diagnose(a) => diagnose_cmd::run(a),
         Command::Runs(a) => results_cmd::runs(a),
         Command::Chart(a) => results_cmd::chart(a),
         Command::Key(a) => key_cmd::run(a),

@@ -11,7 +11,7 @@ use baton::store::Store;
 use clap::{Args, Subcommand};
 
 /// Load a run by results-file path, or by id from the store.
-fn load(reference: &str) -> anyhow::Result<(String, BenchResult)> {
+pub(super) fn load(reference: &str) -> anyhow::Result<(String, BenchResult)> {
     let path = PathBuf::from(reference);
     if path.exists() {
         let text = std::fs::read_to_string(&path)

@@ -114,6 +114,8 @@ impl BenchRequest {
                 vec![1, 2, 3, 5, 10]
             },
             gate: self.gate.unwrap_or(Gate::Require),
+            probe_studios: true,
+            max_connections: None,
         })
     }
 }
