@@ -60,7 +60,12 @@ pub(crate) enum SendError {
 impl std::fmt::Display for SendError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            SendError::Connect(kind, detail) => write!(f, "connect {}: {detail}", kind.describe()),
+            // The kind says it ("connection refused"); the OS's words only
+            // when the kind does not.
+            SendError::Connect(ConnectFailure::Other, detail) => {
+                write!(f, "connect failed: {detail}")
+            }
+            SendError::Connect(kind, _) => write!(f, "{}", kind.describe()),
             SendError::ConnectTimeout(t) => write!(f, "connect timed out after {t:?}"),
             SendError::Request(detail) => write!(f, "{detail}"),
         }

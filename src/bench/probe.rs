@@ -30,7 +30,7 @@ const FULL_ROUNDS: u64 = 2;
 /// The slots a studio is declared with (`max_concurrent_requests`): the
 /// one place the diagnosis reads them.
 pub fn declared_slots(w: &Worker) -> u32 {
-    w.max_concurrent_requests
+    w.max_concurrent_requests.ceiling()
 }
 
 /// What to ask each studio.

@@ -221,6 +221,11 @@ async function bench(label) {
   const heads = await table.locator('thead th').allTextContents();
   check(heads.join('|') === 'Concurrency|req/s|tok/s|Success|p50 latency|p95 latency|p99 latency|TTFT', `table columns: ${heads}`);
   check(await table.locator('tbody tr').count() === 2, 'expected two concurrency levels');
+  // Every run says what is wrong with the pool, or that nothing is.
+  const diag = page.getByRole('region', { name: 'Diagnosis' });
+  await diag.waitFor();
+  const text = await diag.textContent();
+  check(/No problem found|Fix:/.test(text), `the diagnosis card says neither: ${text}`);
 }
 
 await step('Benchmarks: a short run shows its tables and charts', async () => {

@@ -32,16 +32,32 @@ function resultTables(r) {
   ];
 }
 
-function diagnosisCard(list) {
-  if (!Array.isArray(list)) return null;
+// The run's diagnosis: `{verdict, healthy, headline, findings: [...],
+// waterfall?}` (or, from a hand-made result, just the list of findings).
+function diagnosisCard(diag) {
+  if (!diag) return null;
+  const list = Array.isArray(diag) ? diag : diag.findings || [];
+  const shown = list.filter((d) => d.severity !== 'info' || !diag.healthy);
+  const waterfall = Array.isArray(diag.waterfall) && diag.waterfall.length > 1 ? diag.waterfall : null;
   return h('section', { class: 'card diagnosis', 'aria-label': 'Diagnosis' },
     h('h3', { text: 'Diagnosis' }),
-    list.length
-      ? h('ul', {}, list.map((d) => h('li', {},
-        h('div', { class: 'row' }, badge(severityTone(d.severity), d.severity || 'note'), h('b', { text: d.cause }), d.worker && h('span', { class: 'hint', text: d.worker })),
+    diag.headline && h('p', { class: 'hint', text: diag.headline }),
+    shown.length
+      ? h('ul', {}, shown.map((d) => h('li', {},
+        h('div', { class: 'row' }, badge(severityTone(d.severity), d.severity || 'note'), h('b', { text: causeWord(d.cause) }), d.worker && h('span', { class: 'hint', text: d.worker })),
         d.evidence && h('p', { text: d.evidence }),
         d.remedy && h('p', { class: 'fix' }, h('b', { text: 'Fix: ' }), d.remedy))))
-      : h('p', { class: 'ok-text', text: 'No problem found' }));
+      : h('p', { class: 'ok-text', text: 'No problem found' }),
+    waterfall && h('p', { class: 'hint', text: `Where the capacity went: ${waterfall.map((w) => `${w.label} ${num(w.requests_per_second, 2)} req/s`).join(' · ')}` }));
+}
+
+// The causes a diagnosis names, in words.
+function causeWord(c) {
+  return {
+    dead_studio: 'Dead studio', flaky_studio: 'Flaky studio', slow_studio: 'Slow studio',
+    network_bound: 'Network-bound', serialized: 'Serialized', saturated: 'Saturated',
+    cold_model: 'Cold model', client_bound: 'Client-bound', balancer_overhead: 'Balancer overhead',
+  }[c] || c;
 }
 
 async function chartsOf(path, into) {
@@ -132,7 +148,7 @@ export function mount(root, life) {
     fill(resultBox,
       h('h2', { text: `Run ${shown.id}${summary?.label ? `: ${summary.label}` : ''}` }),
       h('p', { class: 'hint', text: `${r.mode}, ${r.target}, model ${r.settings?.model || '–'}, ${r.settings?.max_tokens} max tokens${r.interrupted ? ' (interrupted: later levels were not run)' : ''}` }),
-      diagnosisCard(shown.diagnosis),
+      diagnosisCard(shown.diagnosis || r.diagnosis),
       resultTables(r));
   }
 
@@ -200,7 +216,7 @@ export function mount(root, life) {
     renderLive();
     if (j.status === 'finished' && j.result?.run_id != null && shown?.id !== j.result.run_id) {
       loadRuns().catch(() => {});
-      show(j.result.run_id, j.result.result, j.result.diagnosis).catch((err) => fill(errSlot, errorBox(err)));
+      show(j.result.run_id, j.result.result, j.result.result?.diagnosis).catch((err) => fill(errSlot, errorBox(err)));
     }
   };
   life.push(on('job', onJob), on('state', renderLive));
@@ -214,7 +230,7 @@ export function mount(root, life) {
       if (picked.size > 1) doCompare().catch((err) => fill(histErr, errorBox(err)));
     }
     if (shown) return show(shown.id, shown.result, shown.diagnosis);
-    if (j?.result?.run_id != null) return show(j.result.run_id, j.result.result, j.result.diagnosis);
+    if (j?.result?.run_id != null) return show(j.result.run_id, j.result.result, j.result.result?.diagnosis);
     if (runs.length) return show(runs[0].id);
   }).catch((err) => fill(histErr, errorBox(err)));
 
