@@ -340,6 +340,13 @@ async fn a_one_slot_studio_declared_with_four_is_serialized() {
             .find(|f| f.cause == Cause::Serialized)
             .unwrap();
         assert_eq!(f.figures["effective_parallel"], 1.0, "{f:?}");
+        // The results JSON says what Baton learned: "declared 4, runs 1-2".
+        let ev = r.evidence.as_ref().expect("evidence");
+        let last = ev.levels.last().expect("levels");
+        let serial = &last.balancer["serial"];
+        assert_eq!(serial.slots_declared, Some(4), "{serial:?}");
+        assert!((1..4).contains(&serial.slots), "{serial:?}");
+        assert_eq!(last.balancer["parallel"].slots, 4);
     }
 }
 

@@ -422,6 +422,7 @@ impl<'a> Run<'a> {
             }
             c.ejections += d.ejections.values().sum::<u64>();
             c.last_state = Some(d.state.clone());
+            c.learned_slots = Some(d.slots);
             c.last_served = d.successes;
             if d.last_error.is_some() {
                 c.last_error = d.last_error.clone();
@@ -441,6 +442,8 @@ struct Counters {
     last_state: Option<String>,
     last_served: u64,
     last_error: Option<String>,
+    /// What Baton had learned it runs at once, at the last level.
+    learned_slots: Option<u64>,
 }
 
 impl Counters {
@@ -842,6 +845,27 @@ fn serialized<'a>(
             continue;
         }
         let real = gain.round().max(1.0) as u32;
+        // Baton's own learned limit agrees when it has seen enough
+        // answers; it is what the balancer already does about it.
+        let learned = run
+            .balancer(&s.id)
+            .learned_slots
+            .filter(|&l| l > 0 && l < u64::from(s.slots));
+        let learned_note = learned
+            .map(|l| {
+                format!(" Baton learned the same from its answers and gives it {l} at a time.")
+            })
+            .unwrap_or_default();
+        let mut figs = vec![
+            ("declared_slots", f64::from(s.slots)),
+            ("effective_parallel", f64::from(real)),
+            ("throughput_gain", gain),
+            ("ttft_one_ms", t1),
+            ("ttft_full_ms", tn),
+        ];
+        if let Some(l) = learned {
+            figs.push(("baton_slots", l as f64));
+        }
         out.push(Finding {
             cause: Cause::Serialized,
             worker: Some(s.id.clone()),
@@ -854,18 +878,12 @@ fn serialized<'a>(
                 one.requests_per_second,
                 fmt_s(t1),
                 fmt_s(tn)
-            ),
+            ) + &learned_note,
             remedy: format!(
-                "{}; or set its max_concurrent_requests to {real} so Baton queues the rest where a free studio can take them",
+                "{}; or set its max_concurrent_requests to {real} (or \"auto\") so Baton queues the rest where a free studio can take them",
                 parallel_setting(&s.kind, s.slots)
             ),
-            figures: figures(&[
-                ("declared_slots", f64::from(s.slots)),
-                ("effective_parallel", f64::from(real)),
-                ("throughput_gain", gain),
-                ("ttft_one_ms", t1),
-                ("ttft_full_ms", tn),
-            ]),
+            figures: figures(&figs),
         });
         found.insert(s.id.as_str());
     }

@@ -605,6 +605,13 @@ pub struct BalancerDelta {
     pub state: String,
     /// Requests it held, time-averaged.
     pub in_flight_avg: f64,
+    /// Requests Baton gave it at once when the level ended: learned from
+    /// its answers, never above `slots_declared` ("declared 4, runs 2").
+    #[serde(default)]
+    pub slots: u64,
+    /// `max_concurrent_requests` as a number; absent for `"auto"`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slots_declared: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<String>,
 }

@@ -820,6 +820,8 @@ impl BatonSampler {
                     ejections: map(&w.ejections, b.map(|b| &b.ejections)),
                     state: w.state.as_str().to_string(),
                     in_flight_avg: acc.per_worker.get(&w.id).copied().unwrap_or(0.0) / n,
+                    slots: w.slots,
+                    slots_declared: w.slots_declared,
                     last_error: w.last_error.clone(),
                 },
             );
