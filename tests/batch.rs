@@ -49,27 +49,19 @@ fn options(input: &Path, out: &Path) -> Options {
 }
 
 async fn studios(slots: &[usize], tps: f64) -> Vec<SimHandle> {
-    let mut v = Vec::new();
-    for (i, s) in slots.iter().enumerate() {
-        let c = SimConfig {
-            slots: *s,
-            tokens_per_second: tps,
-            ttft: Duration::from_millis(20),
-            seed: i as u64 + 1,
-            ..SimConfig::default()
-        };
-        v.push(sim::start("127.0.0.1:0".parse().unwrap(), c).await.unwrap());
-    }
-    v
+    support::start_sims(slots.iter().enumerate().map(|(i, s)| SimConfig {
+        slots: *s,
+        tokens_per_second: tps,
+        ttft: Duration::from_millis(20),
+        seed: i as u64 + 1,
+        ..SimConfig::default()
+    }))
+    .await
 }
 
 fn pool(sims: &[SimHandle]) -> Target {
     Target::Balancer(Config {
-        workers: sims
-            .iter()
-            .enumerate()
-            .map(|(i, s)| sim::worker_for(&format!("studio-{}", i + 1), s))
-            .collect(),
+        workers: support::workers_for(sims, |i| format!("studio-{}", i + 1)),
         balancer: BalancerSettings::default(),
         ..Default::default()
     })

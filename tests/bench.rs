@@ -11,7 +11,6 @@ use baton::bench::run::{self, BenchError, Gate, Mode, Observer, Plan, Target};
 use baton::config::{BalancerSettings, Config};
 use baton::sim::{self, SimConfig, SimHandle};
 use serde_json::Value;
-use support::worker_for;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Default)]
@@ -30,31 +29,19 @@ impl Observer for Quiet {
 
 /// Studios whose answer takes 200 ms + 19 x 10 ms = 390 ms for 20 tokens.
 async fn studios(n: usize) -> Vec<SimHandle> {
-    let mut v = Vec::new();
-    for i in 0..n {
-        let cfg = SimConfig {
-            slots: 2,
-            ttft: Duration::from_millis(200),
-            tokens_per_second: 100.0,
-            seed: i as u64 + 1,
-            ..SimConfig::default()
-        };
-        v.push(
-            sim::start("127.0.0.1:0".parse().unwrap(), cfg)
-                .await
-                .unwrap(),
-        );
-    }
-    v
+    support::start_sims((0..n).map(|i| SimConfig {
+        slots: 2,
+        ttft: Duration::from_millis(200),
+        tokens_per_second: 100.0,
+        seed: i as u64 + 1,
+        ..SimConfig::default()
+    }))
+    .await
 }
 
 fn pool(sims: &[SimHandle]) -> Config {
     Config {
-        workers: sims
-            .iter()
-            .enumerate()
-            .map(|(i, s)| worker_for(&format!("studio-{}", i + 1), s))
-            .collect(),
+        workers: support::workers_for(sims, |i| format!("studio-{}", i + 1)),
         balancer: BalancerSettings::default(),
         ..Default::default()
     }

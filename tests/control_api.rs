@@ -26,23 +26,17 @@ impl Dash {
     async fn start(sims: usize) -> Dash {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("workers.json");
-        let mut handles = Vec::new();
-        let mut workers = Vec::new();
-        for i in 0..sims {
-            let s = baton::sim::start(
-                "127.0.0.1:0".parse().unwrap(),
-                baton::sim::SimConfig {
-                    ttft: Duration::from_millis(20),
-                    tokens_per_second: 500.0,
-                    seed: i as u64 + 1,
-                    ..Default::default()
-                },
-            )
-            .await
-            .unwrap();
-            workers.push(baton::sim::worker_for(&format!("studio-{i}"), &s).to_json());
-            handles.push(s);
-        }
+        let handles = start_sims((0..sims).map(|i| baton::sim::SimConfig {
+            ttft: Duration::from_millis(20),
+            tokens_per_second: 500.0,
+            seed: i as u64 + 1,
+            ..Default::default()
+        }))
+        .await;
+        let workers: Vec<_> = workers_for(&handles, |i| format!("studio-{i}"))
+            .iter()
+            .map(|w| w.to_json())
+            .collect();
         if sims > 0 {
             std::fs::write(
                 &file,

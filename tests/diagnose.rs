@@ -45,9 +45,7 @@ fn studio(kind: StudioKind, slots: usize, seed: u64) -> SimConfig {
 }
 
 async fn start(cfg: SimConfig) -> SimHandle {
-    sim::start("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap()
+    support::start_sims([cfg]).await.remove(0)
 }
 
 /// One workers-file entry, as the user writes it.

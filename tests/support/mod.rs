@@ -121,6 +121,33 @@ pub fn worker_for(id: &str, sim: &baton::sim::SimHandle) -> baton::config::Worke
     baton::sim::worker_for(id, sim)
 }
 
+/// Simulated studios on 127.0.0.1, each on a port the OS picks: the one
+/// way the tests start a pool of them.
+pub async fn start_sims(
+    cfgs: impl IntoIterator<Item = baton::sim::SimConfig>,
+) -> Vec<baton::sim::SimHandle> {
+    let mut handles = Vec::new();
+    for c in cfgs {
+        handles.push(
+            baton::sim::start("127.0.0.1:0".parse().unwrap(), c)
+                .await
+                .unwrap(),
+        );
+    }
+    handles
+}
+
+/// The workers-file entries for `sims`, the i-th named `name(i)`.
+pub fn workers_for(
+    sims: &[baton::sim::SimHandle],
+    name: impl Fn(usize) -> String,
+) -> Vec<baton::config::Worker> {
+    sims.iter()
+        .enumerate()
+        .map(|(i, s)| worker_for(&name(i), s))
+        .collect()
+}
+
 pub fn sim_cfg(slots: usize, ttft_ms: u64, tps: f64) -> baton::sim::SimConfig {
     baton::sim::SimConfig {
         slots,
@@ -154,19 +181,8 @@ impl Lab {
         key: Option<String>,
         aliases: baton::config::Aliases,
     ) -> Lab {
-        let mut handles = Vec::new();
-        for c in sims {
-            handles.push(
-                baton::sim::start("127.0.0.1:0".parse().unwrap(), c)
-                    .await
-                    .unwrap(),
-            );
-        }
-        let workers = handles
-            .iter()
-            .enumerate()
-            .map(|(i, s)| worker_for(&format!("s{i}"), s))
-            .collect();
+        let handles = start_sims(sims).await;
+        let workers = workers_for(&handles, |i| format!("s{i}"));
         let config = baton::config::Config {
             workers,
             balancer: settings,
