@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -542,11 +542,14 @@ impl Validator<'_> {
             None => Aliases::default(),
             Some(a) => self.aliases(a)?,
         };
-        Ok(Config {
+        let config = Config {
             workers: out,
             balancer,
             aliases,
-        })
+        };
+        let listen = config.balancer.listen.unwrap_or(DEFAULT_LISTEN);
+        config.check_self_loop(listen, &[], self.file)?;
+        Ok(config)
     }
 
     fn aliases(&self, v: &Value) -> Result<Aliases, ConfigError> {
@@ -953,4 +956,75 @@ pub(crate) fn did_you_mean<'a>(word: &str, known: &[&'a str]) -> Option<&'a str>
         .filter(|(d, k)| *d <= 2.max(k.len() / 3))
         .min_by_key(|(d, _)| *d)
         .map(|(_, k)| k)
+}
+
+/// Where the balancer listens unless the file or the command line says
+/// otherwise: loopback only.
+pub const DEFAULT_LISTEN: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 8421);
+
+impl Config {
+    /// The first worker that is the balancer itself when it listens on
+    /// `listen`, with its index: requests sent to it would come straight
+    /// back, forever. `local` lists this machine's own addresses (for a
+    /// balancer listening on every interface). Host names are not resolved
+    /// here; the balancer's `Via` header catches a loop through a name.
+    pub fn self_loop(&self, listen: SocketAddr, local: &[IpAddr]) -> Option<(usize, &Worker)> {
+        self.workers
+            .iter()
+            .enumerate()
+            .find(|(_, w)| points_at(w, listen, local))
+    }
+
+    /// [`Config::self_loop`] as the loader's error, naming the field.
+    pub fn check_self_loop(
+        &self,
+        listen: SocketAddr,
+        local: &[IpAddr],
+        file: &Path,
+    ) -> Result<(), ConfigError> {
+        match self.self_loop(listen, local) {
+            None => Ok(()),
+            Some((i, w)) => Err(ConfigError {
+                file: file.to_path_buf(),
+                json_path: format!("workers[{i}].port"),
+                position: None,
+                problem: format!(
+                    "worker `{}` ({}:{}) is this balancer's own address {listen}: requests sent to it would come back to Baton forever",
+                    w.id, w.host, w.port
+                ),
+                fix: format!(
+                    "point it at the studio's own server (LM Studio listens on {}, Ollama on {}), or move the balancer with balancer.listen / --listen",
+                    crate::studio::StudioKind::LmStudio.default_port(),
+                    crate::studio::StudioKind::Ollama.default_port()
+                ),
+            }),
+        }
+    }
+}
+
+/// Whether `w` names the address a balancer listening on `listen` answers.
+fn points_at(w: &Worker, listen: SocketAddr, local: &[IpAddr]) -> bool {
+    if w.port != listen.port() {
+        return false;
+    }
+    let host = w.host.trim_start_matches('[').trim_end_matches(']');
+    let ips: Vec<IpAddr> = if host.eq_ignore_ascii_case("localhost") {
+        vec![
+            IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+            IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        ]
+    } else {
+        match host.parse() {
+            Ok(ip) => vec![ip],
+            Err(_) => return false,
+        }
+    };
+    ips.iter().any(|ip| {
+        if listen.ip().is_unspecified() {
+            ip.is_loopback() || ip.is_unspecified() || local.contains(ip)
+        } else {
+            *ip == listen.ip()
+        }
+    })
 }

@@ -58,6 +58,30 @@ impl StudioKind {
         }
     }
 
+    /// Whether the software answers HTTP requests while it generates. When
+    /// it does not (or may not), Baton sends it nothing of its own (probes,
+    /// model lists) while it has a request in flight: a single-threaded
+    /// server would hold the request until its generation ends, and
+    /// llama-cpp-python would end that generation.
+    ///
+    /// LM Studio (Node), Ollama (Go), llama.cpp's server (an HTTP thread
+    /// pool), vLLM (uvicorn, async) and mlx_lm.server since 0.28.4
+    /// (`ThreadingHTTPServer`) answer while generating. A generic OpenAI
+    /// server may be llama-cpp-python (one request at a time, behind a
+    /// lock), and exo holds requests while it loads a model. A studio seen
+    /// answering one request while generating another is learned to be
+    /// concurrent whatever its kind.
+    pub fn serves_http_concurrently(self) -> bool {
+        match self {
+            StudioKind::LmStudio
+            | StudioKind::Ollama
+            | StudioKind::LlamaCpp
+            | StudioKind::Vllm
+            | StudioKind::Mlx => true,
+            StudioKind::Exo | StudioKind::Openai => false,
+        }
+    }
+
     /// All known spellings, comma separated, for error messages.
     pub fn known_list() -> String {
         Self::ALL

@@ -127,7 +127,9 @@ async fn sim_command_starts_studios_a_client_can_use() {
     }
     let loaded = baton::config::Config::load(&cfg).unwrap();
     assert_eq!(loaded.workers.len(), 2);
-    assert_eq!(loaded.workers[1].host, "127.0.0.71");
+    // Port 0: both on the base address, each on a port of its own.
+    assert_eq!(loaded.workers[1].host, "127.0.0.70");
+    assert_ne!(loaded.workers[0].port, loaded.workers[1].port);
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -1,6 +1,6 @@
 //! Baton in front of two real llama.cpp servers (`llama-server`, SmolLM2
-//! 135M, `-np 2 -c 4096 -t 1`), driven by the official Python `openai`
-//! client. The simulated studios cannot show what a real server does to a
+//! 135M, `-np 2 -c 4096 -t 1`) and two llama-cpp-python servers (one
+//! request at a time), driven by the official Python `openai` client. The simulated studios cannot show what a real server does to a
 //! balancer: llama-server closes the connection after every streamed answer
 //! without saying so (it still advertises `Keep-Alive: timeout=5`), closes
 //! idle connections after 5 s, and answers 400 with `Connection: close` for
@@ -143,6 +143,69 @@ async fn the_openai_client_streams_every_answer_complete_through_two_real_server
             stats_lines(&baton)
         );
     }
+}
+
+/// Two llama-cpp-python servers (one generation at a time behind a lock,
+/// a new request ends the running stream, the model list waits for the
+/// lock), `max_concurrent_requests: 1`: the openai client streams 16
+/// answers on 4 threads, with a short or a long prompt.
+async fn single_threaded_real_servers(context_words: usize, label: &str) {
+    let _turn = SERIAL.lock().await;
+    let Some(kit) = real::kit_for_or_skip(real::Flavor::Python) else {
+        return;
+    };
+    baton::logging::init();
+    let servers = real::start_servers_of(&kit, real::Flavor::Python, 2).await;
+    let baton = real::balancer_over(&servers).await;
+    // A ~1,500-token prompt takes ~7 s on one core here: each request may
+    // wait for one other in Baton's queue, so allow the client 2 minutes
+    // per request and the run 8 minutes.
+    let load = Load::streamed(16, 4)
+        .tokens(32)
+        .context(context_words)
+        .with("--timeout")
+        .with("120")
+        .within(Duration::from_secs(480));
+    let r = real::run_client(&kit, &baton.url(), &load).await;
+    report(label, &r, Some(&baton));
+    let ttft: Vec<f64> = baton
+        .stats()
+        .workers
+        .iter()
+        .map(|w| w.ewma_ttft_ms)
+        .collect();
+    eprintln!("{label}: learned time to first token per server {ttft:.0?} ms");
+    assert_all_complete(&r, 16, label);
+    assert_no_ejections(&baton, label);
+    assert_counted_as_successes(&baton, 16, label).await;
+    for w in baton.stats().workers {
+        assert!(
+            w.successes > 0,
+            "{} served nothing: {}",
+            w.id,
+            stats_lines(&baton)
+        );
+    }
+    if context_words > 0 {
+        // The scenario is real: each first token came after a silence
+        // longer than the old stall window (750 ms) that probed and
+        // ejected these servers.
+        assert!(
+            ttft.iter().all(|t| *t > 750.0),
+            "{label}: prefill was too short to test anything: {ttft:?} ms"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_single_threaded_llama_cpp_python_servers_answer_every_stream_without_ejections() {
+    single_threaded_real_servers(0, "llama-cpp-python, short prompts").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_prompts_on_single_threaded_llama_cpp_python_servers_eject_nothing_and_fail_nothing() {
+    // About 1,500 tokens of context: seconds of silent prefill on one core.
+    single_threaded_real_servers(1150, "llama-cpp-python, ~1,500-token prompts").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -349,3 +349,135 @@ async fn a_thousand_streams_over_four_studios_open_connections_gradually_and_eje
     }
     assert_eq!(failed, 0, "{st:?}");
 }
+
+/// Prompt tokens a single-threaded studio prefills per second.
+const PREFILL_TPS: f64 = 250.0;
+
+/// A studio like llama-cpp-python's server: one request at a time, probes
+/// included; a new request ends the running stream; the `200` head at
+/// once, then silence until the first token while the prompt prefills.
+fn single_threaded(seed: u64) -> SimConfig {
+    SimConfig {
+        kind: baton::studio::StudioKind::Openai,
+        slots: 1,
+        ttft: Duration::from_millis(50),
+        tokens_per_second: 100.0,
+        prefill_tps: Some(PREFILL_TPS),
+        faults: Faults {
+            serial: true,
+            interrupt: true,
+            early_headers: true,
+            ..Faults::default()
+        },
+        seed,
+        ..SimConfig::default()
+    }
+}
+
+/// A prompt of `words` tokens that no slot has cached (it starts with `tag`).
+fn long_prompt(tag: usize, words: usize) -> String {
+    let mut p = format!("request-{tag} ");
+    p.push_str(&"context ".repeat(words));
+    p
+}
+
+/// `clients` streams at once (twice the pool's two slots) through two
+/// single-threaded studios, each prompt silent for `prefill` before its
+/// first token: every answer must be complete, nothing ejected, and no
+/// request of any kind may reach a studio while another is inside it.
+async fn long_prompts_on_single_threaded_studios(prefill: Duration, rounds: usize) {
+    let lab = Lab::start(
+        vec![single_threaded(1), single_threaded(2)],
+        real_settings(),
+    )
+    .await;
+    let words = (prefill.as_secs_f64() * PREFILL_TPS) as usize;
+    let clients = 4;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let url = lab.url();
+        tasks.push(tokio::spawn(async move {
+            let http = client();
+            for r in 0..rounds {
+                let body = json!({"model": baton::sim::DEFAULT_MODEL, "stream": true,
+                                  "max_tokens": 16,
+                                  "messages": [{"role": "user", "content": long_prompt(c * 100 + r, words)}]});
+                let resp = http
+                    .post(format!("{url}/chat/completions"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = resp.status();
+                let text = resp.text().await.unwrap();
+                assert_eq!(status, 200, "{text}");
+                let sse = parse_sse(&text).unwrap_or_else(|e| panic!("{e}: {text}"));
+                assert!(sse.done, "an answer ended without [DONE]: {text}");
+                assert_eq!(sse.content_events(), 16, "an answer is missing tokens: {text}");
+                assert!(
+                    sse.events
+                        .iter()
+                        .any(|e| e["choices"][0]["finish_reason"] == "length"),
+                    "no finish_reason: {text}"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let took = started.elapsed();
+    // Two studios, one answer at a time each: `clients * rounds / 2` prefills in a row.
+    let ideal = prefill.mul_f64((clients * rounds) as f64 / 2.0);
+    eprintln!(
+        "{} answers with a {prefill:?} silent prefill on two single-threaded studios: {took:.1?} (ideal {ideal:?})",
+        clients * rounds
+    );
+    assert!(
+        took < ideal.mul_f64(1.25) + Duration::from_secs(2),
+        "took {took:?}"
+    );
+    for id in ["s0", "s1"] {
+        let w = lab.worker(id);
+        assert_eq!(w.ejections.values().sum::<u64>(), 0, "{w:?}");
+        assert_eq!(w.failures.values().sum::<u64>(), 0, "{w:?}");
+    }
+    for sim in &lab.sims {
+        let log = sim.log();
+        assert_eq!(sim.stats().interrupted, 0, "a stream was interrupted");
+        for (i, a) in log.iter().enumerate() {
+            let a_end = a.ended_ms.expect("every request ended");
+            for b in &log[i + 1..] {
+                assert!(
+                    b.arrived_ms >= a_end,
+                    "{} {} arrived at {} ms while {} {} was inside ({}..{} ms)",
+                    b.method,
+                    b.path,
+                    b.arrived_ms,
+                    a.method,
+                    a.path,
+                    a.arrived_ms,
+                    a_end
+                );
+            }
+        }
+        // Probes and model lists happened, only between answers.
+        assert!(
+            log.iter().any(|e| e.method == "GET"),
+            "no probe at all: {log:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_threaded_studios_with_a_four_second_silent_prefill_serve_every_answer_without_ejections()
+ {
+    long_prompts_on_single_threaded_studios(Duration::from_secs(4), 2).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn single_threaded_studios_with_a_thirty_second_silent_prefill_serve_every_answer_without_ejections()
+ {
+    long_prompts_on_single_threaded_studios(Duration::from_secs(30), 1).await;
+}

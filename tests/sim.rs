@@ -553,12 +553,33 @@ async fn each_kind_answers_its_identifying_endpoints() {
 }
 
 #[tokio::test]
-async fn start_many_binds_consecutive_addresses() {
-    let sims = sim::start_many(Ipv4Addr::new(127, 0, 0, 42), 0, 3, &cfg(1, 1, 1000.0))
+async fn start_many_binds_consecutive_addresses_or_free_ports_on_one() {
+    // A port that is free on 127.0.0.42 is very likely free on .43 and .44.
+    let port = std::net::TcpListener::bind("127.0.0.42:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let sims = sim::start_many(Ipv4Addr::new(127, 0, 0, 42), port, 3, &cfg(1, 1, 1000.0))
         .await
         .unwrap();
-    let ips: Vec<String> = sims.iter().map(|s| s.addr().ip().to_string()).collect();
-    assert_eq!(ips, ["127.0.0.42", "127.0.0.43", "127.0.0.44"]);
+    let addrs: Vec<String> = sims.iter().map(|s| s.addr().to_string()).collect();
+    assert_eq!(
+        addrs,
+        [42, 43, 44].map(|i| format!("127.0.0.{i}:{port}")),
+        "one port on consecutive addresses"
+    );
+    for s in &sims {
+        assert_eq!(chat(&client(), s, &chat_body(1, false)).await.status(), 200);
+    }
+    // Port 0: all on the base address (all macOS has out of the box).
+    let sims = sim::start_many(Ipv4Addr::LOCALHOST, 0, 3, &cfg(1, 1, 1000.0))
+        .await
+        .unwrap();
+    let mut ports: Vec<u16> = sims.iter().map(|s| s.addr().port()).collect();
+    assert!(sims.iter().all(|s| s.addr().ip() == Ipv4Addr::LOCALHOST));
+    ports.dedup();
+    assert_eq!(ports.len(), 3, "three free ports");
     for s in &sims {
         assert_eq!(chat(&client(), s, &chat_body(1, false)).await.status(), 200);
     }

@@ -82,6 +82,8 @@ async fn ask_all(s: &Shared, path: &str) -> Vec<(Arc<WorkerEntry>, Value)> {
     let asks = ready(s)
         .into_iter()
         .filter(|w| w.capable(api))
+        // Never a request of Baton's own inside a busy one-at-a-time server.
+        .filter(|w| w.serves_http_concurrently() || s.pool.busy_at(w) == 0)
         .map(|w| async move {
             let r = health::fetch(s, &w, Method::GET, path, Bytes::new(), LIST_TIMEOUT).await;
             match r {

@@ -1,23 +1,33 @@
 //! A studio's health: its state, why it left rotation, and the one policy
 //! that decides when it leaves and comes back.
 //!
-//! Real traffic first. A studio whose answers are making progress (bytes
-//! arriving) is alive, whatever a probe says: single-threaded servers
-//! answer probes only between generations, and any Mac under full load
-//! answers them slowly. So:
-//! - a refused or unreachable connect ejects at once (nothing listens);
-//! - a connect or probe timeout ejects only a studio with no answer making
-//!   progress (the seed-000 black hole has none, so it still goes in ~1-2 s);
-//! - active probes run only while the studio is idle (holding one of its
-//!   slots, so no request lands on it mid-probe) or while its answers have
-//!   stalled, never while it is serving;
+//! Real traffic first, and busy is never dead. A studio whose answers are
+//! making progress (bytes arriving) is alive, whatever a probe says. A
+//! studio with requests in flight gets no HTTP request of Baton's own:
+//! single-threaded servers answer them only between generations (and
+//! llama-cpp-python ends its generation for them), any Mac under full load
+//! answers them slowly, and a long prompt keeps every server silent for
+//! tens of seconds before its first token. So:
+//! - an idle studio is probed over HTTP every `probe_interval_ms`, holding
+//!   one of its slots so no request lands on it mid-probe;
+//! - a busy studio that has gone quiet is judged from below HTTP
+//!   ([`super::liveness`]): its connections' TCP state, else a bare TCP
+//!   connect. Only that, a refused or unreachable connect, or a connect
+//!   timeout with nothing heard from the studio, makes it *dead*: it leaves
+//!   rotation and the requests waiting on it move elsewhere at once (the
+//!   seed-000 black hole goes in about a second, busy or not);
+//! - every other reason to leave rotation (a first token later than the
+//!   first-token timeout, 5xx answers in a row, answers cut in a row, a
+//!   failed probe) stops new traffic but lets requests already waiting on
+//!   a live connection wait on: ejecting never kills a request whose studio
+//!   is only slow;
 //! - a failure on a reused connection is a stale connection, not a sick
-//!   studio (the upstream pool retries it fresh and nothing is counted);
-//! - one cut answer does not eject a studio whose other answers complete.
+//!   studio (the upstream pool retries it fresh and nothing is counted).
 //!
 //! Ejection opens the circuit; the studio comes back only through a
 //! half-open probe (model list and a one-token completion) after an
-//! exponential backoff.
+//! exponential backoff, sent when the studio is idle (or known to answer
+//! HTTP while it generates).
 
 use std::sync::Arc;
 use std::sync::Mutex;
@@ -32,6 +42,7 @@ use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
 use super::Shared;
+use super::liveness::Peer;
 use super::upstream::SendError;
 use super::worker::WorkerEntry;
 use crate::preflight::connect::ConnectFailure;
@@ -60,6 +71,10 @@ const MIN_STALL: Duration = Duration::from_millis(750);
 /// A stall is also judged against the studio's own time to first token:
 /// three times its usual wait is not a long prompt any more.
 const STALL_TTFT_FACTOR: f64 = 3.0;
+
+/// How often a busy studio that has gone quiet is looked at below HTTP
+/// (reading its connections' TCP state costs a system call).
+const QUIET_CHECK: Duration = Duration::from_millis(250);
 
 /// How often an idle studio's model list is refreshed when its kind has a
 /// cheaper health endpoint than the model list.
@@ -186,6 +201,8 @@ pub(crate) struct Detail {
     pub consecutive_5xx: u32,
     pub consecutive_cuts: u32,
     pub models_at: Option<Instant>,
+    /// When a bare TCP connect last checked a busy, quiet studio.
+    pub connect_checked_at: Option<Instant>,
 }
 
 /// One worker's health.
@@ -196,22 +213,22 @@ pub(crate) struct Health {
     last_progress_ms: AtomicU64,
     epoch: Instant,
     pub detail: Mutex<Detail>,
-    /// Bumped on every ejection so requests waiting for a first byte here
-    /// can move on at once.
-    pub ejected: watch::Sender<u64>,
+    /// Bumped when the studio is found dead (not merely ejected), so
+    /// requests waiting for a first byte here move on at once.
+    pub dead: watch::Sender<u64>,
     /// Wakes the prober early (an answer was cut: look now).
     pub check_now: Notify,
 }
 
 impl Health {
     pub fn new() -> Health {
-        let (ejected, _) = watch::channel(0);
+        let (dead, _) = watch::channel(0);
         Health {
             state: AtomicU8::new(State::Starting as u8),
             last_progress_ms: AtomicU64::new(0),
             epoch: Instant::now(),
             detail: Mutex::new(Detail::default()),
-            ejected,
+            dead,
             check_now: Notify::new(),
         }
     }
@@ -228,6 +245,11 @@ impl Health {
     pub fn progress(&self) {
         let ms = self.epoch.elapsed().as_millis() as u64;
         self.last_progress_ms.fetch_max(ms, Ordering::Relaxed);
+    }
+
+    /// Milliseconds since this studio's entry was made (its own clock).
+    pub fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
     }
 
     /// Time since the last progress.
@@ -270,6 +292,12 @@ pub(crate) enum Verdict {
     Lacks,
 }
 
+/// Something came from the studio lately: its answers flow, or the
+/// kernel heard from it on one of its connections.
+fn heard_from(w: &WorkerEntry) -> bool {
+    making_progress(w) || w.upstream.peers().iter().any(|t| t.peer() == Peer::Heard)
+}
+
 /// The request could not get a response head from the studio.
 pub(crate) fn on_send_error(s: &Shared, w: &WorkerEntry, e: &SendError) -> Verdict {
     match e {
@@ -283,8 +311,8 @@ pub(crate) fn on_send_error(s: &Shared, w: &WorkerEntry, e: &SendError) -> Verdi
                     | ConnectFailure::NetworkUnreachable
                     | ConnectFailure::NotPermitted
             );
-            if decisive || !making_progress(w) {
-                eject(
+            if decisive || !heard_from(w) {
+                eject_dead(
                     s,
                     w,
                     Failure::Connect,
@@ -294,14 +322,14 @@ pub(crate) fn on_send_error(s: &Shared, w: &WorkerEntry, e: &SendError) -> Verdi
             Verdict::TryAnother
         }
         SendError::ConnectTimeout(t) => {
-            if making_progress(w) {
-                // Its other answers are flowing: a full backlog or our own
-                // burst of connects, not a dead host.
+            if heard_from(w) {
+                // Its other answers flow, or its kernel answers: a full
+                // backlog or our own burst of connects, not a dead host.
                 w.counters.congestion.fetch_add(1, Ordering::Relaxed);
                 return Verdict::Congested;
             }
             w.count_failure(Failure::Timeout);
-            eject(
+            eject_dead(
                 s,
                 w,
                 Failure::Timeout,
@@ -319,7 +347,9 @@ pub(crate) fn on_send_error(s: &Shared, w: &WorkerEntry, e: &SendError) -> Verdi
     }
 }
 
-/// No first byte within the first-token timeout.
+/// No first byte within the first-token timeout: the studio is too slow
+/// (or wedged) for new traffic. Other requests waiting on it keep their
+/// own first-token timeouts.
 pub(crate) fn on_first_byte_timeout(s: &Shared, w: &WorkerEntry, detail: &str) {
     w.count_failure(Failure::Timeout);
     eject(s, w, Failure::Timeout, detail);
@@ -382,14 +412,29 @@ fn note_cut(s: &Shared, w: &WorkerEntry, detail: &str) {
     }
 }
 
-/// Take a worker out of rotation now. Requests waiting for a first byte
-/// from it are told through `ejected` and move on.
+/// Take a worker out of rotation now: no new traffic until a half-open
+/// probe passes. Requests already waiting on it keep waiting on their live
+/// connections (up to the first-token timeout).
 pub(crate) fn eject(s: &Shared, w: &WorkerEntry, reason: Failure, detail: &str) {
+    take_out(s, w, reason, detail, false);
+}
+
+/// The studio is dead (found so below HTTP, or nothing listens): out of
+/// rotation, and requests waiting for its first byte move on at once.
+pub(crate) fn eject_dead(s: &Shared, w: &WorkerEntry, reason: Failure, detail: &str) {
+    take_out(s, w, reason, detail, true);
+}
+
+fn take_out(s: &Shared, w: &WorkerEntry, reason: Failure, detail: &str, dead: bool) {
     let state = w.state();
     if !matches!(
         state,
         State::Ready | State::Starting | State::Probing | State::Draining
     ) {
+        if dead && state == State::Ejected {
+            // Out already, and now known dead: free its waiters.
+            w.health.dead.send_modify(|n| *n += 1);
+        }
         return;
     }
     {
@@ -412,7 +457,9 @@ pub(crate) fn eject(s: &Shared, w: &WorkerEntry, reason: Failure, detail: &str) 
     if state != State::Probing {
         w.counters.ejections[reason.index()].fetch_add(1, Ordering::Relaxed);
     }
-    w.health.ejected.send_modify(|n| *n += 1);
+    if dead {
+        w.health.dead.send_modify(|n| *n += 1);
+    }
     // Waiters held back for it, or only it could serve, are looked at again.
     s.pool.dispatch();
     s.changed();
@@ -422,6 +469,7 @@ pub(crate) fn eject(s: &Shared, w: &WorkerEntry, reason: Failure, detail: &str) 
         tracing::warn!(
             worker = w.id(),
             reason = reason.as_str(),
+            dead,
             "worker ejected: {detail}"
         );
     }
@@ -492,6 +540,15 @@ pub(super) async fn run(shared: Arc<Shared>, w: Arc<WorkerEntry>, stop: Cancella
                 if w.state() != State::Ejected {
                     continue;
                 }
+                if shared.pool.busy_at(&w) > 0 && !w.serves_http_concurrently() {
+                    // Requests still inside a one-at-a-time server: the
+                    // probe would wait behind them (or end one). Later.
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(shared.settings().probe_interval) => {}
+                    }
+                    continue;
+                }
                 w.health.set_state(State::Probing);
                 // Half-open: the model list and one real token must both
                 // work, so a studio that lists models but fails generations
@@ -509,28 +566,35 @@ pub(super) async fn run(shared: Arc<Shared>, w: Arc<WorkerEntry>, stop: Cancella
             }
         }
         // A busy studio is looked at again the moment its answers would
-        // count as stalled, not a whole interval later: a studio that dies
-        // while serving is dropped in about two seconds.
+        // count as quiet, and then often (below HTTP, that is cheap): a
+        // studio that dies while serving is dropped in about a second.
         let mut interval = shared.settings().probe_interval;
         if making_progress(&w) {
             let left = stall_window(&w).saturating_sub(w.health.since_progress());
             interval = interval.min(left + Duration::from_millis(20));
+        } else if w.in_flight() > 0 {
+            interval = interval.min(QUIET_CHECK);
         }
-        let mut ejected = w.health.ejected.subscribe();
+        let mut dead = w.health.dead.subscribe();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
             _ = w.health.check_now.notified() => {}
-            // Ejected by live traffic: start the backoff now.
-            _ = ejected.changed() => {}
+            // Found dead by live traffic: start the backoff now.
+            _ = dead.changed() => {}
         }
     }
 }
 
 /// One look at a worker in rotation: leave a serving one alone, probe an
-/// idle one while holding a slot, probe a stalled one.
+/// idle one over HTTP while holding a slot, and judge a busy one that has
+/// gone quiet from below HTTP.
 async fn check_serving(shared: &Arc<Shared>, w: &Arc<WorkerEntry>) {
     if making_progress(w) {
+        return;
+    }
+    if w.in_flight() > 0 {
+        check_quiet(shared, w).await;
         return;
     }
     let kind = if w
@@ -547,28 +611,73 @@ async fn check_serving(shared: &Arc<Shared>, w: &Arc<WorkerEntry>) {
     };
     // Idle: hold one of its slots, so no request reaches a single-threaded
     // studio while the probe is inside it.
-    let slot = if w.in_flight() == 0 {
-        match shared.pool.try_claim_idle(w) {
-            Some(s) => Some(s),
-            // A request took it a moment ago: it is serving, not idle.
-            None => return,
-        }
-    } else {
-        None
+    let Some(slot) = shared.pool.try_claim_idle(w) else {
+        // A request took it a moment ago: it is serving, not idle.
+        return;
     };
     let result = probe(shared, w, kind).await;
     drop(slot);
     match result {
         Ok((models, rtt)) => admit(shared, w, models, rtt),
         Err((reason, detail)) => {
-            // Its answers may have started flowing while we waited.
-            if reason == Failure::Timeout && making_progress(w) {
-                return;
-            }
             w.count_failure(Failure::Probe);
-            eject(shared, w, reason, &detail);
+            // Nothing waits on an idle studio; a dead one is marked so.
+            if matches!(reason, Failure::Connect | Failure::Timeout) {
+                eject_dead(shared, w, reason, &detail);
+            } else {
+                eject(shared, w, reason, &detail);
+            }
         }
     }
+}
+
+/// A studio with requests in flight has sent nothing for a while: a long
+/// prefill, or a dead host? Asked below HTTP only (see [`super::liveness`]).
+async fn check_quiet(shared: &Shared, w: &WorkerEntry) {
+    let mut heard = false;
+    for t in w.upstream.peers() {
+        match t.peer() {
+            Peer::Gone(why) => {
+                w.count_failure(Failure::Timeout);
+                eject_dead(shared, w, Failure::Timeout, &format!("TCP: {why}"));
+                return;
+            }
+            Peer::Heard => heard = true,
+            Peer::Unknown => {}
+        }
+    }
+    if heard {
+        return;
+    }
+    // Nothing to go by on its connections: a bare connect, at most once
+    // per probe interval.
+    let settings = shared.settings();
+    {
+        let mut d = w.health.detail.lock().expect("health lock");
+        if d.connect_checked_at
+            .is_some_and(|t| t.elapsed() < settings.probe_interval)
+        {
+            return;
+        }
+        d.connect_checked_at = Some(Instant::now());
+    }
+    let (reason, detail) = match w.upstream.connect_check(settings.connect_timeout).await {
+        Ok(()) => return,
+        Err(SendError::Connect(kind, detail)) => (
+            Failure::Connect,
+            format!("connect {}: {detail}", kind.describe()),
+        ),
+        Err(SendError::ConnectTimeout(t)) => {
+            (Failure::Timeout, format!("connect timed out after {t:?}"))
+        }
+        Err(SendError::Request(detail)) => (Failure::Connect, detail),
+    };
+    // Its answers may have started flowing while we waited.
+    if reason == Failure::Timeout && making_progress(w) {
+        return;
+    }
+    w.count_failure(reason);
+    eject_dead(shared, w, reason, &detail);
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -700,7 +809,8 @@ pub(crate) async fn fetch(
         let mut b = Request::builder()
             .method(method.clone())
             .uri(path)
-            .header(header::HOST, w.upstream.authority());
+            .header(header::HOST, w.upstream.authority())
+            .header(header::VIA, &shared.via);
         if !body.is_empty() {
             b = b.header(header::CONTENT_TYPE, "application/json");
         }

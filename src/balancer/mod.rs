@@ -21,6 +21,7 @@ mod answer;
 mod catalog;
 mod health;
 mod limit;
+mod liveness;
 mod metrics;
 mod pool;
 mod proxy;
@@ -52,7 +53,7 @@ pub use worker::Capability;
 pub const WORKER_HEADER: &str = "x-baton-worker";
 
 /// Default listen address: loopback only.
-pub const DEFAULT_LISTEN: &str = "127.0.0.1:8421";
+pub use crate::config::DEFAULT_LISTEN;
 
 /// Why the balancer could not start or reload.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +78,36 @@ pub enum Error {
     },
     #[error("no worker `{0}` in the running balancer")]
     UnknownWorker(String),
+    #[error(
+        "worker `{id}` ({host}:{port}) is this balancer's own address {addr}: requests sent to it would come back to Baton forever\n  fix: point it at the studio's own server, or move the balancer with --listen"
+    )]
+    SelfLoop {
+        id: String,
+        host: String,
+        port: u16,
+        addr: SocketAddr,
+    },
+}
+
+/// Refuse a configuration with a worker at the balancer's own address.
+fn check_self_loop(config: &Config, addr: SocketAddr) -> Result<(), Error> {
+    let local: Vec<std::net::IpAddr> = if addr.ip().is_unspecified() {
+        crate::netinfo::local_ipv4()
+            .iter()
+            .map(|n| std::net::IpAddr::V4(n.addr))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    match config.self_loop(addr, &local) {
+        Some((_, w)) if w.enabled => Err(Error::SelfLoop {
+            id: w.id.clone(),
+            host: w.host.clone(),
+            port: w.port,
+            addr,
+        }),
+        _ => Ok(()),
+    }
 }
 
 /// State shared by the server, the probers and every request.
@@ -93,6 +124,18 @@ pub(crate) struct Shared {
     shutdown: CancellationToken,
     /// Bumped whenever a worker's state changes, for subscribers that show it.
     changes: watch::Sender<u64>,
+    /// `Via` value this balancer adds to what it sends studios: a request
+    /// that comes back carrying it went round in a loop.
+    via: axum::http::HeaderValue,
+}
+
+/// This balancer's own hop name for `Via`: random, so one Baton in front
+/// of another is fine and only a request that comes back is refused.
+fn hop_name() -> axum::http::HeaderValue {
+    let mut b = [0u8; 4];
+    let _ = getrandom::fill(&mut b);
+    let token: String = b.iter().map(|x| format!("{x:02x}")).collect();
+    axum::http::HeaderValue::from_str(&format!("1.1 baton-{token}")).expect("ASCII")
 }
 
 impl Shared {
@@ -229,11 +272,12 @@ impl Balancer {
         api_key: Option<String>,
     ) -> Result<Balancer, Error> {
         let settings = config.balancer.clone();
-        let addr = listen
-            .or(settings.listen)
-            .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("valid default"));
+        let addr = listen.or(settings.listen).unwrap_or(DEFAULT_LISTEN);
         if !addr.ip().is_loopback() && api_key.is_none() {
             return Err(Error::NeedsApiKey(addr));
+        }
+        if addr.port() != 0 {
+            check_self_loop(config, addr)?;
         }
         let entries = resolve_workers(config)?;
         let listener = TcpListener::bind(addr)
@@ -242,6 +286,7 @@ impl Balancer {
         let addr = listener
             .local_addr()
             .map_err(|source| Error::Bind { addr, source })?;
+        check_self_loop(config, addr)?;
         let shared = Arc::new(Shared {
             pool: Pool::new(queue_settings(&settings)),
             settings: RwLock::new(Arc::new(settings)),
@@ -253,6 +298,7 @@ impl Balancer {
             probers: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
             changes: watch::channel(0).0,
+            via: hop_name(),
         });
         for w in entries {
             shared.start_worker(Arc::new(w));
@@ -329,6 +375,7 @@ impl Balancer {
     /// start probing, removed ones drain, changed ones are replaced (the
     /// old entry drains). Settings apply to new requests.
     pub fn reload(&self, config: &Config) -> Result<ReloadSummary, Error> {
+        check_self_loop(config, self.addr)?;
         let entries = resolve_workers(config)?;
         let s = &self.shared;
         let settings = config.balancer.clone();

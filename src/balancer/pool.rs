@@ -203,8 +203,15 @@ impl Pool {
             .any(|w| f(w))
     }
 
+    /// Requests waiting for a slot (not those whose client left).
     pub fn queue_depth(&self) -> usize {
-        self.sched.lock().expect("sched lock").queue.len()
+        self.sched
+            .lock()
+            .expect("sched lock")
+            .queue
+            .iter()
+            .filter(|w| !w.tx.is_closed())
+            .count()
     }
 
     pub fn add(&self, w: Arc<WorkerEntry>) {
@@ -220,11 +227,19 @@ impl Pool {
             .retain(|w| !(w.state() == State::Removed && w.in_flight() == 0));
     }
 
-    /// Claim a slot on `w` only if it is ready and has nothing in flight:
-    /// a probe holds it so no request reaches the studio mid-probe.
+    /// Requests in flight at `w`'s address: its own, and those of an entry
+    /// for the same studio that a reload replaced and that still drains.
+    pub(crate) fn busy_at(&self, w: &WorkerEntry) -> u64 {
+        let s = self.sched.lock().expect("sched lock");
+        busy_at_locked(&s, w)
+    }
+
+    /// Claim a slot on `w` only if it is ready and nothing is in flight at
+    /// its address: a probe holds it so no request reaches the studio
+    /// mid-probe.
     pub(crate) fn try_claim_idle(self: &Arc<Self>, w: &Arc<WorkerEntry>) -> Option<SlotGuard> {
-        let _s = self.sched.lock().expect("sched lock");
-        if w.in_flight() != 0 || !matches!(w.state(), State::Ready | State::Draining) {
+        let s = self.sched.lock().expect("sched lock");
+        if busy_at_locked(&s, w) != 0 || !matches!(w.state(), State::Ready | State::Draining) {
             return None;
         }
         let (end, level) = w.claim(0.0);
@@ -395,6 +410,15 @@ impl Pool {
         }
         Ok(())
     }
+}
+
+fn busy_at_locked(s: &Sched, w: &WorkerEntry) -> u64 {
+    s.workers
+        .iter()
+        .filter(|x| x.upstream.authority() == w.upstream.authority())
+        .map(|x| x.in_flight())
+        .sum::<u64>()
+        .max(w.in_flight())
 }
 
 fn excluded(exclude: &[Arc<WorkerEntry>], w: &Arc<WorkerEntry>) -> bool {

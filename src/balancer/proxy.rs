@@ -49,7 +49,29 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         r = r.layer(middleware::from_fn_with_state(shared.clone(), authorize));
     }
     // Health stays open: load balancers and the menu bar poll it.
-    r.route("/health", get(health)).with_state(shared)
+    r.route("/health", get(health))
+        .layer(middleware::from_fn_with_state(shared.clone(), refuse_loops))
+        .with_state(shared)
+}
+
+/// A request that already passed through this balancer came back: a worker
+/// points at the balancer itself (through a name the loader could not
+/// check). Answered at once, instead of looping until every slot is taken.
+async fn refuse_loops(State(s): St, req: Request, next: Next) -> Response {
+    let ours = s.via.as_bytes().strip_prefix(b"1.1 ").unwrap_or(b"");
+    let looped = req
+        .headers()
+        .get_all(header::VIA)
+        .iter()
+        .any(|v| memchr::memmem::find(v.as_bytes(), ours).is_some());
+    if looped {
+        return family_of(req.uri().path()).error(
+            StatusCode::LOOP_DETECTED,
+            "this request came back to the balancer that sent it: a worker points at Baton itself; point it at the studio's own server",
+            "loop_detected",
+        );
+    }
+    next.run(req).await
 }
 
 /// The family of the API a path belongs to (OpenAI for anything unknown).
@@ -179,6 +201,8 @@ struct Job {
     demand: Demand,
     /// Headers passed on to the studio.
     passed: Vec<(&'static str, HeaderValue)>,
+    /// The hops it came through, this balancer last.
+    via: HeaderValue,
     started: Instant,
 }
 
@@ -241,6 +265,7 @@ async fn forward(State(s): St, req: Request) -> Response {
         parsed,
         demand,
         passed,
+        via: via_after(&parts.headers, &s.via),
         started,
     };
 
@@ -274,6 +299,21 @@ async fn forward(State(s): St, req: Request) -> Response {
             }
         }
     }
+}
+
+/// The request's `Via` hops with this balancer's appended, so a loop
+/// through several balancers is seen by the first one it reaches again.
+fn via_after(headers: &HeaderMap, ours: &HeaderValue) -> HeaderValue {
+    let mut hops: Vec<&[u8]> = headers
+        .get_all(header::VIA)
+        .iter()
+        .map(HeaderValue::as_bytes)
+        .collect();
+    if hops.is_empty() {
+        return ours.clone();
+    }
+    hops.push(ours.as_bytes());
+    HeaderValue::from_bytes(&hops.join(&b", "[..])).unwrap_or_else(|_| ours.clone())
 }
 
 fn unknown_model(s: &Shared, family: Family, model: Option<&str>) -> Response {
@@ -403,13 +443,14 @@ async fn attempt(
 ) -> Result<Response, Retry> {
     let w = slot.worker.clone();
     let api = job.api;
-    let mut ejected = w.health.ejected.subscribe();
+    let mut dead = w.health.dead.subscribe();
     let body = body_for(job, &w);
     let make = || {
         let mut b = axum::http::Request::builder()
             .method(axum::http::Method::POST)
             .uri(api.path())
             .header(header::HOST, w.upstream.authority())
+            .header(header::VIA, &job.via)
             .header(header::CONTENT_TYPE, "application/json");
         if let Some(a) = &w.auth_header {
             b = b.header(header::AUTHORIZATION, a);
@@ -437,6 +478,7 @@ async fn attempt(
             .await
             .map_err(FirstByte::Send)?;
         w.health.progress();
+        let head_ms = w.note_head();
         let (parts, mut body) = resp.into_parts();
         // Wait for the first non-empty chunk (or the end of the body).
         let first = loop {
@@ -451,17 +493,19 @@ async fn attempt(
                 None => break None,
             }
         };
-        Ok((parts, body, first, conn))
+        Ok((parts, body, first, conn, head_ms))
     };
     let outcome = tokio::select! {
         r = tokio::time::timeout(settings.first_token_timeout, first_byte) => r,
-        // The prober found the worker dead while we waited: move on now.
-        _ = ejected.changed() => {
+        // The studio was found dead while we waited: move on now. (Only
+        // dead: a studio ejected for being slow keeps the requests already
+        // waiting on its live connections.)
+        _ = dead.changed() => {
             let why = w.health.last_error().unwrap_or_default();
-            return Err(Retry::another(format!("worker ejected while waiting for its first byte ({why})")));
+            return Err(Retry::another(format!("worker found dead while waiting for its first byte ({why})")));
         }
     };
-    let (parts, upstream, first, conn) = match outcome {
+    let (parts, upstream, first, conn, head_ms) = match outcome {
         Ok(Ok(x)) => x,
         Ok(Err(FirstByte::Send(e))) => {
             let verdict = health::on_send_error(s, &w, &e);
@@ -482,7 +526,9 @@ async fn attempt(
         }
     };
     let status = parts.status;
-    if status.is_server_error() {
+    // 508 is a loop another balancer saw: the request's answer, not the
+    // studio's failure (passed on below like a client error).
+    if status.is_server_error() && status != StatusCode::LOOP_DETECTED {
         health::on_status_5xx(s, &w, status);
         return Err(Retry::another(format!("answered {status}")));
     }
@@ -524,6 +570,7 @@ async fn attempt(
             framing,
             first,
             job.started,
+            head_ms,
             settings.idle_timeout,
         );
         return Ok(builder

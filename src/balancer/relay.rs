@@ -19,13 +19,13 @@ use hyper::body::Incoming;
 
 use super::Shared;
 use super::answer::{self, Api};
-use super::health::{self, Failure, State};
+use super::health::{self, Failure};
 use super::pool::SlotGuard;
 use super::upstream::Conn;
 use super::worker::WorkerEntry;
 
-/// How long a stream from an ejected worker may stall before it is ended.
-const EJECTED_GRACE: Duration = Duration::from_secs(1);
+/// How long a stream from a studio found dead may stall before it is ended.
+const DEAD_GRACE: Duration = Duration::from_secs(1);
 
 /// Events after which the streaming rate is first measured (then at 4x, 16x, ...).
 const RATE_FIRST_AT: u64 = 8;
@@ -65,7 +65,9 @@ pub(crate) struct Relay {
     /// When the studio's first byte arrived.
     pub first_byte_at: Instant,
     pub idle: Duration,
-    pub ejected: tokio::sync::watch::Receiver<u64>,
+    pub dead: tokio::sync::watch::Receiver<u64>,
+    /// When the studio's response head arrived (its health clock, ms).
+    head_ms: u64,
     /// SSE `data:` events seen: a token count good enough for tokens/s.
     events: u64,
     next_rate_at: u64,
@@ -96,9 +98,10 @@ impl Relay {
         framing: Framing,
         first: Option<Bytes>,
         started: Instant,
+        head_ms: u64,
         idle: Duration,
     ) -> Relay {
-        let ejected = slot.worker.health.ejected.subscribe();
+        let dead = slot.worker.health.dead.subscribe();
         Relay {
             shared,
             slot: Some(slot),
@@ -110,7 +113,8 @@ impl Relay {
             started,
             first_byte_at: Instant::now(),
             idle,
-            ejected,
+            dead,
+            head_ms,
             events: 0,
             next_rate_at: RATE_FIRST_AT,
             pending: BytesMut::new(),
@@ -158,13 +162,15 @@ impl Relay {
     async fn next_chunk(&mut self) -> Result<Bytes, End> {
         loop {
             // Wait for the next chunk up to the idle timeout; but once the
-            // worker is ejected (its probe found it dead), a stalled stream
-            // gets only a short grace instead of the whole idle timeout.
+            // studio is found dead, a stalled stream gets only a short
+            // grace instead of the whole idle timeout.
             let idle = self.idle;
+            let mut found_dead = false;
             let next = tokio::select! {
                 n = tokio::time::timeout(idle, self.body.frame()) => n,
-                _ = self.ejected.changed() => {
-                    tokio::time::timeout(EJECTED_GRACE.min(idle), self.body.frame()).await
+                _ = self.dead.changed() => {
+                    found_dead = true;
+                    tokio::time::timeout(DEAD_GRACE.min(idle), self.body.frame()).await
                 }
             };
             match next {
@@ -182,10 +188,11 @@ impl Relay {
                         super::upstream::describe(&e)
                     )));
                 }
-                Err(_) if self.worker().state() == State::Ejected => {
-                    return Err(End::Stalled(
-                        "the worker was ejected and its stream stalled".into(),
-                    ));
+                Err(_) if found_dead => {
+                    let why = self.worker().health.last_error().unwrap_or_default();
+                    return Err(End::Stalled(format!(
+                        "the studio stopped answering ({why})"
+                    )));
                 }
                 Err(_) => return Err(End::Stalled(format!("no data for {idle:?} mid-stream"))),
             }
@@ -319,6 +326,7 @@ impl Relay {
             .fetch_sub(self.events - tokens, Ordering::Relaxed);
         self.shared.pool.learn_tokens(tokens);
         w.learn(total, Some(self.first_byte_at.elapsed()), tokens);
+        w.note_streamed(self.head_ms);
         if let Some(c) = self.conn.take() {
             w.upstream.put_back(c, true);
         }

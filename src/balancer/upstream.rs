@@ -13,8 +13,8 @@
 //! not pay for them, and it bounds how many connections open at once.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use axum::http::{HeaderMap, HeaderValue, Request, Response, header};
@@ -26,6 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
+use super::liveness::{self, Tracked};
 use crate::preflight::connect::{ConnectFailure, classify};
 
 pub(crate) type ReqBody = Full<Bytes>;
@@ -76,6 +77,8 @@ impl std::fmt::Display for SendError {
 /// once the response body has ended, or drop it to close it.
 pub(crate) struct Conn {
     tx: SendRequest<ReqBody>,
+    /// The socket, for the liveness check (see [`Upstream::peers`]).
+    _tracked: Option<Arc<Tracked>>,
     /// Requests served on this connection before the current one.
     served: u32,
     /// The studio said it would close this connection after the answer.
@@ -108,6 +111,8 @@ pub(crate) struct Upstream {
     habits: Mutex<Habits>,
     connecting: Semaphore,
     resolved: Mutex<Option<(Vec<SocketAddr>, Instant)>>,
+    /// Every open connection's socket, for the liveness check.
+    tracked: Mutex<Vec<Weak<Tracked>>>,
     /// Requests retried on a fresh connection after a stale one failed.
     pub stale_retries: AtomicU64,
     /// Connections opened.
@@ -134,6 +139,7 @@ impl Upstream {
             }),
             connecting: Semaphore::new(MAX_CONNECTING),
             resolved: Mutex::new(None),
+            tracked: Mutex::new(Vec::new()),
             stale_retries: AtomicU64::new(0),
             connects: AtomicU64::new(0),
         }
@@ -281,6 +287,13 @@ impl Upstream {
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(stream)) => {
                     let _ = stream.set_nodelay(true);
+                    liveness::keep_alive(&socket2::SockRef::from(&stream));
+                    let tracked = Tracked::new(&stream);
+                    if let Some(t) = &tracked {
+                        let mut all = self.tracked.lock().expect("tracked lock");
+                        all.retain(|w| w.strong_count() > 0);
+                        all.push(Arc::downgrade(t));
+                    }
                     let (tx, conn) = http1::Builder::new()
                         .handshake::<_, ReqBody>(TokioIo::new(stream))
                         .await
@@ -291,10 +304,35 @@ impl Upstream {
                     self.connects.fetch_add(1, Ordering::Relaxed);
                     return Ok(Conn {
                         tx,
+                        _tracked: tracked,
                         served: 0,
                         closing: false,
                     });
                 }
+                Ok(Err(e)) => last = Some(SendError::Connect(classify(&e), e.to_string())),
+                Err(_) => last = Some(SendError::ConnectTimeout(timeout)),
+            }
+        }
+        Err(last.unwrap_or_else(|| {
+            SendError::Connect(ConnectFailure::Other, "no address to connect to".into())
+        }))
+    }
+
+    /// The sockets of every open connection to the studio (in flight and
+    /// idle in the pool).
+    pub fn peers(&self) -> Vec<Arc<Tracked>> {
+        let mut all = self.tracked.lock().expect("tracked lock");
+        all.retain(|w| w.strong_count() > 0);
+        all.iter().filter_map(Weak::upgrade).collect()
+    }
+
+    /// Open a TCP connection and close it without sending a byte: the host
+    /// and its listener are up (a single-threaded server never notices).
+    pub async fn connect_check(&self, timeout: Duration) -> Result<(), SendError> {
+        let mut last = None;
+        for addr in self.resolve(timeout).await? {
+            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+                Ok(Ok(_)) => return Ok(()),
                 Ok(Err(e)) => last = Some(SendError::Connect(classify(&e), e.to_string())),
                 Err(_) => last = Some(SendError::ConnectTimeout(timeout)),
             }
@@ -398,6 +436,7 @@ mod tests {
         let (tx, _) = fake_sender();
         let mut c = Conn {
             tx,
+            _tracked: None,
             served: 0,
             closing: false,
         };

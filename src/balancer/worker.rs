@@ -2,7 +2,7 @@
 //! its health, its live counters and what routing has learned of its speed.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
@@ -100,7 +100,17 @@ pub struct WorkerEntry {
     /// When each claimed slot is expected to free (from what routing knew
     /// of the studio's speed when it was claimed).
     slot_ends: Mutex<Vec<Instant>>,
+    /// It answers HTTP while generating: known from its kind, or seen.
+    concurrent_http: AtomicBool,
+    /// When the latest response head from it arrived (health clock, ms).
+    last_head_ms: AtomicU64,
 }
+
+/// A response head that came this long before another answer's last byte
+/// proves the two overlapped (a one-at-a-time server sends the next head
+/// only after the previous answer ended; this margin absorbs the order in
+/// which Baton's tasks read two sockets).
+const OVERLAP_PROOF: Duration = Duration::from_millis(100);
 
 /// What a studio has shown about one API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -132,6 +142,8 @@ impl WorkerEntry {
             lacks: AtomicU32::new(0),
             serves_api: AtomicU32::new(0),
             slot_ends: Mutex::new(Vec::new()),
+            concurrent_http: AtomicBool::new(cfg.kind.serves_http_concurrently()),
+            last_head_ms: AtomicU64::new(0),
             cfg_id: std::sync::Arc::from(cfg.id.as_str()),
             cfg,
         }
@@ -301,6 +313,37 @@ impl WorkerEntry {
             if tokens > 1 && gen_s > 0.0 {
                 l.tokens_per_second = ewma(l.tokens_per_second, (tokens - 1) as f64 / gen_s);
             }
+        }
+    }
+
+    /// Whether Baton may send it a request of its own (a probe, a model
+    /// list) while it has requests in flight.
+    pub fn serves_http_concurrently(&self) -> bool {
+        self.concurrent_http.load(Ordering::Relaxed)
+    }
+
+    /// A response head arrived from it; returns when (for [`Self::note_streamed`]).
+    pub(crate) fn note_head(&self) -> u64 {
+        let now = self.health.now_ms();
+        self.last_head_ms.fetch_max(now, Ordering::Relaxed);
+        now
+    }
+
+    /// A streamed answer whose head came at `own_head_ms` just completed:
+    /// if another answer's head arrived while it was still streaming, the
+    /// studio serves HTTP while generating.
+    pub(crate) fn note_streamed(&self, own_head_ms: u64) {
+        if self.serves_http_concurrently() {
+            return;
+        }
+        let other = self.last_head_ms.load(Ordering::Relaxed);
+        let proof = OVERLAP_PROOF.as_millis() as u64;
+        if other > own_head_ms && other + proof < self.health.now_ms() {
+            self.concurrent_http.store(true, Ordering::Relaxed);
+            tracing::info!(
+                worker = self.id(),
+                "studio answers requests while it generates: probes and model lists may reach it while busy"
+            );
         }
     }
 

@@ -42,7 +42,9 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::from(2));
     }
     let engine = match super::follow::open(EngineOptions {
-        config_path: Some(path),
+        // Only a file named with -c is a pool to create when missing; the
+        // default location missing means "serve simulated studios".
+        config_path: a.config.clone(),
         simulate: a.simulate,
         listen: a.listen,
         ..EngineOptions::default()

@@ -13,13 +13,14 @@ use clap::Args;
 
 #[derive(Args, Debug)]
 pub struct SimArgs {
-    /// How many studios to start, on consecutive addresses from --base
+    /// How many studios to start: on consecutive addresses from --base, or all
+    /// on --base with --port 0
     #[arg(long, default_value_t = 1)]
     count: usize,
     /// First address to bind (127.0.0.2 then .3, .4, ... with --count)
     #[arg(long, default_value = "127.0.0.1")]
     base: Ipv4Addr,
-    /// Port every studio listens on (0 picks a free one each)
+    /// Port every studio listens on (0: all on --base, each on a free port)
     #[arg(long, default_value_t = 1234)]
     port: u16,
     /// Server software to imitate (its identifying endpoints and native APIs)
@@ -71,6 +72,10 @@ pub struct SimArgs {
     /// the connection breaks (llama-cpp-python)
     #[arg(long)]
     interrupt: bool,
+    /// A stream's 200 head goes out at once, then silence until the first token
+    /// (llama-cpp-python and other uvicorn servers)
+    #[arg(long)]
+    early_headers: bool,
     /// Fault: streams end with [DONE] but without a finish reason
     #[arg(long)]
     done_without_finish: bool,
@@ -134,6 +139,7 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
             close_random: a.close_random,
             serial: a.serial,
             interrupt: a.interrupt,
+            early_headers: a.early_headers,
             done_without_finish: a.done_without_finish,
             break_after_done: a.break_after_done,
             error_in_stream_after: a.error_in_stream_after,

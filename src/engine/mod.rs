@@ -302,7 +302,7 @@ impl Engine {
         let listen = opts
             .listen
             .or(pool.config.balancer.listen)
-            .unwrap_or_else(|| balancer::DEFAULT_LISTEN.parse().expect("valid default"));
+            .unwrap_or(balancer::DEFAULT_LISTEN);
         let last_preflight = Store::open(&store_path)
             .ok()
             .and_then(|s| s.last_preflight().ok().flatten())

@@ -151,8 +151,10 @@ impl Engine {
             .expect("to_json writes a workers list");
         change(workers)?;
         let text = serde_json::to_string_pretty(&root).expect("JSON serializes") + "\n";
-        // The loader's own validation and messages.
+        // The loader's own validation and messages, and never a worker at
+        // the address the balancer listens on now.
         let config = Config::parse(&text, &path)?;
+        config.check_self_loop(self.balancer_status().listen, &[], &path)?;
         crate::files::write_atomic(&path, text.as_bytes()).map_err(|e| {
             EngineError::Other(format!(
                 "cannot write {}: {e}\n  fix: check that the folder is writable",

@@ -97,19 +97,17 @@ pub(super) async fn messages(
             return error(status, &msg);
         }
     };
-    let job = Generation::start(&s, ctx, tracker, ask).await;
     let id = format!("msg_sim{}", next_id());
-    let (model, input_tokens) = (job.model.clone(), job.prompt_tokens);
-    if job.stream {
-        return generation::stream(
-            job,
-            Events {
-                id,
-                model,
-                input_tokens,
-            },
-        );
+    let (model, input_tokens) = (ask.model.clone(), text::count_tokens(&ask.prompt));
+    if ask.stream {
+        let fmt = Events {
+            id,
+            model,
+            input_tokens,
+        };
+        return generation::stream(&s, ctx, tracker, ask, fmt).await;
     }
+    let job = Generation::start(&s, ctx, tracker, ask).await;
     let out = job.run().await;
     let whole = json!({
         "id": id, "type": "message", "role": "assistant", "model": model,

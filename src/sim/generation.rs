@@ -256,8 +256,6 @@ pub(super) struct Generation {
     state: Arc<SimState>,
     tracker: Option<Tracker>,
     slot: Option<SlotGuard>,
-    pub(super) model: String,
-    pub(super) prompt_tokens: u32,
     pub(super) stream: bool,
     seed: u64,
     n: u32,
@@ -320,8 +318,6 @@ impl Generation {
             tracker: Some(tracker),
             slot: Some(slot),
             seed: text::stable_hash(&ask.prompt),
-            model: ask.model,
-            prompt_tokens,
             stream: ask.stream,
             n,
             finish,
@@ -521,11 +517,39 @@ fn aborted() -> io::Error {
 /// Stream a generation in `fmt`. The events are produced on their own task
 /// into a channel; a closed channel means hyper dropped the body (the
 /// client went away), so generation stops at once.
-pub(super) fn stream(job: Generation, mut fmt: impl StreamFormat) -> Response {
+pub(super) async fn stream(
+    state: &Arc<SimState>,
+    ctx: ReqCtx,
+    tracker: Tracker,
+    ask: Ask,
+    fmt: impl StreamFormat,
+) -> Response {
+    let start = {
+        let state = state.clone();
+        async move { Generation::start(&state, ctx, tracker, ask).await }
+    };
+    if state.faults().early_headers {
+        // The 200 head goes out now; the body stays silent through the
+        // load, the queue and the prefill (llama-cpp-python, uvicorn).
+        stream_from(start, fmt)
+    } else {
+        let job = start.await;
+        stream_from(std::future::ready(job), fmt)
+    }
+}
+
+/// Relay the generation `start` yields, in `fmt`, once it has started.
+fn stream_from(
+    start: impl std::future::Future<Output = Generation> + Send + 'static,
+    mut fmt: impl StreamFormat,
+) -> Response {
     let (tx, mut rx) = mpsc::channel::<Chunk>(4);
     let content_type = fmt.content_type();
     tokio::spawn(async move {
-        let mut job = job;
+        let mut job = tokio::select! {
+            j = start => j,
+            _ = tx.closed() => return,
+        };
         let marker = !job.faults.done_without_finish;
         let break_after_done = job.faults.break_after_done;
         for b in fmt.open() {

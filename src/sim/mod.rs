@@ -136,6 +136,10 @@ pub struct Faults {
     /// a finish reason, then the connection breaks (llama-cpp-python's
     /// default). Whole (non-streamed) answers are not interrupted.
     pub interrupt: bool,
+    /// A stream's `200` head goes out at once, then nothing (not even an
+    /// SSE comment) until the first token, however long the load, queue
+    /// and prefill take (llama-cpp-python and other uvicorn servers).
+    pub early_headers: bool,
     /// Streams end with `[DONE]` but without the chunk that carries the
     /// finish reason.
     pub done_without_finish: bool,
@@ -440,7 +444,10 @@ pub async fn start_many(
 ) -> io::Result<Vec<SimHandle>> {
     let mut out = Vec::with_capacity(count);
     for i in 0..count {
-        let ip = u32::from(base).checked_add(i as u32).ok_or_else(|| {
+        // Port 0: every studio on `base`, each on a free port (127.0.0.1
+        // is the only loopback address macOS has out of the box).
+        let step = if port == 0 { 0 } else { i as u32 };
+        let ip = u32::from(base).checked_add(step).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "address range overflows 255.255.255.255",

@@ -194,11 +194,11 @@ async fn generate(state: Arc<SimState>, ctx: ReqCtx, body: Bytes, api: Api) -> R
         // Ollama streams unless told not to.
         stream: v.get("stream").and_then(Value::as_bool).unwrap_or(true),
     };
-    let job = Generation::start(&state, ctx, tracker, ask).await;
     let lines = Lines { api, model };
-    if job.stream {
-        return generation::stream(job, lines);
+    if ask.stream {
+        return generation::stream(&state, ctx, tracker, ask, lines).await;
     }
+    let job = Generation::start(&state, ctx, tracker, ask).await;
     let out = job.run().await;
     let whole = lines.object(&out.text, Some(&out.end));
     if out.dropped {

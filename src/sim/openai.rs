@@ -195,24 +195,22 @@ async fn generate(
             return error(status, &msg, "invalid_request_error");
         }
     };
-    let job = Generation::start(&state, ctx, tracker, ask).await;
     let answer = Answer {
         id: next_id(),
         created: now_secs(),
         flavor,
-        model: job.model.clone(),
-        prompt_tokens: job.prompt_tokens,
+        model: ask.model.clone(),
+        prompt_tokens: text::count_tokens(&ask.prompt),
         extras,
     };
-    if job.stream {
-        return generation::stream(
-            job,
-            SseStream {
-                a: answer,
-                include_usage,
-            },
-        );
+    if ask.stream {
+        let fmt = SseStream {
+            a: answer,
+            include_usage,
+        };
+        return generation::stream(&state, ctx, tracker, ask, fmt).await;
     }
+    let job = Generation::start(&state, ctx, tracker, ask).await;
     let out = job.run().await;
     let whole = answer.whole(&out.text, &out.end);
     if out.dropped {

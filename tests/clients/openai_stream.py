@@ -54,7 +54,30 @@ def parse_args():
     p.add_argument("--max-retries", type=int, default=0)
     p.add_argument("--timeout", type=float, default=60.0, help="per request, seconds")
     p.add_argument("--api-key", default="baton-test")
+    p.add_argument(
+        "--context-words",
+        type=int,
+        default=0,
+        help="put this many words of context before each question (a long prompt the "
+        "server must prefill before its first token; each request's is different)",
+    )
     return p.parse_args()
+
+
+# A passage to repeat for --context-words: ordinary English, so the token
+# count per word is what a real document gives (about 1.3 for SmolLM2).
+PASSAGE = (
+    "The keeper climbed the spiral stairs every evening to light the lamp, "
+    "counting the steps as his father had, and wrote the weather in a book "
+    "that nobody read but the next keeper. "
+).split()
+
+
+def context(i, words):
+    """`words` words of context for request i, unlike any other request's
+    from the first word (so no server's prompt cache shortens its prefill)."""
+    body = [PASSAGE[k % len(PASSAGE)] for k in range(words)]
+    return f"Notes from log book {i}: " + " ".join(body)
 
 
 def one(client, args, i):
@@ -72,9 +95,12 @@ def one(client, args, i):
     }
     kwargs = dict(
         model=args.model,
-        messages=[
-            {"role": "user", "content": f"Tell me a long story about {TOPICS[i % len(TOPICS)]}."}
-        ],
+        messages=(
+            [{"role": "system", "content": context(i, args.context_words)}]
+            if args.context_words
+            else []
+        )
+        + [{"role": "user", "content": f"Tell me a long story about {TOPICS[i % len(TOPICS)]}."}],
         max_tokens=args.max_tokens,
         temperature=0,
     )

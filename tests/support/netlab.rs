@@ -152,19 +152,27 @@ impl Host {
         self.inside(move || std::net::TcpListener::bind(addr).expect("bind inside the namespace"))
     }
 
-    /// Drop every packet entering the host (a black hole), with nftables.
+    /// Drop every packet entering or leaving the host (a black hole), with nftables.
     pub fn black_hole(&self) -> Result<(), String> {
+        // Nothing in and nothing out, as when a Mac sleeps or its cable is
+        // pulled (dropping only what comes in would let the studio's
+        // retransmissions keep reaching Baton).
         self.exec(&["nft", "add", "table", "inet", "lab"])?;
-        self.exec(&[
-            "nft",
-            "add chain inet lab input { type filter hook input priority 0 ; policy drop ; }",
-        ])
-        .or_else(|_| {
+        for hook in ["input", "output"] {
             self.exec(&[
-                "nft", "add", "chain", "inet", "lab", "input", "{", "type", "filter", "hook",
-                "input", "priority", "0", ";", "policy", "drop", ";", "}",
+                "nft",
+                &format!(
+                    "add chain inet lab {hook} {{ type filter hook {hook} priority 0 ; policy drop ; }}"
+                ),
             ])
-        })
+            .or_else(|_| {
+                self.exec(&[
+                    "nft", "add", "chain", "inet", "lab", hook, "{", "type", "filter", "hook",
+                    hook, "priority", "0", ";", "policy", "drop", ";", "}",
+                ])
+            })?;
+        }
+        Ok(())
     }
 
     /// Undo [`Host::black_hole`].

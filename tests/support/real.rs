@@ -1,11 +1,13 @@
-//! Real llama.cpp servers for the integration tests: start `llama-server`
-//! processes on loopback, wait until they have loaded the model, kill them
-//! on drop; and run the Python `openai` client against an endpoint.
+//! Real LLM servers for the integration tests: llama.cpp's C++
+//! `llama-server` and llama-cpp-python's server, started on loopback,
+//! waited for until they have loaded the model, killed on drop; and the
+//! Python `openai` client run against an endpoint.
 //!
 //! The binary and the model come from `BATON_LLAMA_SERVER` and
-//! `BATON_LLAMA_MODEL`, else from `~/.cache/baton-real` (where `.ci/run`
-//! builds them). Missing pieces skip the tests with `SKIPPED: ...`, except
-//! under `CI=true`, where they fail.
+//! `BATON_LLAMA_MODEL`, llama-cpp-python's interpreter from
+//! `BATON_LLAMA_CPP_PYTHON`, else from `~/.cache/baton-real` (where
+//! `.ci/run` builds them). Missing pieces skip the tests with
+//! `SKIPPED: ...`, except under `CI=true`, where they fail.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -23,7 +25,7 @@ pub const MODEL: &str = "smollm2-135m";
 /// How long a server may take to load the model before the test fails.
 const HEALTH_LIMIT: Duration = Duration::from_secs(90);
 
-/// Upper bound for one run of the Python client.
+/// Upper bound for one run of the Python client, unless the load says otherwise.
 const CLIENT_LIMIT: Duration = Duration::from_secs(180);
 
 /// Everything the real-server tests need on this machine.
@@ -31,7 +33,23 @@ const CLIENT_LIMIT: Duration = Duration::from_secs(180);
 pub struct Kit {
     pub server: PathBuf,
     pub model: PathBuf,
+    /// A Python with the `openai` client.
     pub python: String,
+    /// A Python with `llama_cpp.server` (llama-cpp-python), when found.
+    pub llama_cpp_python: Result<PathBuf, String>,
+}
+
+/// Which real server.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flavor {
+    /// llama.cpp's C++ `llama-server`: two slots, continuous batching, an
+    /// HTTP thread pool.
+    Cpp,
+    /// llama-cpp-python's `python -m llama_cpp.server`: one request at a
+    /// time behind a lock (its model list too), a new request ends the
+    /// running stream, the response head at once and then silence until
+    /// the first token.
+    Python,
 }
 
 fn cache_dir() -> PathBuf {
@@ -80,19 +98,52 @@ pub fn locate() -> Result<Kit, String> {
         server,
         model,
         python,
+        llama_cpp_python: locate_llama_cpp_python(),
     })
+}
+
+/// The interpreter of the venv `.ci/run` installs llama-cpp-python into.
+fn locate_llama_cpp_python() -> Result<PathBuf, String> {
+    let python = from_env_or(
+        "BATON_LLAMA_CPP_PYTHON",
+        cache_dir().join("venv-lcp/bin/python"),
+    );
+    let ok = Command::new(&python)
+        .args(["-c", "import llama_cpp.server"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if ok {
+        Ok(python)
+    } else {
+        Err(format!(
+            "no llama-cpp-python at {} (`import llama_cpp.server` failed); to get it, run              `.ci/run` once (it installs llama-cpp-python[server] into ~/.cache/baton-real/venv-lcp)              or set BATON_LLAMA_CPP_PYTHON to a Python that has it",
+            python.display()
+        ))
+    }
 }
 
 /// The kit, or `None` after printing `SKIPPED: ...`; under `CI=true` a
 /// missing kit is a failure, so CI can never go green by skipping.
 pub fn kit_or_skip() -> Option<Kit> {
+    kit_for_or_skip(Flavor::Cpp)
+}
+
+/// The kit with what `flavor` needs, or `None` after `SKIPPED: ...` (a
+/// failure under `CI=true`).
+pub fn kit_for_or_skip(flavor: Flavor) -> Option<Kit> {
     // libtest names each test's thread after the test.
     let current = std::thread::current();
     let test = current.name().unwrap_or("real_servers");
-    match locate() {
+    let kit = locate().and_then(|k| match (&k.llama_cpp_python, flavor) {
+        (Err(why), Flavor::Python) => Err(why.clone()),
+        _ => Ok(k),
+    });
+    match kit {
         Ok(k) => Some(k),
         Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test}: real llama.cpp servers are required under CI=true: {why}")
+            panic!("{test}: real servers are required under CI=true: {why}")
         }
         Err(why) => {
             eprintln!("SKIPPED: {test}: {why}");
@@ -128,9 +179,10 @@ fn free_port(ip: Ipv4Addr) -> u16 {
         .unwrap_or_else(|e| panic!("cannot bind a probe socket on {ip}: {e}"))
 }
 
-/// One running `llama-server`. Dropping it kills the process.
+/// One running server. Dropping it kills the process.
 pub struct LlamaServer {
     child: Child,
+    pub flavor: Flavor,
     pub addr: SocketAddr,
     log: PathBuf,
     _dir: tempfile::TempDir,
@@ -161,15 +213,21 @@ impl LlamaServer {
         matches!(self.child.try_wait(), Ok(None))
     }
 
-    /// A Baton worker entry for this server.
+    /// A Baton worker entry for this server, as a user would write it:
+    /// llama-server as `llama_cpp` with its two slots, llama-cpp-python as
+    /// a generic OpenAI server with one.
     pub fn worker(&self, id: &str) -> baton::config::Worker {
+        let (kind, slots) = match self.flavor {
+            Flavor::Cpp => (baton::studio::StudioKind::LlamaCpp, 2),
+            Flavor::Python => (baton::studio::StudioKind::Openai, 1),
+        };
         baton::config::Worker {
             id: id.to_string(),
             host: self.addr.ip().to_string(),
             port: self.addr.port(),
-            kind: baton::studio::StudioKind::LlamaCpp,
+            kind,
             model: MODEL.to_string(),
-            max_concurrent_requests: baton::config::Slots::Max(2),
+            max_concurrent_requests: baton::config::Slots::Max(slots),
             enabled: true,
             weight: 1.0,
             api_key: None,
@@ -179,17 +237,32 @@ impl LlamaServer {
 
     /// Spawn one server on `ip`. Must run on the test's own thread (not in
     /// a spawned task): the parent-death signal follows the spawning thread.
-    fn spawn(kit: &Kit, ip: Ipv4Addr) -> LlamaServer {
+    fn spawn(kit: &Kit, flavor: Flavor, ip: Ipv4Addr) -> LlamaServer {
         let port = free_port(ip);
         let dir = tempfile::tempdir().expect("temp dir");
-        let log = dir.path().join("llama-server.log");
+        let log = dir.path().join("server.log");
         let out = File::create(&log).expect("log file");
-        let mut cmd = Command::new(&kit.server);
-        cmd.arg("-m")
-            .arg(&kit.model)
-            .args(["--host", &ip.to_string(), "--port", &port.to_string()])
-            .args(["-np", "2", "-c", "4096", "-t", "1", "--alias", MODEL])
-            .stdin(Stdio::null())
+        let (host, port_s) = (ip.to_string(), port.to_string());
+        let mut cmd = match flavor {
+            Flavor::Cpp => {
+                let mut c = Command::new(&kit.server);
+                c.arg("-m")
+                    .arg(&kit.model)
+                    .args(["--host", &host, "--port", &port_s])
+                    .args(["-np", "2", "-c", "4096", "-t", "1", "--alias", MODEL]);
+                c
+            }
+            Flavor::Python => {
+                let python = kit.llama_cpp_python.as_ref().expect("checked by the kit");
+                let mut c = Command::new(python);
+                c.args(["-m", "llama_cpp.server", "--model"])
+                    .arg(&kit.model)
+                    .args(["--model_alias", MODEL, "--host", &host, "--port", &port_s])
+                    .args(["--n_ctx", "2048", "--n_threads", "1"]);
+                c
+            }
+        };
+        cmd.stdin(Stdio::null())
             .stdout(out.try_clone().expect("log file"))
             .stderr(out);
         die_with_parent(&mut cmd);
@@ -198,6 +271,7 @@ impl LlamaServer {
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", kit.server.display()));
         LlamaServer {
             child,
+            flavor,
             addr: SocketAddr::from((ip, port)),
             log,
             _dir: dir,
@@ -224,19 +298,34 @@ fn tail(path: &Path, bytes: u64) -> String {
     String::from_utf8_lossy(&buf).into_owned()
 }
 
-/// The i-th server's address: 127.0.0.25, .26, ... (one address each, so
-/// logs and stats tell them apart at a glance).
-pub fn server_ip(i: usize) -> Ipv4Addr {
-    Ipv4Addr::new(127, 0, 0, 25 + u8::try_from(i).expect("few servers"))
+/// The i-th server's address: 127.0.0.25, .26, ... for llama-server,
+/// 127.0.0.35, .36, ... for llama-cpp-python (one address each, so logs
+/// and stats tell them apart at a glance).
+pub fn server_ip(flavor: Flavor, i: usize) -> Ipv4Addr {
+    let base = match flavor {
+        Flavor::Cpp => 25,
+        Flavor::Python => 35,
+    };
+    Ipv4Addr::new(127, 0, 0, base + u8::try_from(i).expect("few servers"))
 }
 
-/// Start `n` servers and wait until each answers `GET /health` with 200.
-/// Panics (after killing them all) with the log tail of one that exits or
-/// does not become healthy in time.
+/// Start `n` llama-servers; see [`start_servers_of`].
 pub async fn start_servers(kit: &Kit, n: usize) -> Vec<LlamaServer> {
+    start_servers_of(kit, Flavor::Cpp, n).await
+}
+
+/// Start `n` servers and wait until each answers (llama-server's
+/// `/health`; llama-cpp-python has none, so its model list). Panics (after
+/// killing them all) with the log tail of one that exits or does not
+/// become ready in time.
+pub async fn start_servers_of(kit: &Kit, flavor: Flavor, n: usize) -> Vec<LlamaServer> {
     let mut servers: Vec<LlamaServer> = (0..n)
-        .map(|i| LlamaServer::spawn(kit, server_ip(i)))
+        .map(|i| LlamaServer::spawn(kit, flavor, server_ip(flavor, i)))
         .collect();
+    let ready_path = match flavor {
+        Flavor::Cpp => "/health",
+        Flavor::Python => "/v1/models",
+    };
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(2))
         .no_proxy()
@@ -255,16 +344,16 @@ pub async fn start_servers(kit: &Kit, n: usize) -> Vec<LlamaServer> {
                 // Someone took the probed port in between: try another once or twice.
                 if port_retries < 3 && log.contains("bind") {
                     port_retries += 1;
-                    servers[i] = LlamaServer::spawn(kit, server_ip(i));
+                    servers[i] = LlamaServer::spawn(kit, flavor, server_ip(flavor, i));
                     continue;
                 }
                 let status = servers[i].child.try_wait().ok().flatten();
                 drop(servers);
                 panic!(
-                    "llama-server #{i} exited before it was healthy ({status:?}); its output ends with:\n{log}"
+                    "{flavor:?} server #{i} exited before it was ready ({status:?}); its output ends with:\n{log}"
                 );
             }
-            let url = format!("{}/health", servers[i].base_url());
+            let url = format!("{}{ready_path}", servers[i].base_url());
             if let Ok(r) = http.get(&url).send().await
                 && r.status().is_success()
             {
@@ -277,7 +366,7 @@ pub async fn start_servers(kit: &Kit, n: usize) -> Vec<LlamaServer> {
             let addr = servers[which].addr;
             drop(servers);
             panic!(
-                "llama-server #{which} on {addr} not healthy within {HEALTH_LIMIT:?}; its output ends with:\n{log}"
+                "{flavor:?} server #{which} on {addr} not ready within {HEALTH_LIMIT:?}; its output ends with:\n{log}"
             );
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -324,6 +413,10 @@ pub struct Load {
     pub max_tokens: u32,
     /// Extra flags: `--plain`, `--mixed`, `--include-usage`.
     pub flags: Vec<&'static str>,
+    /// Words of context before each question (`--context-words`).
+    pub context_words: usize,
+    /// How long the whole run may take.
+    pub limit: Duration,
 }
 
 impl Load {
@@ -333,7 +426,21 @@ impl Load {
             threads,
             max_tokens: 56,
             flags: Vec::new(),
+            context_words: 0,
+            limit: CLIENT_LIMIT,
         }
+    }
+
+    /// Allow the whole run `limit` (long prompts on one core take a while).
+    pub fn within(mut self, limit: Duration) -> Load {
+        self.limit = limit;
+        self
+    }
+
+    /// A long prompt: `words` of context before each question.
+    pub fn context(mut self, words: usize) -> Load {
+        self.context_words = words;
+        self
     }
 
     pub fn tokens(mut self, max_tokens: u32) -> Load {
@@ -442,6 +549,7 @@ pub async fn run_client(kit: &Kit, base_url: &str, load: &Load) -> Report {
         .args(["--requests", &load.requests.to_string()])
         .args(["--threads", &load.threads.to_string()])
         .args(["--max-tokens", &load.max_tokens.to_string()])
+        .args(["--context-words", &load.context_words.to_string()])
         .args(&load.flags)
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -450,10 +558,13 @@ pub async fn run_client(kit: &Kit, base_url: &str, load: &Load) -> Report {
     // The client must not outlive the test either.
     die_with_parent(cmd.as_std_mut());
     let child = cmd.spawn().expect("start the Python client");
-    let out = match tokio::time::timeout(CLIENT_LIMIT, child.wait_with_output()).await {
+    let out = match tokio::time::timeout(load.limit, child.wait_with_output()).await {
         Ok(r) => r.expect("Python client output"),
         // Dropping the future drops the child: kill_on_drop ends it.
-        Err(_) => panic!("the Python client ran longer than {CLIENT_LIMIT:?} against {base_url}"),
+        Err(_) => panic!(
+            "the Python client ran longer than {:?} against {base_url}",
+            load.limit
+        ),
     };
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
