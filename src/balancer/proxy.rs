@@ -49,7 +49,10 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
         r = r.layer(middleware::from_fn_with_state(shared.clone(), authorize));
     }
     // Health stays open: load balancers and the menu bar poll it.
-    r.route("/health", get(health)).with_state(shared)
+    r.route("/health", get(health))
+        // Outermost, so it covers /health too (DNS rebinding reads it).
+        .layer(middleware::from_fn_with_state(shared.clone(), super::origin::guard))
+        .with_state(shared)
 }
 
 /// The family of the API a path belongs to (OpenAI for anything unknown).
