@@ -168,11 +168,19 @@ fn read_migrating(entry: &str, legacy: &str, shown: &str) -> Result<String, Secr
 /// did not start in a login session (a service, CI, a container) cannot use
 /// the default session keyring, so every Baton process joins one named
 /// `baton`, linked into the user's keyring so it outlives the process: what
-/// `baton key set` stores, `baton serve` finds.
+/// `baton key set` stores, `baton serve` finds. A session keyring belongs
+/// to a thread's credentials, not to the process (a thread that existed
+/// before another joined keeps its old one), so each thread joins before
+/// its first use.
 #[cfg(target_os = "linux")]
 fn join_keyring() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
+    thread_local! {
+        static JOINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if JOINED.replace(true) {
+        return;
+    }
+    {
         const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
         const KEYCTL_LINK: libc::c_long = 8;
         const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
@@ -193,7 +201,7 @@ fn join_keyring() {
                 );
             }
         }
-    });
+    }
 }
 
 fn entry(name: &str) -> Result<keyring::Entry, SecretError> {
