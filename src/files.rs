@@ -58,10 +58,17 @@ impl Drop for Temp {
     }
 }
 
+/// Temporary files are named `.{name}.{pid}-{random}.tmp`: the random part
+/// makes the name unguessable, the writer's pid tells a write under way
+/// from one whose process died (see [`remove_stale_temps`]).
 fn create_temp(dir: &Path, name: &str) -> std::io::Result<(File, Temp)> {
     let mut last = None;
     for _ in 0..TEMP_ATTEMPTS {
-        let tmp = dir.join(format!(".{name}.{}.tmp", random_hex()));
+        let tmp = dir.join(format!(
+            ".{name}.{}-{}.tmp",
+            std::process::id(),
+            random_hex()
+        ));
         match exclusive(&tmp) {
             Ok(f) => return Ok((f, Temp(tmp))),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => last = Some(e),
@@ -85,6 +92,64 @@ fn exclusive(path: &Path) -> std::io::Result<File> {
             .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC);
     }
     o.open(path)
+}
+
+/// Remove the temporary files that writes into `dir` left behind when
+/// their process died mid-write (`kill -9`, a crash); those of running
+/// processes are writes under way and stay. Returns how many went. A
+/// missing folder has none.
+pub fn remove_stale_temps(dir: &Path) -> std::io::Result<usize> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e),
+    };
+    let mut removed = 0;
+    for e in entries {
+        let e = e?;
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(temp_writer) else {
+            continue;
+        };
+        if !process_alive(pid) {
+            // remove_file removes a symlink itself, never its target.
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => removed += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+    Ok(removed)
+}
+
+/// The pid in one of our temporary names, `None` for any other name.
+fn temp_writer(file: &str) -> Option<u32> {
+    let rest = file.strip_prefix('.')?.strip_suffix(".tmp")?;
+    let (_, tag) = rest.rsplit_once('.')?;
+    let (pid, hex) = tag.split_once('-')?;
+    let ours = hex.len() == 32 && hex.bytes().all(|b| b.is_ascii_hexdigit());
+    ours.then(|| pid.parse().ok()).flatten()
+}
+
+fn process_alive(pid: u32) -> bool {
+    if pid == std::process::id() {
+        return true;
+    }
+    #[cfg(unix)]
+    {
+        let Ok(pid) = libc::pid_t::try_from(pid) else {
+            return false;
+        };
+        // SAFETY: signal 0 only checks that the process exists.
+        let r = unsafe { libc::kill(pid, 0) };
+        r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM)
+    }
+    #[cfg(not(unix))]
+    {
+        // Without a way to tell, keep it: a stray file beats a broken write.
+        true
+    }
 }
 
 fn random_hex() -> String {
@@ -176,7 +241,8 @@ mod tests {
         let (_b, tb) = create_temp(dir.path(), "f").unwrap();
         assert_ne!(ta.0, tb.0);
         let name = ta.0.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with(".f.") && name.len() > ".f..tmp".len() + 30, "{name}");
+        assert!(name.starts_with(".f.") && name.len() > ".f..tmp".len() + 32, "{name}");
+        assert_eq!(temp_writer(&name), Some(std::process::id()));
         drop((ta, tb));
         assert!(leftovers(dir.path()).is_empty());
     }
@@ -191,6 +257,29 @@ mod tests {
         assert!(write_atomic(&path, b"new").is_err());
         assert_eq!(std::fs::read_to_string(path.join("inside")).unwrap(), "kept");
         assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+    }
+
+    #[test]
+    fn temporary_files_of_dead_writers_are_removed_and_those_of_live_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let hex = "0123456789abcdef0123456789abcdef";
+        // No process has this pid (above any pid_max).
+        let dead = dir.path().join(format!(".16.md.2147483646-{hex}.tmp"));
+        let live = dir.path().join(format!(".17.md.{}-{hex}.tmp", std::process::id()));
+        let other = dir.path().join(".notes.tmp");
+        let victim = dir.path().join("victim");
+        std::fs::write(&victim, "precious").unwrap();
+        // A planted symlink with a dead writer's name: the link goes, not its target.
+        let link = dir.path().join(format!(".18.md.2147483646-{hex}.tmp"));
+        symlink(&victim, &link).unwrap();
+        for f in [&dead, &live, &other] {
+            std::fs::write(f, "x").unwrap();
+        }
+        assert_eq!(remove_stale_temps(dir.path()).unwrap(), 2);
+        assert!(!dead.exists() && live.exists() && other.exists());
+        assert!(std::fs::symlink_metadata(&link).is_err());
+        assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious");
+        assert_eq!(remove_stale_temps(&dir.path().join("missing")).unwrap(), 0);
     }
 
     #[test]

@@ -150,6 +150,10 @@ impl Engine {
         let text = serde_json::to_string_pretty(&root).expect("JSON serializes") + "\n";
         // The loader's own validation and messages.
         let config = Config::parse(&text, &path)?;
+        if let Some(dir) = path.parent() {
+            // Left by a Baton killed mid-write; harmless if it fails.
+            let _ = crate::files::remove_stale_temps(dir);
+        }
         crate::files::write_atomic(&path, text.as_bytes()).map_err(|e| {
             EngineError::Other(format!(
                 "cannot write {}: {e}\n  fix: check that the folder is writable",
