@@ -401,7 +401,10 @@ impl BalancerSettings {
             m.insert("allowed_hosts".into(), self.allowed_hosts.clone().into());
         }
         if !self.allowed_origins.is_empty() {
-            m.insert("allowed_origins".into(), self.allowed_origins.clone().into());
+            m.insert(
+                "allowed_origins".into(),
+                self.allowed_origins.clone().into(),
+            );
         }
         if self.strategy != d.strategy {
             m.insert(
@@ -1142,7 +1145,10 @@ pub fn suggest_name(raw: &str) -> String {
 fn check_host_name(h: &str) -> Result<(), (String, String)> {
     let example = "e.g. \"my-mac.local\" or \"192.168.1.20\"".to_string();
     if h.is_empty() || h.trim() != h || h.chars().any(char::is_whitespace) {
-        return Err((format!("{h:?} is empty or has spaces"), format!("write the name alone, {example}")));
+        return Err((
+            format!("{h:?} is empty or has spaces"),
+            format!("write the name alone, {example}"),
+        ));
     }
     if h.contains('*') {
         return Err((
@@ -1177,11 +1183,16 @@ fn check_host_name(h: &str) -> Result<(), (String, String)> {
         ));
     }
     let valid = h.len() <= 253
-        && h.trim_end_matches('.')
-            .split('.')
-            .all(|l| !l.is_empty() && l.len() <= 63 && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-'));
+        && h.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
     if !valid {
-        return Err((format!("`{h}` is not a host name or an IP address"), format!("use letters, digits, '-' and dots, {example}")));
+        return Err((
+            format!("`{h}` is not a host name or an IP address"),
+            format!("use letters, digits, '-' and dots, {example}"),
+        ));
     }
     Ok(())
 }
@@ -1200,7 +1211,10 @@ fn check_origin(o: &str) -> Result<(), (String, String)> {
         ));
     }
     if o.is_empty() || o.trim() != o || o.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err((format!("{o:?} is empty or has spaces"), format!("write the origin alone, {example}")));
+        return Err((
+            format!("{o:?} is empty or has spaces"),
+            format!("write the origin alone, {example}"),
+        ));
     }
     let Some((scheme, rest)) = o.split_once("://") else {
         return Err((
@@ -1213,11 +1227,16 @@ fn check_origin(o: &str) -> Result<(), (String, String)> {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
     if !scheme_ok {
-        return Err((format!("`{o}` has no valid scheme"), format!("start it with http:// or https://, {example}")));
+        return Err((
+            format!("`{o}` has no valid scheme"),
+            format!("start it with http:// or https://, {example}"),
+        ));
     }
     if rest.contains('*') {
         return Err((
-            format!("`{o}` has a wildcard; only a lone \"*\" (any page, with an API key) is accepted"),
+            format!(
+                "`{o}` has a wildcard; only a lone \"*\" (any page, with an API key) is accepted"
+            ),
             format!("list each origin, {example}"),
         ));
     }
@@ -1228,7 +1247,10 @@ fn check_origin(o: &str) -> Result<(), (String, String)> {
         ));
     }
     if rest.is_empty() || rest.contains(['?', '#', '@']) {
-        return Err((format!("`{o}` is not an origin (scheme://host[:port])"), format!("write it like the browser sends it, {example}")));
+        return Err((
+            format!("`{o}` is not an origin (scheme://host[:port])"),
+            format!("write it like the browser sends it, {example}"),
+        ));
     }
     let port = if rest.starts_with('[') {
         rest.split_once(']').map(|(_, p)| p).unwrap_or("x")
@@ -1237,7 +1259,10 @@ fn check_origin(o: &str) -> Result<(), (String, String)> {
     };
     let port = port.strip_prefix(':').unwrap_or(port);
     if !port.is_empty() && port.parse::<u16>().map_or(true, |p| p == 0) {
-        return Err((format!("`{o}` has an invalid port"), format!("use a port from 1 to 65535, {example}")));
+        return Err((
+            format!("`{o}` has an invalid port"),
+            format!("use a port from 1 to 65535, {example}"),
+        ));
     }
     Ok(())
 }

@@ -194,7 +194,11 @@ mod tests {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), "new");
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "mode {mode:o}");
-        assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
     }
 
     #[test]
@@ -241,7 +245,10 @@ mod tests {
         let (_b, tb) = create_temp(dir.path(), "f").unwrap();
         assert_ne!(ta.0, tb.0);
         let name = ta.0.file_name().unwrap().to_string_lossy().into_owned();
-        assert!(name.starts_with(".f.") && name.len() > ".f..tmp".len() + 32, "{name}");
+        assert!(
+            name.starts_with(".f.") && name.len() > ".f..tmp".len() + 32,
+            "{name}"
+        );
         assert_eq!(temp_writer(&name), Some(std::process::id()));
         drop((ta, tb));
         assert!(leftovers(dir.path()).is_empty());
@@ -255,8 +262,15 @@ mod tests {
         std::fs::create_dir(&path).unwrap();
         std::fs::write(path.join("inside"), "kept").unwrap();
         assert!(write_atomic(&path, b"new").is_err());
-        assert_eq!(std::fs::read_to_string(path.join("inside")).unwrap(), "kept");
-        assert!(leftovers(dir.path()).is_empty(), "{:?}", leftovers(dir.path()));
+        assert_eq!(
+            std::fs::read_to_string(path.join("inside")).unwrap(),
+            "kept"
+        );
+        assert!(
+            leftovers(dir.path()).is_empty(),
+            "{:?}",
+            leftovers(dir.path())
+        );
     }
 
     #[test]
@@ -265,7 +279,9 @@ mod tests {
         let hex = "0123456789abcdef0123456789abcdef";
         // No process has this pid (above any pid_max).
         let dead = dir.path().join(format!(".16.md.2147483646-{hex}.tmp"));
-        let live = dir.path().join(format!(".17.md.{}-{hex}.tmp", std::process::id()));
+        let live = dir
+            .path()
+            .join(format!(".17.md.{}-{hex}.tmp", std::process::id()));
         let other = dir.path().join(".notes.tmp");
         let victim = dir.path().join("victim");
         std::fs::write(&victim, "precious").unwrap();

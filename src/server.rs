@@ -147,10 +147,7 @@ pub(crate) fn single_header<'a>(
     if values.next().is_some() {
         return Err(BadHeader::Repeated);
     }
-    first
-        .to_str()
-        .map(Some)
-        .map_err(|_| BadHeader::Unreadable)
+    first.to_str().map(Some).map_err(|_| BadHeader::Unreadable)
 }
 
 /// `Host`'s (or an authority's) host and port: `name:port`, `[v6]:port`,
@@ -220,12 +217,12 @@ mod tests {
         h.append(header::HOST, HeaderValue::from_static("a"));
         assert_eq!(single_header(&h, &header::HOST), Ok(Some("a")));
         h.append(header::HOST, HeaderValue::from_static("b"));
-        assert_eq!(
-            single_header(&h, &header::HOST),
-            Err(BadHeader::Repeated)
-        );
+        assert_eq!(single_header(&h, &header::HOST), Err(BadHeader::Repeated));
         let mut h = HeaderMap::new();
-        h.insert(header::ORIGIN, HeaderValue::from_bytes(b"http://\xff").unwrap());
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_bytes(b"http://\xff").unwrap(),
+        );
         assert_eq!(
             single_header(&h, &header::ORIGIN),
             Err(BadHeader::Unreadable)

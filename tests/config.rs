@@ -292,15 +292,24 @@ fn ids_are_kept_to_a_safe_alphabet_exactly_as_written() {
         ("studio-é", "contains 'é'", "\"studio\""),
         ("..", "only dots", "\"mac-studio-1\""),
     ] {
-        let (e, msg) = error_of(&with_field("id", Some(&serde_json::to_string(bad).unwrap())));
+        let (e, msg) = error_of(&with_field(
+            "id",
+            Some(&serde_json::to_string(bad).unwrap()),
+        ));
         assert_eq!(e.json_path, "workers[1].id", "{msg}");
         assert!(e.problem.contains(problem), "{bad:?}: {msg}");
         assert!(e.fix.contains("letters, digits, '.', '_' or '-'"), "{msg}");
         assert!(e.fix.contains(suggestion), "{bad:?}: {msg}");
         // The message never carries a raw line break from the id.
-        assert!(!e.problem.contains('\r') && !e.problem.contains('\n'), "{msg}");
+        assert!(
+            !e.problem.contains('\r') && !e.problem.contains('\n'),
+            "{msg}"
+        );
     }
-    let (e, _) = error_of(&with_field("id", Some(&serde_json::to_string(&"y".repeat(65)).unwrap())));
+    let (e, _) = error_of(&with_field(
+        "id",
+        Some(&serde_json::to_string(&"y".repeat(65)).unwrap()),
+    ));
     assert!(e.problem.contains("more than 64"), "{e}");
 }
 
@@ -324,24 +333,63 @@ fn a_workers_key_reference_may_not_name_batons_own_secrets() {
     let (e, msg) = error_of(&with_field("api_key", Some(r#"{"keychain": "my key/1"}"#)));
     assert!(e.fix.contains("\"my-key-1\""), "{msg}");
     // Its own names are fine.
-    assert!(parse(&with_field("api_key", Some(r#"{"keychain": "mac-studio-2"}"#))).is_ok());
+    assert!(
+        parse(&with_field(
+            "api_key",
+            Some(r#"{"keychain": "mac-studio-2"}"#)
+        ))
+        .is_ok()
+    );
 }
 
 #[test]
 fn allowed_hosts_and_origins_mistakes_are_named_with_their_fix() {
     let with = |field: &str, list: &str| {
-        format!(
-            r#"{{"workers": [], "balancer": {{"{field}": {list}}}}}"#
-        )
+        format!(r#"{{"workers": [], "balancer": {{"{field}": {list}}}}}"#)
     };
     for (list, path, problem, fix) in [
-        (r#"["*"]"#, "balancer.allowed_hosts[0]", "wildcard", "list each name"),
-        (r#"["ok.local", "my-mac.local:8421"]"#, "balancer.allowed_hosts[1]", "has a port", "\"my-mac.local\""),
-        (r#"["http://my-mac.local/"]"#, "balancer.allowed_hosts[0]", "is a URL", "\"my-mac.local\""),
-        (r#"[" my-mac.local"]"#, "balancer.allowed_hosts[0]", "spaces", "name alone"),
-        (r#"["[fe80::1]"]"#, "balancer.allowed_hosts[0]", "brackets", "\"fe80::1\""),
-        (r#""my-mac.local""#, "balancer.allowed_hosts", "expected a list", "e.g. ["),
-        (r#"[3]"#, "balancer.allowed_hosts[0]", "expected a string", "double quotes"),
+        (
+            r#"["*"]"#,
+            "balancer.allowed_hosts[0]",
+            "wildcard",
+            "list each name",
+        ),
+        (
+            r#"["ok.local", "my-mac.local:8421"]"#,
+            "balancer.allowed_hosts[1]",
+            "has a port",
+            "\"my-mac.local\"",
+        ),
+        (
+            r#"["http://my-mac.local/"]"#,
+            "balancer.allowed_hosts[0]",
+            "is a URL",
+            "\"my-mac.local\"",
+        ),
+        (
+            r#"[" my-mac.local"]"#,
+            "balancer.allowed_hosts[0]",
+            "spaces",
+            "name alone",
+        ),
+        (
+            r#"["[fe80::1]"]"#,
+            "balancer.allowed_hosts[0]",
+            "brackets",
+            "\"fe80::1\"",
+        ),
+        (
+            r#""my-mac.local""#,
+            "balancer.allowed_hosts",
+            "expected a list",
+            "e.g. [",
+        ),
+        (
+            r#"[3]"#,
+            "balancer.allowed_hosts[0]",
+            "expected a string",
+            "double quotes",
+        ),
     ] {
         let (e, msg) = error_of(&with("allowed_hosts", list));
         assert_eq!(e.json_path, path, "{msg}");
@@ -349,11 +397,23 @@ fn allowed_hosts_and_origins_mistakes_are_named_with_their_fix() {
         assert!(e.fix.contains(fix), "{list}: {msg}");
     }
     for (list, problem, fix) in [
-        (r#"["http://localhost:3000/"]"#, "has a path", "\"http://localhost:3000\""),
-        (r#"["http://localhost:3000/chat"]"#, "has a path", "\"http://localhost:3000\""),
+        (
+            r#"["http://localhost:3000/"]"#,
+            "has a path",
+            "\"http://localhost:3000\"",
+        ),
+        (
+            r#"["http://localhost:3000/chat"]"#,
+            "has a path",
+            "\"http://localhost:3000\"",
+        ),
         (r#"["null"]"#, "sandboxed", "origins of the pages you trust"),
         (r#"["localhost:3000"]"#, "not an origin", "without the path"),
-        (r#"["https://*.example.com"]"#, "wildcard", "list each origin"),
+        (
+            r#"["https://*.example.com"]"#,
+            "wildcard",
+            "list each origin",
+        ),
         (r#"["http://localhost:0"]"#, "invalid port", "1 to 65535"),
         (r#"["http://localhost:3000 "]"#, "spaces", "origin alone"),
     ] {
@@ -362,6 +422,10 @@ fn allowed_hosts_and_origins_mistakes_are_named_with_their_fix() {
         assert!(e.problem.contains(problem), "{list}: {msg}");
         assert!(e.fix.contains(fix), "{list}: {msg}");
     }
-    let c = parse(&with("allowed_origins", r#"["*", "chrome-extension://abcdef", "http://[::1]:8080"]"#)).unwrap();
+    let c = parse(&with(
+        "allowed_origins",
+        r#"["*", "chrome-extension://abcdef", "http://[::1]:8080"]"#,
+    ))
+    .unwrap();
     assert_eq!(c.balancer.allowed_origins.len(), 3);
 }

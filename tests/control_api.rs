@@ -9,9 +9,9 @@ use std::time::Duration;
 use baton::control::ControlApi;
 use baton::engine::{Engine, Options, WhenMissing};
 use serde_json::{Value, json};
-use support::*;
 #[cfg(target_os = "linux")]
 use support::throwaway;
+use support::*;
 
 /// An engine over a workers file in a temp dir, with its own store, and the
 /// control API in front of it.
@@ -783,7 +783,10 @@ async fn first_run_setup_over_an_existing_file_is_refused_and_the_next_edit_keep
         v["error"]["message"].as_str().unwrap().contains("3 studio"),
         "{v}"
     );
-    assert!(v["error"]["fix"].as_str().unwrap().contains("--simulate"), "{v}");
+    assert!(
+        v["error"]["fix"].as_str().unwrap().contains("--simulate"),
+        "{v}"
+    );
     let (_, state) = d.get("/api/state").await;
     assert_eq!(state["config"]["simulated"], false);
     let (s, v) = d
@@ -813,7 +816,11 @@ async fn an_edit_while_simulated_studios_serve_starts_from_the_file_not_from_the
 async fn a_first_run_setup_then_an_edit_creates_the_file_with_only_what_was_added() {
     let d = Dash::with_file(None, None).await;
     let (s, v) = d
-        .send(reqwest::Method::POST, "/api/setup/simulated", json!({"count": 1}))
+        .send(
+            reqwest::Method::POST,
+            "/api/setup/simulated",
+            json!({"count": 1}),
+        )
         .await;
     assert_eq!(s, 200, "{v}");
     assert!(!d.file.exists(), "setup wrote the file");
@@ -844,7 +851,13 @@ async fn an_edit_keeps_a_change_made_to_the_file_by_hand_and_never_overwrites_a_
         .send(reqwest::Method::POST, "/api/workers", added("mac-studio-5"))
         .await;
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("invalid JSON"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("invalid JSON"),
+        "{v}"
+    );
     assert_eq!(file_text(&d.file), broken);
 }
 
@@ -852,12 +865,23 @@ async fn an_edit_keeps_a_change_made_to_the_file_by_hand_and_never_overwrites_a_
 async fn ids_that_would_become_odd_keychain_names_or_headers_are_refused_exactly_as_written() {
     let d = Dash::start(1).await;
     let before = file_text(&d.file);
-    for id in [" pad ", "a\r\nx-injected: 1", "../etc", "é", &"a".repeat(65)] {
-        let (s, v) = d.send(reqwest::Method::POST, "/api/workers", added(id)).await;
+    for id in [
+        " pad ",
+        "a\r\nx-injected: 1",
+        "../etc",
+        "é",
+        &"a".repeat(65),
+    ] {
+        let (s, v) = d
+            .send(reqwest::Method::POST, "/api/workers", added(id))
+            .await;
         assert_eq!(s, 400, "{id:?}: {v}");
         assert_eq!(v["error"]["field"], "workers[1].id", "{v}");
         assert!(
-            v["error"]["fix"].as_str().unwrap().contains("letters, digits"),
+            v["error"]["fix"]
+                .as_str()
+                .unwrap()
+                .contains("letters, digits"),
             "{v}"
         );
     }
@@ -869,8 +893,18 @@ async fn unknown_api_routes_and_methods_answer_with_the_apis_json_error() {
     let d = Dash::start(1).await;
     for (method, path, status, code) in [
         (reqwest::Method::GET, "/api/nope", 404, "unknown_route"),
-        (reqwest::Method::GET, "/api/workers/a/b/c", 404, "unknown_route"),
-        (reqwest::Method::DELETE, "/api/state", 405, "method_not_allowed"),
+        (
+            reqwest::Method::GET,
+            "/api/workers/a/b/c",
+            404,
+            "unknown_route",
+        ),
+        (
+            reqwest::Method::DELETE,
+            "/api/state",
+            405,
+            "method_not_allowed",
+        ),
     ] {
         let r = d.req(method.clone(), path).send().await.unwrap();
         assert_eq!(r.status(), status, "{method} {path}");
@@ -882,7 +916,10 @@ async fn unknown_api_routes_and_methods_answer_with_the_apis_json_error() {
         );
         let v: Value = r.json().await.unwrap();
         assert_eq!(v["error"]["code"], code, "{v}");
-        assert!(v["error"]["message"].as_str().unwrap().contains(path), "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(path),
+            "{v}"
+        );
         assert!(v["error"]["fix"].is_string(), "{v}");
     }
     // The UI's files keep their plain 404.
@@ -908,9 +945,15 @@ async fn repeated_or_unreadable_host_and_origin_headers_are_refused_by_the_contr
     let port = addr.port();
     let auth = format!("Authorization: Bearer {}", d.api.token());
     let heads = [
-        format!("GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example\r\n{auth}\r\nConnection: close\r\n\r\n"),
-        format!("GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\nOrigin: https://evil.example\r\n{auth}\r\nConnection: close\r\n\r\n"),
-        format!("POST /api/balancer/start HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: https://évil.example\r\n{auth}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"),
+        format!(
+            "GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nHost: evil.example\r\n{auth}\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\nOrigin: https://evil.example\r\n{auth}\r\nConnection: close\r\n\r\n"
+        ),
+        format!(
+            "POST /api/balancer/start HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: https://évil.example\r\n{auth}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+        ),
     ];
     for head in heads {
         let reply = tokio::task::spawn_blocking(move || raw_reply(addr, head.as_bytes()))
@@ -919,9 +962,14 @@ async fn repeated_or_unreadable_host_and_origin_headers_are_refused_by_the_contr
         assert!(reply.starts_with("HTTP/1.1 400"), "{reply}");
         assert!(reply.contains("\"code\":\"invalid_"), "{reply}");
     }
-    assert!(!d.engine.balancer_status().running, "a refused call did something");
+    assert!(
+        !d.engine.balancer_status().running,
+        "a refused call did something"
+    );
     // The same headers, once and readable: served.
-    let ok = format!("GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n{auth}\r\nConnection: close\r\n\r\n");
+    let ok = format!(
+        "GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: http://127.0.0.1:{port}\r\n{auth}\r\nConnection: close\r\n\r\n"
+    );
     let reply = tokio::task::spawn_blocking(move || raw_reply(addr, ok.as_bytes()))
         .await
         .unwrap();
@@ -943,7 +991,10 @@ fn closed_within(s: &mut std::net::TcpStream, limit: Duration) -> bool {
             Ok(0) => return true,
             // A 408 before the close is fine.
             Ok(_) => continue,
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut =>
+            {
                 return false;
             }
             Err(_) => return true,
@@ -984,7 +1035,11 @@ async fn slow_loris_and_idle_connections_are_closed_and_no_more_than_the_cap_are
     tokio::time::sleep(Duration::from_secs(1)).await;
     let t = std::time::Instant::now();
     assert_eq!(d.get("/api/state").await.0, 200);
-    assert!(t.elapsed() < Duration::from_secs(2), "slow next to lorises: {:?}", t.elapsed());
+    assert!(
+        t.elapsed() < Duration::from_secs(2),
+        "slow next to lorises: {:?}",
+        t.elapsed()
+    );
     // Every one of them is closed once the head timeout passes.
     let started = std::time::Instant::now();
     let all_closed = tokio::task::spawn_blocking(move || {
@@ -996,13 +1051,24 @@ async fn slow_loris_and_idle_connections_are_closed_and_no_more_than_the_cap_are
     .unwrap();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     trickle.join().unwrap();
-    assert!(all_closed, "a slow-loris connection outlived the head timeout");
+    assert!(
+        all_closed,
+        "a slow-loris connection outlived the head timeout"
+    );
     assert!(started.elapsed() < timeout + Duration::from_secs(5));
 
     // An idle keep-alive connection (one request answered, then nothing)
     // is closed too, so idle ones cannot pile up.
     let mut idle = std::net::TcpStream::connect(addr).unwrap();
-    idle.write_all(format!("GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\n\r\n", addr.port(), d.api.token()).as_bytes()).unwrap();
+    idle.write_all(
+        format!(
+            "GET /api/state HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nAuthorization: Bearer {}\r\n\r\n",
+            addr.port(),
+            d.api.token()
+        )
+        .as_bytes(),
+    )
+    .unwrap();
     // At the cap, a new client waits until a place frees.
     let mut held: Vec<_> = (0..cap - 1)
         .map(|_| std::net::TcpStream::connect(addr).unwrap())
@@ -1022,7 +1088,10 @@ async fn slow_loris_and_idle_connections_are_closed_and_no_more_than_the_cap_are
         })
     };
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert!(!waiting.is_finished(), "a connection beyond the cap was served at once");
+    assert!(
+        !waiting.is_finished(),
+        "a connection beyond the cap was served at once"
+    );
     let (closed, held_closed) = tokio::task::spawn_blocking(move || {
         let idle_closed = closed_within(&mut idle, timeout + Duration::from_secs(5));
         // Any still waiting for a place is closed a timeout after it gets one.
@@ -1054,9 +1123,7 @@ async fn a_worker_can_never_read_or_replace_batons_own_secrets() {
     secrets::set_own(Own::ControlToken, &token).unwrap();
     secrets::set_own(Own::BalancerKey, balancer_key).unwrap();
     let d = Dash::with_file(
-        Some(
-            &json!({"workers": [added("balancer-api-key"), added("studio-0")]}).to_string(),
-        ),
+        Some(&json!({"workers": [added("balancer-api-key"), added("studio-0")]}).to_string()),
         None,
     )
     .await;
@@ -1069,8 +1136,17 @@ async fn a_worker_can_never_read_or_replace_batons_own_secrets() {
         )
         .await;
     assert_eq!(s, 400, "{v}");
-    assert!(v["error"]["message"].as_str().unwrap().contains("Baton's own"), "{v}");
-    assert!(v["error"]["fix"].as_str().unwrap().contains("rename"), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Baton's own"),
+        "{v}"
+    );
+    assert!(
+        v["error"]["fix"].as_str().unwrap().contains("rename"),
+        "{v}"
+    );
     // An ordinary worker's key lands in its own entry.
     let (s, v) = d
         .send(
@@ -1094,13 +1170,24 @@ async fn a_worker_can_never_read_or_replace_batons_own_secrets() {
     {
         let mut w = added(&format!("thief-{i}"));
         w["api_key"] = api_key.clone();
-        let (s, v) = d.send(reqwest::Method::POST, "/api/workers", w.clone()).await;
+        let (s, v) = d
+            .send(reqwest::Method::POST, "/api/workers", w.clone())
+            .await;
         assert_eq!(s, 400, "{api_key}: {v}");
         assert!(
-            v["error"]["field"].as_str().unwrap().starts_with("workers[2].api_key"),
+            v["error"]["field"]
+                .as_str()
+                .unwrap()
+                .starts_with("workers[2].api_key"),
             "{v}"
         );
-        assert!(v["error"]["message"].as_str().unwrap().contains("Baton would send it"), "{v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("Baton would send it"),
+            "{v}"
+        );
         w["id"] = "studio-0".into();
         let (s, _) = d
             .send(reqwest::Method::PUT, "/api/workers/studio-0", w)
@@ -1113,7 +1200,10 @@ async fn a_worker_can_never_read_or_replace_batons_own_secrets() {
         assert!(matches!(e, secrets::SecretError::Refused(_)), "{e}");
     }
     assert_eq!(secrets::get_own(Own::ControlToken).unwrap(), token);
-    assert_eq!(secrets::balancer_key().unwrap().as_deref(), Some(balancer_key));
+    assert_eq!(
+        secrets::balancer_key().unwrap().as_deref(),
+        Some(balancer_key)
+    );
     let cfg = baton::config::Config::load(&d.file).unwrap();
     assert_eq!(cfg.workers.len(), 2);
 }
@@ -1258,8 +1348,9 @@ fn no_sequence_of_dashboard_edits_loses_a_studio_or_a_setting() {
     use proptest::prelude::{prop_assert, prop_assert_eq};
     use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 
-    if !throwaway::in_throwaway_keyring("no_sequence_of_dashboard_edits_loses_a_studio_or_a_setting")
-    {
+    if !throwaway::in_throwaway_keyring(
+        "no_sequence_of_dashboard_edits_loses_a_studio_or_a_setting",
+    ) {
         return;
     }
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -1307,7 +1398,12 @@ fn no_sequence_of_dashboard_edits_loses_a_studio_or_a_setting() {
                                 at(&format!("`{}` went missing", w.id))
                             );
                         }
-                        prop_assert_eq!(&got.balancer, &want.balancer, "{}", at("balancer section"));
+                        prop_assert_eq!(
+                            &got.balancer,
+                            &want.balancer,
+                            "{}",
+                            at("balancer section")
+                        );
                         prop_assert_eq!(&got.aliases, &want.aliases, "{}", at("aliases"));
                         prop_assert_eq!(got, want, "{}", at("file"));
                     }
@@ -1323,7 +1419,10 @@ fn no_sequence_of_dashboard_edits_loses_a_studio_or_a_setting() {
                     );
                 }
             }
-            prop_assert_eq!(secrets::get_own(Own::ControlToken).ok(), Some(token.clone()));
+            prop_assert_eq!(
+                secrets::get_own(Own::ControlToken).ok(),
+                Some(token.clone())
+            );
             prop_assert_eq!(
                 secrets::get_own(Own::BalancerKey).ok(),
                 Some("bk-never-touched".to_string())
@@ -1343,22 +1442,38 @@ fn no_sequence_of_dashboard_edits_loses_a_studio_or_a_setting() {
         match step {
             Step::Add(e) => d.send(Method::POST, "/api/workers", e.json.clone()).await,
             Step::Replace(i, e) => {
-                d.send(Method::PUT, &format!("/api/workers/{}", seg(i)), e.json.clone())
-                    .await
+                d.send(
+                    Method::PUT,
+                    &format!("/api/workers/{}", seg(i)),
+                    e.json.clone(),
+                )
+                .await
             }
             Step::Remove(i) => {
-                d.send(Method::DELETE, &format!("/api/workers/{}", seg(i)), json!({}))
-                    .await
+                d.send(
+                    Method::DELETE,
+                    &format!("/api/workers/{}", seg(i)),
+                    json!({}),
+                )
+                .await
             }
             Step::Enable(i, on) => {
                 let action = if *on { "enable" } else { "disable" };
-                d.send(Method::POST, &format!("/api/workers/{}/{action}", seg(i)), json!({}))
-                    .await
+                d.send(
+                    Method::POST,
+                    &format!("/api/workers/{}/{action}", seg(i)),
+                    json!({}),
+                )
+                .await
             }
             Step::Drain(i, on) => {
                 let action = if *on { "drain" } else { "undrain" };
-                d.send(Method::POST, &format!("/api/workers/{}/{action}", seg(i)), json!({}))
-                    .await
+                d.send(
+                    Method::POST,
+                    &format!("/api/workers/{}/{action}", seg(i)),
+                    json!({}),
+                )
+                .await
             }
             Step::Key(i) => {
                 d.send(
@@ -1373,8 +1488,12 @@ fn no_sequence_of_dashboard_edits_loses_a_studio_or_a_setting() {
                     .await
             }
             Step::Listen => {
-                d.send(Method::PUT, "/api/balancer/listen", json!({"listen": "127.0.0.1:0"}))
-                    .await
+                d.send(
+                    Method::PUT,
+                    "/api/balancer/listen",
+                    json!({"listen": "127.0.0.1:0"}),
+                )
+                .await
             }
             Step::Start => d.send(Method::POST, "/api/balancer/start", json!({})).await,
             Step::Stop => d.send(Method::POST, "/api/balancer/stop", json!({})).await,
@@ -1399,8 +1518,7 @@ fn no_sequence_of_dashboard_edits_loses_a_studio_or_a_setting() {
                 if !e.valid || dup {
                     return Some(400);
                 }
-                model
-                    .get_or_insert_with(|| json!({"workers": []}))["workers"]
+                model.get_or_insert_with(|| json!({"workers": []}))["workers"]
                     .as_array_mut()
                     .unwrap()
                     .push(e.json.clone());

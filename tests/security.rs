@@ -9,9 +9,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use baton::config::{Config, SecretRef};
-use support::*;
 #[cfg(target_os = "linux")]
 use support::throwaway;
+use support::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_baton");
 const BALANCER_KEY: &str = "bk-4f1d-very-secret-balancer-key";
@@ -320,7 +320,10 @@ async fn no_web_page_can_use_the_balancer_by_rebinding_its_name_or_from_its_own_
     assert_eq!(s, 403, "{v}");
     assert_eq!(v["error"]["code"], "forbidden_host", "{v}");
     let m = v["error"]["message"].as_str().unwrap();
-    assert!(m.contains("attacker.example") && m.contains("balancer.allowed_hosts"), "{m}");
+    assert!(
+        m.contains("attacker.example") && m.contains("balancer.allowed_hosts"),
+        "{m}"
+    );
     assert!(!h.contains_key("access-control-allow-origin"));
     let (s, v, _) = as_browser(
         &c,
@@ -343,7 +346,10 @@ async fn no_web_page_can_use_the_balancer_by_rebinding_its_name_or_from_its_own_
     )
     .await;
     assert_eq!(s, 403);
-    assert!(v["error"].as_str().unwrap().contains("allowed_hosts"), "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("allowed_hosts"),
+        "{v}"
+    );
     // What a rebinding page would read: models, stats, metrics, health.
     for path in ["/v1/models", "/stats", "/metrics", "/health", "/api/tags"] {
         let (s, v, _) = as_browser(
@@ -377,11 +383,17 @@ async fn no_web_page_can_use_the_balancer_by_rebinding_its_name_or_from_its_own_
     assert_eq!(s, 403, "{v}");
     assert_eq!(v["error"]["code"], "forbidden_origin");
     let m = v["error"]["message"].as_str().unwrap();
-    assert!(m.contains("https://evil.example") && m.contains("balancer.allowed_origins"), "{m}");
+    assert!(
+        m.contains("https://evil.example") && m.contains("balancer.allowed_origins"),
+        "{m}"
+    );
     assert!(!h.contains_key("access-control-allow-origin"));
     // Its CORS preflight gets nothing either.
     let r = c
-        .request(reqwest::Method::OPTIONS, format!("{root}/v1/chat/completions"))
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{root}/v1/chat/completions"),
+        )
         .header("Origin", "https://evil.example")
         .header("Access-Control-Request-Method", "POST")
         .send()
@@ -397,7 +409,11 @@ async fn no_web_page_can_use_the_balancer_by_rebinding_its_name_or_from_its_own_
 
     // Every client that is not a browser sends no Origin: unaffected, by
     // loopback name, address or the address it connected to.
-    for host in [None, Some(format!("localhost:{port}")), Some(format!("[::1]:{port}"))] {
+    for host in [
+        None,
+        Some(format!("localhost:{port}")),
+        Some(format!("[::1]:{port}")),
+    ] {
         let (s, v, _) = as_browser(
             &c,
             reqwest::Method::POST,
@@ -416,9 +432,8 @@ async fn no_web_page_can_use_the_balancer_by_rebinding_its_name_or_from_its_own_
 async fn repeated_or_unreadable_host_and_origin_headers_are_refused_by_the_balancer() {
     let lab = Lab::start(vec![sim_cfg(1, 1, 1000.0)], test_settings()).await;
     let addr = lab.balancer.addr();
-    let reply = |head: &'static str| {
-        tokio::task::spawn_blocking(move || raw(addr, head.as_bytes()))
-    };
+    let reply =
+        |head: &'static str| tokio::task::spawn_blocking(move || raw(addr, head.as_bytes()));
     for (head, code) in [
         (
             "GET /v1/models HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: attacker.example\r\nConnection: close\r\n\r\n",
@@ -467,10 +482,16 @@ async fn listed_names_and_origins_are_let_in_and_any_origin_needs_the_api_key() 
     assert_eq!(s, 200, "{v}");
     // A chat UI the user trusts: its preflight is answered and it can read.
     let r = c
-        .request(reqwest::Method::OPTIONS, format!("{root}/v1/chat/completions"))
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{root}/v1/chat/completions"),
+        )
         .header("Origin", "http://localhost:3000")
         .header("Access-Control-Request-Method", "POST")
-        .header("Access-Control-Request-Headers", "authorization, content-type")
+        .header(
+            "Access-Control-Request-Headers",
+            "authorization, content-type",
+        )
         .send()
         .await
         .unwrap();
@@ -494,10 +515,12 @@ async fn listed_names_and_origins_are_let_in_and_any_origin_needs_the_api_key() 
     .await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(h["access-control-allow-origin"], "http://localhost:3000");
-    assert!(h["access-control-expose-headers"]
-        .to_str()
-        .unwrap()
-        .contains("x-baton-worker"));
+    assert!(
+        h["access-control-expose-headers"]
+            .to_str()
+            .unwrap()
+            .contains("x-baton-worker")
+    );
     // Another port of localhost is another origin.
     let (s, _, _) = as_browser(
         &c,
@@ -591,7 +614,10 @@ async fn keys_kept_under_their_old_names_are_moved_to_batons_own_namespace_on_fi
 
     // First reads find them, where the new names are.
     assert_eq!(baton::control::install_token(), token);
-    assert_eq!(secrets::balancer_key().unwrap().as_deref(), Some(BALANCER_KEY));
+    assert_eq!(
+        secrets::balancer_key().unwrap().as_deref(),
+        Some(BALANCER_KEY)
+    );
     assert_eq!(
         secrets::resolve(&SecretRef::Keychain("studio-a".into())).unwrap(),
         STUDIO_KEY
@@ -663,7 +689,10 @@ fn baton_key_keeps_workers_keys_apart_from_the_balancers() {
         )
     };
     assert_eq!(key(&["set"], &format!("{BALANCER_KEY}\n")).0, Some(0));
-    assert_eq!(key(&["set", "studio-1"], &format!("{STUDIO_KEY}\n")).0, Some(0));
+    assert_eq!(
+        key(&["set", "studio-1"], &format!("{STUDIO_KEY}\n")).0,
+        Some(0)
+    );
     // Baton's own entries by any of their names are not a worker's.
     for name in ["balancer-api-key", "control-token", "baton/balancer-key"] {
         let (code, text) = key(&["set", name], "stolen\n");

@@ -44,13 +44,7 @@ pub(super) fn check_settings(s: &BalancerSettings, has_key: bool) -> Result<(), 
 pub(super) async fn guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
     let settings = s.settings();
     let local = req.extensions().get::<LocalAddr>().map(|l| l.0.ip());
-    let verdict = check(
-        req.method(),
-        req.uri(),
-        req.headers(),
-        &settings,
-        local,
-    );
+    let verdict = check(req.method(), req.uri(), req.headers(), &settings, local);
     let family = Family::of_path(req.uri().path());
     match verdict {
         Verdict::Refused(status, message, code) => {
@@ -126,10 +120,18 @@ fn check(
         .iter()
         .any(|a| a == "*" || a.eq_ignore_ascii_case(origin));
     if !listed || origin.eq_ignore_ascii_case("null") {
-        return Verdict::Refused(StatusCode::FORBIDDEN, foreign_origin(origin), "forbidden_origin");
+        return Verdict::Refused(
+            StatusCode::FORBIDDEN,
+            foreign_origin(origin),
+            "forbidden_origin",
+        );
     }
     let Ok(value) = HeaderValue::from_str(origin) else {
-        return Verdict::Refused(StatusCode::FORBIDDEN, foreign_origin(origin), "forbidden_origin");
+        return Verdict::Refused(
+            StatusCode::FORBIDDEN,
+            foreign_origin(origin),
+            "forbidden_origin",
+        );
     };
     if method == Method::OPTIONS && h.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD) {
         Verdict::Preflight(value)
@@ -320,18 +322,27 @@ mod tests {
         let v = verdict(&[("host", "attacker.example:8421")], &s, "127.0.0.1");
         assert_eq!(refused_with(&v), Some((403, "forbidden_host")));
         let v = verdict(
-            &[("host", "127.0.0.1:8421"), ("origin", "https://evil.example")],
+            &[
+                ("host", "127.0.0.1:8421"),
+                ("origin", "https://evil.example"),
+            ],
             &s,
             "127.0.0.1",
         );
         assert_eq!(refused_with(&v), Some((403, "forbidden_origin")));
         if let Verdict::Refused(_, m, _) = &v {
-            assert!(m.contains("balancer.allowed_origins") && m.contains("https://evil.example"), "{m}");
+            assert!(
+                m.contains("balancer.allowed_origins") && m.contains("https://evil.example"),
+                "{m}"
+            );
         }
         // The balancer's own origin is no stranger.
         assert_eq!(
             verdict(
-                &[("host", "127.0.0.1:8421"), ("origin", "http://127.0.0.1:8421")],
+                &[
+                    ("host", "127.0.0.1:8421"),
+                    ("origin", "http://127.0.0.1:8421")
+                ],
                 &s,
                 "127.0.0.1"
             ),
@@ -365,14 +376,11 @@ mod tests {
         );
         assert_eq!(refused_with(&v), Some((400, "invalid_origin")));
         let mut h = headers(&[("host", "127.0.0.1:8421")]);
-        h.insert(header::ORIGIN, HeaderValue::from_bytes(b"http://\xe9vil").unwrap());
-        let v = check(
-            &Method::GET,
-            &"/v1/models".parse().unwrap(),
-            &h,
-            &s,
-            None,
+        h.insert(
+            header::ORIGIN,
+            HeaderValue::from_bytes(b"http://\xe9vil").unwrap(),
         );
+        let v = check(&Method::GET, &"/v1/models".parse().unwrap(), &h, &s, None);
         assert_eq!(refused_with(&v), Some((400, "invalid_origin")));
     }
 
@@ -380,7 +388,10 @@ mod tests {
     fn listed_origins_pass_with_cors_and_their_preflight_is_answered() {
         let s = settings(&[], &["http://localhost:3000"]);
         let v = verdict(
-            &[("host", "127.0.0.1:8421"), ("origin", "http://localhost:3000")],
+            &[
+                ("host", "127.0.0.1:8421"),
+                ("origin", "http://localhost:3000"),
+            ],
             &s,
             "127.0.0.1",
         );
@@ -402,7 +413,10 @@ mod tests {
         assert!(matches!(v, Verdict::Preflight(_)), "{v:?}");
         // A listed origin does not open the Host check.
         let v = verdict(
-            &[("host", "attacker.example"), ("origin", "http://localhost:3000")],
+            &[
+                ("host", "attacker.example"),
+                ("origin", "http://localhost:3000"),
+            ],
             &s,
             "127.0.0.1",
         );

@@ -112,9 +112,7 @@ impl From<EngineError> for ApiError {
             EngineError::UnknownWorker(_) | EngineError::UnknownJob(_) => StatusCode::NOT_FOUND,
             EngineError::Balancer(B::UnknownWorker(_)) => StatusCode::NOT_FOUND,
             EngineError::Busy(..) | EngineError::FileExists { .. } => StatusCode::CONFLICT,
-            EngineError::Secret(crate::secrets::SecretError::Refused(_)) => {
-                StatusCode::BAD_REQUEST
-            }
+            EngineError::Secret(crate::secrets::SecretError::Refused(_)) => StatusCode::BAD_REQUEST,
             EngineError::Store(StoreError::NoSuchRun(_)) => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };

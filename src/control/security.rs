@@ -155,7 +155,8 @@ mod tests {
     }
 
     fn status(g: &Guard, path: &str, h: &HeaderMap) -> StatusCode {
-        g.check(path, h).map_or_else(|r| r.status, |()| StatusCode::OK)
+        g.check(path, h)
+            .map_or_else(|r| r.status, |()| StatusCode::OK)
     }
 
     #[test]
@@ -200,14 +201,20 @@ mod tests {
             (header::HOST, "evil.example"),
             (header::AUTHORIZATION, &auth),
         ]);
-        assert_eq!(status(&g, "/api/state", &two_hosts), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(&g, "/api/state", &two_hosts),
+            StatusCode::BAD_REQUEST
+        );
         let two_origins = headers(&[
             (header::HOST, "127.0.0.1:8422"),
             (header::ORIGIN, "http://127.0.0.1:8422"),
             (header::ORIGIN, "https://evil.example"),
             (header::AUTHORIZATION, &auth),
         ]);
-        assert_eq!(status(&g, "/api/state", &two_origins), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(&g, "/api/state", &two_origins),
+            StatusCode::BAD_REQUEST
+        );
         let mut unreadable = headers(&[
             (header::HOST, "127.0.0.1:8422"),
             (header::AUTHORIZATION, &auth),
@@ -217,6 +224,9 @@ mod tests {
             HeaderValue::from_bytes(b"https://\xe9vil.example").unwrap(),
         );
         // Before, an unreadable Origin counted as none at all.
-        assert_eq!(status(&g, "/api/state", &unreadable), StatusCode::BAD_REQUEST);
+        assert_eq!(
+            status(&g, "/api/state", &unreadable),
+            StatusCode::BAD_REQUEST
+        );
     }
 }

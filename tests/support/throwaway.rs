@@ -51,8 +51,8 @@ pub fn in_throwaway_keyring(test: &str) -> bool {
             return false;
         }
     };
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
         "{test} failed in its throwaway keyring:\n{text}"
