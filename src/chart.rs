@@ -293,11 +293,24 @@ impl Chart {
         })
     }
 
+    /// Drawn in memory and written with [`crate::files::write_atomic`]
+    /// (plotters' own file output would follow a symlink planted there).
     fn png(&self, path: &Path) -> anyhow::Result<()> {
         register_font();
-        let area = BitMapBackend::new(path, (W, H)).into_drawing_area();
-        self.draw(&area)
-            .map_err(|e| anyhow::anyhow!("drawing {}: {e:?}", path.display()))?;
+        let mut rgb = vec![0u8; (W * H * 3) as usize];
+        {
+            let area = BitMapBackend::with_buffer(&mut rgb, (W, H)).into_drawing_area();
+            self.draw(&area)
+                .map_err(|e| anyhow::anyhow!("drawing {}: {e:?}", path.display()))?;
+        }
+        let mut out = Vec::new();
+        {
+            let mut enc = png::Encoder::new(&mut out, W, H);
+            enc.set_color(png::ColorType::Rgb);
+            enc.set_depth(png::BitDepth::Eight);
+            enc.write_header()?.write_image_data(&rgb)?;
+        }
+        crate::files::write_atomic(path, &out)?;
         Ok(())
     }
 }
@@ -315,7 +328,7 @@ pub fn write_all(runs: &[(String, &BenchResult)], dir: &Path) -> anyhow::Result<
     let mut out = Vec::new();
     for (c, name) in charts(runs) {
         let svg = dir.join(format!("{name}.svg"));
-        std::fs::write(&svg, c.svg(&name)?.svg)?;
+        crate::files::write_atomic(&svg, c.svg(&name)?.svg.as_bytes())?;
         let png = dir.join(format!("{name}.png"));
         c.png(&png)?;
         out.extend([svg, png]);

@@ -194,6 +194,13 @@ pub struct BalancerSettings {
     pub strategy: Strategy,
     /// The APIs clients use to reach the pool (preflight checks each).
     pub apis: Vec<ClientApi>,
+    /// Names clients may put in `Host` besides loopback and the address
+    /// the balancer listens on (anything else is refused: DNS rebinding).
+    pub allowed_hosts: Vec<String>,
+    /// Web pages (origins) allowed to call the balancer from a browser;
+    /// `*` (any page) only together with an API key. Requests without an
+    /// `Origin` are not affected.
+    pub allowed_origins: Vec<String>,
 }
 
 impl Default for BalancerSettings {
@@ -217,6 +224,8 @@ impl Default for BalancerSettings {
             // first token) and equal on single-turn traffic.
             strategy: Strategy::CacheAffinity,
             apis: vec![ClientApi::Openai],
+            allowed_hosts: Vec::new(),
+            allowed_origins: Vec::new(),
         }
     }
 }
@@ -388,6 +397,15 @@ impl BalancerSettings {
                     .into(),
             );
         }
+        if !self.allowed_hosts.is_empty() {
+            m.insert("allowed_hosts".into(), self.allowed_hosts.clone().into());
+        }
+        if !self.allowed_origins.is_empty() {
+            m.insert(
+                "allowed_origins".into(),
+                self.allowed_origins.clone().into(),
+            );
+        }
         if self.strategy != d.strategy {
             m.insert(
                 "strategy".into(),
@@ -428,6 +446,8 @@ const BALANCER_FIELDS: &[&str] = &[
     "max_body_bytes",
     "strategy",
     "apis",
+    "allowed_hosts",
+    "allowed_origins",
 ];
 
 struct Validator<'a> {
@@ -613,7 +633,7 @@ impl Validator<'_> {
 
     fn worker(&self, v: &Value, path: &str) -> Result<Worker, ConfigError> {
         let m = self.object(v, path, WORKER_FIELDS)?;
-        let id = self.nonempty_string(m, path, "id", "a short name such as \"mac-studio-1\"")?;
+        let id = self.id(m, path)?;
         let host = self.nonempty_string(
             m,
             path,
@@ -729,7 +749,7 @@ impl Validator<'_> {
         };
         let api_key = match m.get("api_key") {
             None | Some(Value::Null) => None,
-            Some(v) => Some(self.secret_ref(v, &join(path, "api_key"))?),
+            Some(v) => Some(self.secret_ref(v, &join(path, "api_key"), &id)?),
         };
         let members = match m.get("members") {
             None => Vec::new(),
@@ -771,7 +791,7 @@ impl Validator<'_> {
         })
     }
 
-    fn secret_ref(&self, v: &Value, path: &str) -> Result<SecretRef, ConfigError> {
+    fn secret_ref(&self, v: &Value, path: &str, id: &str) -> Result<SecretRef, ConfigError> {
         let fix = "store the key in the OS keychain and reference it: \"api_key\": {\"keychain\": \"mac-studio-1\"}, or {\"env\": \"STUDIO1_KEY\"}";
         match v {
             Value::Object(m) if m.len() == 1 => {
@@ -779,10 +799,47 @@ impl Validator<'_> {
                 let Some(name) = val.as_str().filter(|s| !s.is_empty()) else {
                     return Err(self.err(&join(path, k), "expected a non-empty name", fix));
                 };
+                let at = join(path, k);
                 match k.as_str() {
-                    "keychain" => Ok(SecretRef::Keychain(name.to_string())),
-                    "env" => Ok(SecretRef::Env(name.to_string())),
-                    _ => Err(self.err(&join(path, k), format!("unknown secret source `{k}`"), fix)),
+                    "keychain" => {
+                        if let Some(own) = crate::secrets::Own::named(name) {
+                            return Err(self.err(
+                                &at,
+                                format!(
+                                    "`{name}` is Baton's own keychain entry ({}); a worker may not use it, or Baton would send it to the studio",
+                                    own.describe()
+                                ),
+                                format!(
+                                    "store the studio's own key under a name of its own: `baton key set {id}` (or the dashboard's \"Set API key\"), then write {{\"keychain\": \"{id}\"}}"
+                                ),
+                            ));
+                        }
+                        if let Err(problem) = check_name(name) {
+                            return Err(self.err(
+                                &at,
+                                format!("keychain entry name {name:?} {problem}"),
+                                format!(
+                                    "use 1 to {MAX_ID_LEN} letters, digits, '.', '_' or '-', e.g. \"{}\", and store the key under it with `baton key set {}`",
+                                    suggest_name(name),
+                                    suggest_name(name)
+                                ),
+                            ));
+                        }
+                        Ok(SecretRef::Keychain(name.to_string()))
+                    }
+                    "env" => {
+                        if name == crate::secrets::BALANCER_KEY_ENV {
+                            return Err(self.err(
+                                &at,
+                                format!(
+                                    "`{name}` holds the balancer's own API key; a worker may not use it, or Baton would send it to the studio"
+                                ),
+                                "export the studio's key in a variable of its own, e.g. {\"env\": \"STUDIO1_KEY\"}",
+                            ));
+                        }
+                        Ok(SecretRef::Env(name.to_string()))
+                    }
+                    _ => Err(self.err(&at, format!("unknown secret source `{k}`"), fix)),
                 }
             }
             // Never echo the value: it may be the secret itself.
@@ -876,6 +933,19 @@ impl Validator<'_> {
             }
             s.apis = apis;
         }
+        if let Some(x) = m.get("allowed_hosts") {
+            s.allowed_hosts = self.list(x, "balancer.allowed_hosts", "\"my-mac.local\"", |h| {
+                check_host_name(h)
+            })?;
+        }
+        if let Some(x) = m.get("allowed_origins") {
+            s.allowed_origins = self.list(
+                x,
+                "balancer.allowed_origins",
+                "\"http://localhost:3000\"",
+                check_origin,
+            )?;
+        }
         if let Some(x) = m.get("strategy") {
             s.strategy = match x.as_str() {
                 Some("least_time") => Strategy::LeastTime,
@@ -891,6 +961,69 @@ impl Validator<'_> {
             };
         }
         Ok(s)
+    }
+
+    /// A list of strings, each checked by `check` (which gives the problem
+    /// and the fix).
+    fn list(
+        &self,
+        v: &Value,
+        path: &str,
+        example: &str,
+        check: impl Fn(&str) -> Result<(), (String, String)>,
+    ) -> Result<Vec<String>, ConfigError> {
+        let Some(items) = v.as_array() else {
+            return Err(self.err(
+                path,
+                format!("expected a list, found {}", describe(v)),
+                format!("write it as a list, e.g. [{example}]"),
+            ));
+        };
+        let mut out = Vec::with_capacity(items.len());
+        for (i, item) in items.iter().enumerate() {
+            let at = format!("{path}[{i}]");
+            let Some(text) = item.as_str() else {
+                return Err(self.err(
+                    &at,
+                    format!("expected a string, found {}", describe(item)),
+                    format!("write it in double quotes, e.g. {example}"),
+                ));
+            };
+            check(text).map_err(|(problem, fix)| self.err(&at, problem, fix))?;
+            out.push(text.to_string());
+        }
+        Ok(out)
+    }
+
+    /// A worker's id: it becomes a keychain entry's name, a URL path
+    /// segment and a response header, so it is kept to a safe alphabet,
+    /// exactly as written (no silent trimming).
+    fn id(&self, m: &Map<String, Value>, path: &str) -> Result<String, ConfigError> {
+        let at = join(path, "id");
+        match m.get("id") {
+            None => Err(self.missing(path, "id", "a short name such as \"mac-studio-1\"")),
+            Some(Value::String(s)) if s.is_empty() => Err(self.err(
+                &at,
+                "`id` is empty",
+                "set it to a short name such as \"mac-studio-1\"",
+            )),
+            Some(Value::String(s)) => match check_name(s) {
+                Ok(()) => Ok(s.clone()),
+                Err(problem) => Err(self.err(
+                    &at,
+                    format!("id {s:?} {problem}"),
+                    format!(
+                        "use 1 to {MAX_ID_LEN} letters, digits, '.', '_' or '-', e.g. \"{}\"",
+                        suggest_name(s)
+                    ),
+                )),
+            },
+            Some(other) => Err(self.err(
+                &at,
+                format!("expected a string, found {}", describe(other)),
+                "set it to a short name such as \"mac-studio-1\"",
+            )),
+        }
     }
 
     fn missing(&self, path: &str, field: &str, example: &str) -> ConfigError {
@@ -1027,4 +1160,183 @@ fn points_at(w: &Worker, listen: SocketAddr, local: &[IpAddr]) -> bool {
             *ip == listen.ip()
         }
     })
+}
+
+/// Longest worker id (and keychain entry name).
+pub const MAX_ID_LEN: usize = 64;
+
+/// Whether `name` is a valid worker id or keychain entry name:
+/// `[A-Za-z0-9._-]{1,64}`. The error says what is wrong with it.
+pub fn check_name(name: &str) -> Result<(), String> {
+    if name.is_empty() {
+        return Err("is empty".into());
+    }
+    if name.trim() != name {
+        return Err("starts or ends with a space".into());
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-')))
+    {
+        return Err(format!("contains {c:?}, which an id cannot have"));
+    }
+    if name.len() > MAX_ID_LEN {
+        return Err(format!(
+            "is {} characters long, more than {MAX_ID_LEN}",
+            name.len()
+        ));
+    }
+    if name.chars().all(|c| c == '.') {
+        return Err("is only dots".into());
+    }
+    Ok(())
+}
+
+/// A valid name close to `raw` (for fixes, and for ids made from hosts):
+/// other characters become `-`, runs of `-` shrink to one.
+pub fn suggest_name(raw: &str) -> String {
+    let mut out = String::new();
+    for c in raw.trim().chars() {
+        let c = if c.is_ascii_alphanumeric() || matches!(c, '.' | '_') {
+            c
+        } else {
+            '-'
+        };
+        if !(c == '-' && out.ends_with('-')) {
+            out.push(c);
+        }
+    }
+    let out = out.trim_matches(|c| c == '-' || c == '.');
+    let mut out: String = out.chars().take(MAX_ID_LEN).collect();
+    if out.is_empty() {
+        out = "mac-studio-1".into();
+    }
+    out
+}
+
+/// One `balancer.allowed_hosts` entry: a host name or an IP address, with
+/// no port, scheme or wildcard.
+fn check_host_name(h: &str) -> Result<(), (String, String)> {
+    let example = "e.g. \"my-mac.local\" or \"192.168.1.20\"".to_string();
+    if h.is_empty() || h.trim() != h || h.chars().any(char::is_whitespace) {
+        return Err((
+            format!("{h:?} is empty or has spaces"),
+            format!("write the name alone, {example}"),
+        ));
+    }
+    if h.contains('*') {
+        return Err((
+            format!("`{h}` has a wildcard; any name would let a web page in through DNS rebinding"),
+            format!("list each name clients use to reach the balancer, {example}"),
+        ));
+    }
+    if let Some((_, rest)) = h.split_once("://") {
+        let name = rest.split(['/', ':']).next().unwrap_or(rest);
+        return Err((
+            format!("`{h}` is a URL, not a host name"),
+            format!("give only the name: \"{name}\""),
+        ));
+    }
+    if h.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(());
+    }
+    if let Some(inner) = h.strip_prefix('[').and_then(|x| x.strip_suffix(']'))
+        && inner.parse::<std::net::Ipv6Addr>().is_ok()
+    {
+        return Err((
+            format!("`{h}` has brackets"),
+            format!("write the IPv6 address without them: \"{inner}\""),
+        ));
+    }
+    if let Some((name, port)) = h.rsplit_once(':')
+        && port.chars().all(|c| c.is_ascii_digit())
+    {
+        return Err((
+            format!("`{h}` has a port"),
+            format!("give the name without the port (any port is accepted): \"{name}\""),
+        ));
+    }
+    let valid = h.len() <= 253
+        && h.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        });
+    if !valid {
+        return Err((
+            format!("`{h}` is not a host name or an IP address"),
+            format!("use letters, digits, '-' and dots, {example}"),
+        ));
+    }
+    Ok(())
+}
+
+/// One `balancer.allowed_origins` entry: `*`, or an origin exactly as
+/// browsers send it: `scheme://host[:port]`, no path.
+fn check_origin(o: &str) -> Result<(), (String, String)> {
+    let example = "e.g. \"http://localhost:3000\" or \"https://chat.example.com\"";
+    if o == "*" {
+        return Ok(());
+    }
+    if o.eq_ignore_ascii_case("null") {
+        return Err((
+            "`null` is the origin of sandboxed frames and local files of any site; allowing it would let any page in".into(),
+            format!("list the origins of the pages you trust, {example}"),
+        ));
+    }
+    if o.is_empty() || o.trim() != o || o.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err((
+            format!("{o:?} is empty or has spaces"),
+            format!("write the origin alone, {example}"),
+        ));
+    }
+    let Some((scheme, rest)) = o.split_once("://") else {
+        return Err((
+            format!("`{o}` is not an origin (scheme://host[:port])"),
+            format!("write it as the browser's address bar shows it, without the path, {example}"),
+        ));
+    };
+    let scheme_ok = scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'));
+    if !scheme_ok {
+        return Err((
+            format!("`{o}` has no valid scheme"),
+            format!("start it with http:// or https://, {example}"),
+        ));
+    }
+    if rest.contains('*') {
+        return Err((
+            format!(
+                "`{o}` has a wildcard; only a lone \"*\" (any page, with an API key) is accepted"
+            ),
+            format!("list each origin, {example}"),
+        ));
+    }
+    if let Some((authority, _)) = rest.split_once('/') {
+        return Err((
+            format!("`{o}` has a path; an origin is only scheme://host[:port]"),
+            format!("write \"{scheme}://{authority}\""),
+        ));
+    }
+    if rest.is_empty() || rest.contains(['?', '#', '@']) {
+        return Err((
+            format!("`{o}` is not an origin (scheme://host[:port])"),
+            format!("write it like the browser sends it, {example}"),
+        ));
+    }
+    let port = if rest.starts_with('[') {
+        rest.split_once(']').map(|(_, p)| p).unwrap_or("x")
+    } else {
+        rest.rsplit_once(':').map(|(_, p)| p).unwrap_or("")
+    };
+    let port = port.strip_prefix(':').unwrap_or(port);
+    if !port.is_empty() && port.parse::<u16>().map_or(true, |p| p == 0) {
+        return Err((
+            format!("`{o}` has an invalid port"),
+            format!("use a port from 1 to 65535, {example}"),
+        ));
+    }
+    Ok(())
 }

@@ -16,6 +16,7 @@ pub mod logging;
 pub mod netinfo;
 pub mod preflight;
 pub mod secrets;
+pub(crate) mod server;
 pub mod sim;
 pub mod store;
 pub mod studio;

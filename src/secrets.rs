@@ -6,11 +6,56 @@ use crate::config::SecretRef;
 /// Keychain service name under which Baton stores its entries.
 pub const SERVICE: &str = "baton";
 
-/// Keychain entry holding the key clients must present to the balancer.
-pub const BALANCER_KEY_ENTRY: &str = "balancer-api-key";
-
 /// Environment variable that overrides the balancer key in the keychain.
 pub const BALANCER_KEY_ENV: &str = "BATON_API_KEY";
+
+/// Workers' keys live under this prefix (`worker/<name>`), so no worker's
+/// key can ever be, or replace, one of Baton's own.
+const WORKER_PREFIX: &str = "worker/";
+
+/// Baton's own secrets, in their own namespace (`baton/...`): a worker's
+/// reference can never name them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Own {
+    /// The control API's per-install token.
+    ControlToken,
+    /// The key clients must present to the balancer.
+    BalancerKey,
+}
+
+impl Own {
+    pub const ALL: [Own; 2] = [Own::ControlToken, Own::BalancerKey];
+
+    /// The keychain entry.
+    pub fn entry(self) -> &'static str {
+        match self {
+            Own::ControlToken => "baton/control-token",
+            Own::BalancerKey => "baton/balancer-key",
+        }
+    }
+
+    /// Where earlier versions kept it (moved on first read).
+    pub fn legacy_entry(self) -> &'static str {
+        match self {
+            Own::ControlToken => "control-token",
+            Own::BalancerKey => "balancer-api-key",
+        }
+    }
+
+    pub fn describe(self) -> &'static str {
+        match self {
+            Own::ControlToken => "the control API's token",
+            Own::BalancerKey => "the balancer's API key",
+        }
+    }
+
+    /// The secret a name means, by its current or its earlier entry name.
+    pub fn named(name: &str) -> Option<Own> {
+        Own::ALL
+            .into_iter()
+            .find(|o| o.entry() == name || o.legacy_entry() == name)
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -22,16 +67,100 @@ pub enum SecretError {
     NotInKeychain(String),
     #[error("keychain error for entry `{name}`: {detail}")]
     Keychain { name: String, detail: String },
+    #[error("{0}")]
+    Refused(String),
 }
 
-/// Read the secret a reference points at.
+/// Read the secret a worker's reference points at.
 pub fn resolve(r: &SecretRef) -> Result<String, SecretError> {
     match r {
         SecretRef::Env(var) => std::env::var(var)
             .ok()
             .filter(|v| !v.is_empty())
             .ok_or_else(|| SecretError::EnvMissing(var.clone())),
-        SecretRef::Keychain(name) => get(name),
+        SecretRef::Keychain(name) => get_worker(name),
+    }
+}
+
+/// A worker's key entry name must be a valid name and none of Baton's own
+/// (the loader refuses those too; this guards every other way in).
+fn worker_entry(name: &str) -> Result<String, SecretError> {
+    if let Some(own) = Own::named(name) {
+        return Err(SecretError::Refused(format!(
+            "`{name}` is Baton's own keychain entry ({}), not a worker's\n  fix: store the studio's key under its own name, e.g. `baton key set mac-studio-1`",
+            own.describe()
+        )));
+    }
+    crate::config::check_name(name).map_err(|problem| {
+        SecretError::Refused(format!(
+            "keychain entry name {name:?} {problem}\n  fix: use 1 to {} letters, digits, '.', '_' or '-', e.g. \"{}\"",
+            crate::config::MAX_ID_LEN,
+            crate::config::suggest_name(name)
+        ))
+    })?;
+    Ok(format!("{WORKER_PREFIX}{name}"))
+}
+
+/// A worker's key, by the name its reference gives (`worker/<name>` in
+/// the keychain; an entry kept under the bare name by earlier versions is
+/// moved there on first read).
+pub fn get_worker(name: &str) -> Result<String, SecretError> {
+    let entry = worker_entry(name)?;
+    read_migrating(&entry, name, name)
+}
+
+/// Store a worker's key under `worker/<name>`.
+pub fn set_worker(name: &str, value: &str) -> Result<(), SecretError> {
+    set(&worker_entry(name)?, value)
+}
+
+/// Delete a worker's key (and any copy an earlier version kept).
+pub fn delete_worker(name: &str) -> Result<(), SecretError> {
+    delete(&worker_entry(name)?)?;
+    delete(name)
+}
+
+/// One of Baton's own secrets (an entry from an earlier version is moved
+/// to the new name on first read).
+pub fn get_own(own: Own) -> Result<String, SecretError> {
+    read_migrating(own.entry(), own.legacy_entry(), own.entry())
+}
+
+pub fn set_own(own: Own, value: &str) -> Result<(), SecretError> {
+    set(own.entry(), value)
+}
+
+/// Delete one of Baton's own secrets (and the copy an earlier version kept).
+pub fn delete_own(own: Own) -> Result<(), SecretError> {
+    delete(own.entry())?;
+    delete(own.legacy_entry())
+}
+
+/// Read `entry`; when it is missing, move `legacy` there (copy, then
+/// delete the old one) so users of earlier versions keep their keys.
+/// `shown` names the entry in a "not stored" error.
+fn read_migrating(entry: &str, legacy: &str, shown: &str) -> Result<String, SecretError> {
+    match get(entry) {
+        Ok(v) => return Ok(v),
+        Err(SecretError::NotInKeychain(_)) => {}
+        Err(e) => return Err(e),
+    }
+    match get(legacy) {
+        Ok(v) => {
+            match set(entry, &v) {
+                Ok(()) => {
+                    if let Err(e) = delete(legacy) {
+                        tracing::debug!("could not remove the old keychain entry: {e}");
+                    }
+                    tracing::info!("moved keychain entry `{legacy}` to `{entry}`");
+                }
+                // The old entry still works; the move is tried again next time.
+                Err(e) => tracing::debug!("could not move the old keychain entry: {e}"),
+            }
+            Ok(v)
+        }
+        Err(SecretError::NotInKeychain(_)) => Err(SecretError::NotInKeychain(shown.to_string())),
+        Err(e) => Err(e),
     }
 }
 
@@ -39,11 +168,19 @@ pub fn resolve(r: &SecretRef) -> Result<String, SecretError> {
 /// did not start in a login session (a service, CI, a container) cannot use
 /// the default session keyring, so every Baton process joins one named
 /// `baton`, linked into the user's keyring so it outlives the process: what
-/// `baton key set` stores, `baton serve` finds.
+/// `baton key set` stores, `baton serve` finds. A session keyring belongs
+/// to a thread's credentials, not to the process (a thread that existed
+/// before another joined keeps its old one), so each thread joins before
+/// its first use.
 #[cfg(target_os = "linux")]
 fn join_keyring() {
-    static ONCE: std::sync::Once = std::sync::Once::new();
-    ONCE.call_once(|| {
+    thread_local! {
+        static JOINED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    }
+    if JOINED.replace(true) {
+        return;
+    }
+    {
         const KEYCTL_JOIN_SESSION_KEYRING: libc::c_long = 1;
         const KEYCTL_LINK: libc::c_long = 8;
         const KEY_SPEC_USER_KEYRING: libc::c_long = -4;
@@ -64,7 +201,7 @@ fn join_keyring() {
                 );
             }
         }
-    });
+    }
 }
 
 fn entry(name: &str) -> Result<keyring::Entry, SecretError> {
@@ -76,8 +213,8 @@ fn entry(name: &str) -> Result<keyring::Entry, SecretError> {
     })
 }
 
-/// Read a keychain entry.
-pub fn get(name: &str) -> Result<String, SecretError> {
+/// Read a keychain entry by its full name.
+fn get(name: &str) -> Result<String, SecretError> {
     match entry(name)?.get_password() {
         Ok(v) => Ok(v),
         Err(keyring::Error::NoEntry) => Err(SecretError::NotInKeychain(name.to_string())),
@@ -88,8 +225,8 @@ pub fn get(name: &str) -> Result<String, SecretError> {
     }
 }
 
-/// Store a keychain entry.
-pub fn set(name: &str, value: &str) -> Result<(), SecretError> {
+/// Store a keychain entry by its full name.
+fn set(name: &str, value: &str) -> Result<(), SecretError> {
     entry(name)?
         .set_password(value)
         .map_err(|e| SecretError::Keychain {
@@ -99,7 +236,7 @@ pub fn set(name: &str, value: &str) -> Result<(), SecretError> {
 }
 
 /// Delete a keychain entry; deleting a missing one is not an error.
-pub fn delete(name: &str) -> Result<(), SecretError> {
+fn delete(name: &str) -> Result<(), SecretError> {
     match entry(name)?.delete_credential() {
         Ok(()) | Err(keyring::Error::NoEntry) => Ok(()),
         Err(e) => Err(SecretError::Keychain {
@@ -117,7 +254,7 @@ pub fn balancer_key() -> Result<Option<String>, SecretError> {
     {
         return Ok(Some(v));
     }
-    match get(BALANCER_KEY_ENTRY) {
+    match get_own(Own::BalancerKey) {
         Ok(v) => Ok(Some(v)),
         Err(SecretError::NotInKeychain(_)) => Ok(None),
         // No usable keychain (e.g. a headless box without a session keyring)

@@ -239,7 +239,9 @@ fn every_field_round_trips_through_the_files_one_serialization() {
       "balancer": {"listen": "127.0.0.1:9000", "connect_timeout_ms": 250, "first_token_timeout_ms": 9000,
                    "idle_timeout_ms": 8000, "queue_limit": 7, "queue_timeout_ms": 1500,
                    "probe_interval_ms": 300, "probe_timeout_ms": 400, "max_body_bytes": 1000,
-                   "strategy": "round_robin", "apis": ["openai", "anthropic", "ollama"]},
+                   "strategy": "round_robin", "apis": ["openai", "anthropic", "ollama"],
+                   "allowed_hosts": ["my-mac.local", "192.168.1.20", "fe80::1"],
+                   "allowed_origins": ["http://localhost:3000", "https://chat.example.com"]},
       "aliases": {"mistral": ["m", "m:7b"]}
     }"#;
     let path = std::path::Path::new("workers.json");
@@ -252,6 +254,8 @@ fn every_field_round_trips_through_the_files_one_serialization() {
     );
     assert_eq!(c.balancer.strategy, Strategy::RoundRobin);
     assert_eq!(c.aliases.names_for("m:7b"), ["mistral", "m", "m:7b"]);
+    assert_eq!(c.balancer.allowed_hosts.len(), 3);
+    assert_eq!(c.balancer.allowed_origins[0], "http://localhost:3000");
 }
 
 #[test]
@@ -272,4 +276,156 @@ fn alias_mistakes_are_named_with_their_fix() {
     assert!(e.fix.contains("one alias only"), "{e}");
     let e = err(r#"{"x": ["m", 3]}"#);
     assert_eq!(e.json_path, "aliases.x[1]");
+}
+
+#[test]
+fn ids_are_kept_to_a_safe_alphabet_exactly_as_written() {
+    for ok in ["mac-studio-9", "a", "Studio_2.lan", &"x".repeat(64)] {
+        let c = parse(&with_field("id", Some(&serde_json::to_string(ok).unwrap()))).unwrap();
+        assert_eq!(c.workers[1].id, ok);
+    }
+    for (bad, problem, suggestion) in [
+        (" pad ", "starts or ends with a space", "\"pad\""),
+        ("a\r\nX-Evil: 1", "contains '\\r'", "\"a-X-Evil-1\""),
+        ("../../etc", "contains '/'", "\"etc\""),
+        ("mac studio", "contains ' '", "\"mac-studio\""),
+        ("studio-é", "contains 'é'", "\"studio\""),
+        ("..", "only dots", "\"mac-studio-1\""),
+    ] {
+        let (e, msg) = error_of(&with_field(
+            "id",
+            Some(&serde_json::to_string(bad).unwrap()),
+        ));
+        assert_eq!(e.json_path, "workers[1].id", "{msg}");
+        assert!(e.problem.contains(problem), "{bad:?}: {msg}");
+        assert!(e.fix.contains("letters, digits, '.', '_' or '-'"), "{msg}");
+        assert!(e.fix.contains(suggestion), "{bad:?}: {msg}");
+        // The message never carries a raw line break from the id.
+        assert!(
+            !e.problem.contains('\r') && !e.problem.contains('\n'),
+            "{msg}"
+        );
+    }
+    let (e, _) = error_of(&with_field(
+        "id",
+        Some(&serde_json::to_string(&"y".repeat(65)).unwrap()),
+    ));
+    assert!(e.problem.contains("more than 64"), "{e}");
+}
+
+#[test]
+fn a_workers_key_reference_may_not_name_batons_own_secrets() {
+    for name in [
+        "control-token",
+        "baton/control-token",
+        "balancer-api-key",
+        "baton/balancer-key",
+    ] {
+        let r = format!(r#"{{"keychain": "{name}"}}"#);
+        let (e, msg) = error_of(&with_field("api_key", Some(&r)));
+        assert_eq!(e.json_path, "workers[1].api_key.keychain", "{msg}");
+        assert!(e.problem.contains("Baton's own"), "{msg}");
+        assert!(e.fix.contains("baton key set mac-studio-2"), "{msg}");
+    }
+    let (e, msg) = error_of(&with_field("api_key", Some(r#"{"env": "BATON_API_KEY"}"#)));
+    assert_eq!(e.json_path, "workers[1].api_key.env");
+    assert!(e.problem.contains("balancer's own"), "{msg}");
+    let (e, msg) = error_of(&with_field("api_key", Some(r#"{"keychain": "my key/1"}"#)));
+    assert!(e.fix.contains("\"my-key-1\""), "{msg}");
+    // Its own names are fine.
+    assert!(
+        parse(&with_field(
+            "api_key",
+            Some(r#"{"keychain": "mac-studio-2"}"#)
+        ))
+        .is_ok()
+    );
+}
+
+#[test]
+fn allowed_hosts_and_origins_mistakes_are_named_with_their_fix() {
+    let with = |field: &str, list: &str| {
+        format!(r#"{{"workers": [], "balancer": {{"{field}": {list}}}}}"#)
+    };
+    for (list, path, problem, fix) in [
+        (
+            r#"["*"]"#,
+            "balancer.allowed_hosts[0]",
+            "wildcard",
+            "list each name",
+        ),
+        (
+            r#"["ok.local", "my-mac.local:8421"]"#,
+            "balancer.allowed_hosts[1]",
+            "has a port",
+            "\"my-mac.local\"",
+        ),
+        (
+            r#"["http://my-mac.local/"]"#,
+            "balancer.allowed_hosts[0]",
+            "is a URL",
+            "\"my-mac.local\"",
+        ),
+        (
+            r#"[" my-mac.local"]"#,
+            "balancer.allowed_hosts[0]",
+            "spaces",
+            "name alone",
+        ),
+        (
+            r#"["[fe80::1]"]"#,
+            "balancer.allowed_hosts[0]",
+            "brackets",
+            "\"fe80::1\"",
+        ),
+        (
+            r#""my-mac.local""#,
+            "balancer.allowed_hosts",
+            "expected a list",
+            "e.g. [",
+        ),
+        (
+            r#"[3]"#,
+            "balancer.allowed_hosts[0]",
+            "expected a string",
+            "double quotes",
+        ),
+    ] {
+        let (e, msg) = error_of(&with("allowed_hosts", list));
+        assert_eq!(e.json_path, path, "{msg}");
+        assert!(e.problem.contains(problem), "{list}: {msg}");
+        assert!(e.fix.contains(fix), "{list}: {msg}");
+    }
+    for (list, problem, fix) in [
+        (
+            r#"["http://localhost:3000/"]"#,
+            "has a path",
+            "\"http://localhost:3000\"",
+        ),
+        (
+            r#"["http://localhost:3000/chat"]"#,
+            "has a path",
+            "\"http://localhost:3000\"",
+        ),
+        (r#"["null"]"#, "sandboxed", "origins of the pages you trust"),
+        (r#"["localhost:3000"]"#, "not an origin", "without the path"),
+        (
+            r#"["https://*.example.com"]"#,
+            "wildcard",
+            "list each origin",
+        ),
+        (r#"["http://localhost:0"]"#, "invalid port", "1 to 65535"),
+        (r#"["http://localhost:3000 "]"#, "spaces", "origin alone"),
+    ] {
+        let (e, msg) = error_of(&with("allowed_origins", list));
+        assert_eq!(e.json_path, "balancer.allowed_origins[0]", "{msg}");
+        assert!(e.problem.contains(problem), "{list}: {msg}");
+        assert!(e.fix.contains(fix), "{list}: {msg}");
+    }
+    let c = parse(&with(
+        "allowed_origins",
+        r#"["*", "chrome-extension://abcdef", "http://[::1]:8080"]"#,
+    ))
+    .unwrap();
+    assert_eq!(c.balancer.allowed_origins.len(), 3);
 }

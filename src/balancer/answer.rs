@@ -24,6 +24,15 @@ pub(crate) enum Family {
 }
 
 impl Family {
+    /// The family of the API a path belongs to (OpenAI for anything unknown).
+    pub fn of_path(path: &str) -> Family {
+        match Api::from_path(path) {
+            Some(api) => api.family(),
+            None if path.starts_with("/api/") => Family::Ollama,
+            None => Family::Openai,
+        }
+    }
+
     /// An error in this API's own shape.
     pub fn error(self, status: StatusCode, message: &str, code: &str) -> Response {
         let body = match self {
@@ -39,6 +48,7 @@ impl Family {
                 let kind = match status.as_u16() {
                     400 | 413 => "invalid_request_error",
                     401 => "authentication_error",
+                    403 => "permission_error",
                     404 => "not_found_error",
                     429 => "rate_limit_error",
                     503 | 529 => "overloaded_error",

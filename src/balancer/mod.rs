@@ -23,6 +23,7 @@ mod health;
 mod limit;
 mod liveness;
 mod metrics;
+mod origin;
 mod pool;
 mod proxy;
 mod relay;
@@ -87,6 +88,11 @@ pub enum Error {
         port: u16,
         addr: SocketAddr,
     },
+    #[error(
+        "`balancer.allowed_origins` has \"*\" but the balancer has no API key: any web page you visit could use your studios.\n  fix: set a key with `baton key set` (or export {env}=...), or list the origins you trust instead of \"*\"",
+        env = crate::secrets::BALANCER_KEY_ENV
+    )]
+    AnyOriginNeedsApiKey,
 }
 
 /// Refuse a configuration with a worker at the balancer's own address.
@@ -180,53 +186,17 @@ impl Shared {
     }
 }
 
-/// Time a client has to send its request head; slow-loris connections that
-/// trickle headers are closed after it.
+/// Time a client has to send its request head (and the longest a
+/// keep-alive connection waits idle); slow-loris connections that trickle
+/// headers are closed after it.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest request head accepted (answered with 431 beyond it).
 const MAX_HEAD_BYTES: usize = 64 * 1024;
 
-/// Accept loop: our own instead of `axum::serve` so that request heads have
-/// a read timeout and a size limit, which `axum::serve` does not set.
-async fn serve(listener: TcpListener, app: axum::Router, stop: CancellationToken) {
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .max_buf_size(MAX_HEAD_BYTES);
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off briefly.
-                    tracing::warn!("accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                    continue;
-                }
-            },
-        };
-        // Small SSE chunks must leave at once, not wait for Nagle.
-        let _ = stream.set_nodelay(true);
-        let conn = http.serve_connection(
-            hyper_util::rt::TokioIo::new(stream),
-            hyper_util::service::TowerToHyperService::new(app.clone()),
-        );
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    // Finish what is in flight, then close.
-                    conn.as_mut().graceful_shutdown();
-                    let _ = tokio::time::timeout(Duration::from_secs(2), conn).await;
-                }
-            }
-        });
-    }
-}
+/// Client connections served at once (4x the 1,000 streams measured in
+/// flight); more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 4096;
 
 fn queue_settings(s: &BalancerSettings) -> QueueSettings {
     QueueSettings {
@@ -279,6 +249,7 @@ impl Balancer {
         if addr.port() != 0 {
             check_self_loop(config, addr)?;
         }
+        origin::check_settings(&settings, api_key.is_some())?;
         let entries = resolve_workers(config)?;
         let listener = TcpListener::bind(addr)
             .await
@@ -305,7 +276,16 @@ impl Balancer {
         }
         let app = proxy::router(shared.clone());
         let stop = shared.shutdown.clone();
-        let task = tokio::spawn(serve(listener, app, stop));
+        let task = tokio::spawn(crate::server::serve(
+            listener,
+            app,
+            stop,
+            crate::server::Limits {
+                header_read_timeout: HEADER_READ_TIMEOUT,
+                max_head_bytes: MAX_HEAD_BYTES,
+                max_connections: MAX_CONNECTIONS,
+            },
+        ));
         tracing::debug!(%addr, "balancer listening");
         Ok(Balancer {
             shared,
@@ -376,6 +356,7 @@ impl Balancer {
     /// old entry drains). Settings apply to new requests.
     pub fn reload(&self, config: &Config) -> Result<ReloadSummary, Error> {
         check_self_loop(config, self.addr)?;
+        origin::check_settings(&config.balancer, self.shared.api_key.is_some())?;
         let entries = resolve_workers(config)?;
         let s = &self.shared;
         let settings = config.balancer.clone();

@@ -51,6 +51,11 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     // Health stays open: load balancers and the menu bar poll it.
     r.route("/health", get(health))
         .layer(middleware::from_fn_with_state(shared.clone(), refuse_loops))
+        // Outermost, so it covers /health too (DNS rebinding reads it).
+        .layer(middleware::from_fn_with_state(
+            shared.clone(),
+            super::origin::guard,
+        ))
         .with_state(shared)
 }
 

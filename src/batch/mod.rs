@@ -126,6 +126,10 @@ pub async fn run(
     let input = opts.input.canonicalize()?;
     std::fs::create_dir_all(&opts.out_dir)?;
     let out = opts.out_dir.canonicalize()?;
+    // What an earlier run killed mid-write left behind.
+    for dir in [out.clone(), out.join(".baton").join("tasks")] {
+        crate::files::remove_stale_temps(&dir)?;
+    }
     let store = Store::open(store_path)?;
     let params = json!({"model": opts.model, "max_chars": opts.max_chars,
                         "long_docs": format!("{:?}", opts.long_docs).to_lowercase(),

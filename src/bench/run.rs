@@ -51,6 +51,8 @@ pub enum Gate {
 
 /// What to benchmark.
 #[derive(Clone, Debug)]
+// One per run: the size of the configuration variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum Target {
     /// Baton's balancer, started in process over these workers.
     Balancer(Config),

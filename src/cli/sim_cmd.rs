@@ -196,7 +196,8 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
             ..Default::default()
         };
         let text = serde_json::to_string_pretty(&file.to_json())? + "\n";
-        std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+        baton::files::write_atomic(path, text.as_bytes())
+            .with_context(|| format!("writing {}", path.display()))?;
         println!("\nWrote a workers file for them: {}", path.display());
     }
     println!("\nPress Ctrl-C to stop.");

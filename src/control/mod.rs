@@ -25,6 +25,17 @@ pub use security::install_token;
 /// The control API's default port.
 pub const DEFAULT_PORT: u16 = 8422;
 
+/// Connections served at once: a few dashboards and app windows need a
+/// handful each (one holds the event stream); more wait to be accepted.
+pub const MAX_CONNECTIONS: usize = 256;
+
+/// Time a client has to send a request head, and the longest a
+/// keep-alive connection stays open idle.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Largest request head accepted (431 beyond).
+const MAX_HEAD_BYTES: usize = 64 * 1024;
+
 /// Why the control API could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -57,15 +68,16 @@ impl ControlApi {
             security::Guard::new(addr, token.clone()),
             stop.clone(),
         );
-        let s = stop.clone();
-        tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                s.cancelled().await;
-            });
-            if let Err(e) = serve.await {
-                tracing::warn!("control API stopped: {e}");
-            }
-        });
+        tokio::spawn(crate::server::serve(
+            listener,
+            app,
+            stop.clone(),
+            crate::server::Limits {
+                header_read_timeout: HEADER_READ_TIMEOUT,
+                max_head_bytes: MAX_HEAD_BYTES,
+                max_connections: MAX_CONNECTIONS,
+            },
+        ));
         tracing::debug!(%addr, "control API listening");
         Ok(ControlApi { addr, token, stop })
     }

@@ -4,7 +4,7 @@
 use std::net::SocketAddr;
 
 use axum::extract::{Path, Query, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, Method, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router, middleware};
@@ -62,10 +62,33 @@ pub(super) fn router(engine: Engine, guard: Guard, stop: CancellationToken) -> R
         .route("/api/setup/simulated", post(setup_simulated))
         .route("/api/stats/history", get(stats_history))
         .route("/api/events", get(events))
-        .fallback(api_not_found);
-    api.fallback(assets::serve)
-        .layer(middleware::from_fn_with_state(guard, security::guard))
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found);
+    api.layer(middleware::from_fn_with_state(guard, security::guard))
         .with_state(App { engine, stop })
+}
+
+/// Unknown paths: the API's JSON error under `/api/`, else the UI's files.
+async fn not_found(method: Method, uri: Uri) -> Response {
+    let path = uri.path();
+    if path == "/api" || path.starts_with("/api/") {
+        ApiError(
+            StatusCode::NOT_FOUND,
+            json!({"error": {"message": format!("no such API route: {method} {path}"),
+                             "fix": "see docs/CONTROL_API.md for the routes", "code": "unknown_route"}}),
+        )
+        .into_response()
+    } else {
+        assets::serve(uri).await
+    }
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError(
+        StatusCode::METHOD_NOT_ALLOWED,
+        json!({"error": {"message": format!("{} does not take {method}", uri.path()),
+                         "fix": "see docs/CONTROL_API.md for each route's methods", "code": "method_not_allowed"}}),
+    )
 }
 
 /// An error answer: `{"error": {message, fix?, field?, code?}}`.
@@ -82,11 +105,14 @@ impl From<EngineError> for ApiError {
         use crate::balancer::Error as B;
         let status = match &e {
             EngineError::Config(_) | EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
-            EngineError::Balancer(B::NeedsApiKey(_)) => StatusCode::BAD_REQUEST,
+            EngineError::Balancer(B::NeedsApiKey(_) | B::AnyOriginNeedsApiKey) => {
+                StatusCode::BAD_REQUEST
+            }
             EngineError::Balancer(B::Bind { .. }) => StatusCode::CONFLICT,
             EngineError::UnknownWorker(_) | EngineError::UnknownJob(_) => StatusCode::NOT_FOUND,
             EngineError::Balancer(B::UnknownWorker(_)) => StatusCode::NOT_FOUND,
-            EngineError::Busy(..) => StatusCode::CONFLICT,
+            EngineError::Busy(..) | EngineError::FileExists { .. } => StatusCode::CONFLICT,
+            EngineError::Secret(crate::secrets::SecretError::Refused(_)) => StatusCode::BAD_REQUEST,
             EngineError::Store(StoreError::NoSuchRun(_)) => StatusCode::NOT_FOUND,
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -137,13 +163,6 @@ fn body<T: serde::de::DeserializeOwned>(raw: &axum::body::Bytes) -> Api<T> {
 
 fn accepted(job: u64) -> Response {
     (StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response()
-}
-
-async fn api_not_found() -> ApiError {
-    ApiError(
-        StatusCode::NOT_FOUND,
-        json!({"error": {"message": "no such API route; see docs/CONTROL_API.md"}}),
-    )
 }
 
 async fn state(State(a): St) -> Json<crate::engine::EngineState> {

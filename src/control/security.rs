@@ -12,20 +12,21 @@ use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
-/// Keychain entry holding the control API's token.
-pub const TOKEN_ENTRY: &str = "control-token";
+use crate::server::{BadHeader, single_header};
 
-/// The per-install token: from the keychain, created there on first use.
-/// Without a usable keychain, a token for this process only (the
-/// dashboard link printed at start carries it either way).
+/// The per-install token: from the keychain (Baton's own entry, which no
+/// worker's reference can name), created there on first use. Without a
+/// usable keychain, a token for this process only (the dashboard link
+/// printed at start carries it either way).
 pub fn install_token() -> String {
-    match crate::secrets::get(TOKEN_ENTRY) {
+    use crate::secrets::{Own, SecretError};
+    match crate::secrets::get_own(Own::ControlToken) {
         Ok(t) if t.len() >= 32 => return t,
-        Ok(_) | Err(crate::secrets::SecretError::NotInKeychain(_)) => {}
+        Ok(_) | Err(SecretError::NotInKeychain(_)) => {}
         Err(e) => tracing::debug!("keychain unavailable for the control token: {e}"),
     }
     let token = new_token();
-    if let Err(e) = crate::secrets::set(TOKEN_ENTRY, &token) {
+    if let Err(e) = crate::secrets::set_own(Own::ControlToken, &token) {
         tracing::debug!("control token kept for this run only: {e}");
     }
     token
@@ -45,6 +46,15 @@ pub(super) struct Guard {
     token: String,
 }
 
+/// Why a request was turned away.
+#[derive(Debug)]
+pub(super) struct Refusal {
+    pub status: StatusCode,
+    pub message: String,
+    pub fix: &'static str,
+    pub code: &'static str,
+}
+
 impl Guard {
     pub fn new(addr: SocketAddr, token: String) -> Guard {
         let port = addr.port();
@@ -58,29 +68,40 @@ impl Guard {
         }
     }
 
-    fn check(&self, path: &str, h: &HeaderMap) -> Result<(), (StatusCode, String)> {
-        let host = h
-            .get(header::HOST)
-            .and_then(|v| v.to_str().ok())
+    fn check(&self, path: &str, h: &HeaderMap) -> Result<(), Refusal> {
+        let bad = |name: &header::HeaderName, b: BadHeader, code| Refusal {
+            status: StatusCode::BAD_REQUEST,
+            message: b.describe(name),
+            fix: "send it once, as plain text",
+            code,
+        };
+        let host = single_header(h, &header::HOST)
+            .map_err(|b| bad(&header::HOST, b, "invalid_host"))?
             .unwrap_or("");
-        if !self.hosts.iter().any(|a| a == host) {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                &format!(
+        if !self.hosts.iter().any(|a| a.eq_ignore_ascii_case(host)) {
+            return Err(Refusal {
+                status: StatusCode::FORBIDDEN,
+                message: format!(
                     "Host `{host}` is not this API's address; use {}",
                     self.origins[0]
                 ),
-            ));
+                fix: "open the dashboard from the link `baton dashboard` prints",
+                code: "forbidden_host",
+            });
         }
-        if let Some(origin) = h.get(header::ORIGIN).and_then(|v| v.to_str().ok())
-            && !self.origins.iter().any(|o| o == origin)
+        let origin = single_header(h, &header::ORIGIN)
+            .map_err(|b| bad(&header::ORIGIN, b, "invalid_origin"))?;
+        if let Some(origin) = origin
+            && !self.origins.iter().any(|o| o.eq_ignore_ascii_case(origin))
         {
-            return Err(refuse(
-                StatusCode::FORBIDDEN,
-                &format!(
+            return Err(Refusal {
+                status: StatusCode::FORBIDDEN,
+                message: format!(
                     "requests from {origin} are not allowed; only Baton's own pages may call this API"
                 ),
-            ));
+                fix: "use the dashboard Baton serves (the link `baton dashboard` prints)",
+                code: "forbidden_origin",
+            });
         }
         if !path.starts_with("/api/") {
             return Ok(());
@@ -90,21 +111,21 @@ impl Guard {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
-            None => Err(refuse(
-                StatusCode::UNAUTHORIZED,
-                "missing token: send `Authorization: Bearer <token>` (open the dashboard from the link `baton dashboard` prints)",
-            )),
-            Some(t) if !constant_time_eq(t.as_bytes(), self.token.as_bytes()) => Err(refuse(
-                StatusCode::UNAUTHORIZED,
-                "wrong token: open the dashboard from the link `baton dashboard` prints",
-            )),
+            None => Err(Refusal {
+                status: StatusCode::UNAUTHORIZED,
+                message: "missing token: send `Authorization: Bearer <token>`".into(),
+                fix: "open the dashboard from the link `baton dashboard` prints",
+                code: "missing_token",
+            }),
+            Some(t) if !constant_time_eq(t.as_bytes(), self.token.as_bytes()) => Err(Refusal {
+                status: StatusCode::UNAUTHORIZED,
+                message: "wrong token".into(),
+                fix: "open the dashboard from the link `baton dashboard` prints",
+                code: "wrong_token",
+            }),
             Some(_) => Ok(()),
         }
     }
-}
-
-fn refuse(status: StatusCode, message: &str) -> (StatusCode, String) {
-    (status, message.to_string())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -113,8 +134,9 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Middleware applying the guard to every request.
 pub(super) async fn guard(State(g): State<Guard>, req: Request, next: Next) -> Response {
-    if let Err((status, message)) = g.check(req.uri().path(), req.headers()) {
-        return (status, axum::Json(json!({"error": {"message": message}}))).into_response();
+    if let Err(r) = g.check(req.uri().path(), req.headers()) {
+        let body = json!({"error": {"message": r.message, "fix": r.fix, "code": r.code}});
+        return (r.status, axum::Json(body)).into_response();
     }
     next.run(req).await
 }
@@ -127,9 +149,14 @@ mod tests {
     fn headers(pairs: &[(header::HeaderName, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.insert(k, HeaderValue::from_str(v).unwrap());
+            h.append(k, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    fn status(g: &Guard, path: &str, h: &HeaderMap) -> StatusCode {
+        g.check(path, h)
+            .map_or_else(|r| r.status, |()| StatusCode::OK)
     }
 
     #[test]
@@ -150,21 +177,56 @@ mod tests {
         assert!(g.check("/api/state", &ok).is_ok());
         let no_token = headers(&[(header::HOST, "localhost:8422")]);
         assert_eq!(
-            g.check("/api/state", &no_token).unwrap_err().0,
+            status(&g, "/api/state", &no_token),
             StatusCode::UNAUTHORIZED
         );
         // The UI's files need no token, but the right host.
         assert!(g.check("/", &no_token).is_ok());
         let evil = headers(&[(header::HOST, "evil.example:8422")]);
-        assert_eq!(g.check("/", &evil).unwrap_err().0, StatusCode::FORBIDDEN);
+        assert_eq!(status(&g, "/", &evil), StatusCode::FORBIDDEN);
         let mut cross = ok.clone();
         cross.insert(
             header::ORIGIN,
             HeaderValue::from_static("https://evil.example"),
         );
+        assert_eq!(status(&g, "/api/state", &cross), StatusCode::FORBIDDEN);
+    }
+
+    #[test]
+    fn repeated_or_unreadable_host_and_origin_headers_are_refused() {
+        let g = Guard::new("127.0.0.1:8422".parse().unwrap(), "t".repeat(64));
+        let auth = format!("Bearer {}", "t".repeat(64));
+        let two_hosts = headers(&[
+            (header::HOST, "127.0.0.1:8422"),
+            (header::HOST, "evil.example"),
+            (header::AUTHORIZATION, &auth),
+        ]);
         assert_eq!(
-            g.check("/api/state", &cross).unwrap_err().0,
-            StatusCode::FORBIDDEN
+            status(&g, "/api/state", &two_hosts),
+            StatusCode::BAD_REQUEST
+        );
+        let two_origins = headers(&[
+            (header::HOST, "127.0.0.1:8422"),
+            (header::ORIGIN, "http://127.0.0.1:8422"),
+            (header::ORIGIN, "https://evil.example"),
+            (header::AUTHORIZATION, &auth),
+        ]);
+        assert_eq!(
+            status(&g, "/api/state", &two_origins),
+            StatusCode::BAD_REQUEST
+        );
+        let mut unreadable = headers(&[
+            (header::HOST, "127.0.0.1:8422"),
+            (header::AUTHORIZATION, &auth),
+        ]);
+        unreadable.insert(
+            header::ORIGIN,
+            HeaderValue::from_bytes(b"https://\xe9vil.example").unwrap(),
+        );
+        // Before, an unreadable Origin counted as none at all.
+        assert_eq!(
+            status(&g, "/api/state", &unreadable),
+            StatusCode::BAD_REQUEST
         );
     }
 }

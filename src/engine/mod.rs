@@ -112,6 +112,16 @@ pub enum EngineError {
     Store(#[from] crate::store::StoreError),
     #[error("{0}")]
     Secret(#[from] crate::secrets::SecretError),
+    #[error(
+        "the workers file {} already exists{}; simulated studios are for a first run and never replace it\n  fix: add or edit studios in the Studios view; to try simulated studios, run `baton dashboard --simulate 3`, which leaves the file alone",
+        path.display(),
+        match workers { Some(n) => format!(" with {n} studio(s)"), None => String::new() }
+    )]
+    FileExists {
+        path: PathBuf,
+        /// How many studios it holds, when it loads.
+        workers: Option<usize>,
+    },
     #[error("{0}")]
     Other(String),
 }
@@ -129,8 +139,14 @@ impl EngineError {
             },
             other => JobError::from_text(&other.to_string()),
         };
-        if let EngineError::Balancer(balancer::Error::NeedsApiKey(_)) = self {
-            e.code = Some("needs_api_key".into());
+        match self {
+            EngineError::Balancer(
+                balancer::Error::NeedsApiKey(_) | balancer::Error::AnyOriginNeedsApiKey,
+            ) => {
+                e.code = Some("needs_api_key".into());
+            }
+            EngineError::FileExists { .. } => e.code = Some("workers_file_exists".into()),
+            _ => {}
         }
         e
     }
@@ -536,9 +552,19 @@ impl Engine {
 
     /// Start simulated studios and serve them (the first run's "Try with
     /// simulated studios").
+    /// Never over an existing workers file: that is not a first run, and
+    /// serving simulated studios in its place invites losing it.
     pub async fn use_simulated(&self, count: usize) -> Result<BalancerStatus, EngineError> {
         let _edit = self.inner.edit.lock().await;
         let path = self.config_info().path;
+        if let Some(p) = &path
+            && p.symlink_metadata().is_ok()
+        {
+            return Err(EngineError::FileExists {
+                path: p.clone(),
+                workers: Config::load(p).ok().map(|c| c.workers.len()),
+            });
+        }
         let pool = simulated_pool(count.clamp(1, 16), path, SimProfile::Mixed).await?;
         self.replace_pool(pool, true).await
     }

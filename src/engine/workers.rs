@@ -4,12 +4,12 @@
 //! never half of one), then hot-reloaded into the running balancer.
 //! Edits are serialized, so two at once both land and the file stays valid.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
 use super::{Engine, EngineError, Pool, Source, WorkerView};
-use crate::config::{Config, SecretRef};
+use crate::config::Config;
 use crate::discover::Found;
 
 impl Engine {
@@ -69,29 +69,30 @@ impl Engine {
         self.view(id).await
     }
 
-    /// Store a worker's API key in the keychain (entry named after the
-    /// worker) and reference it from the file. The key is never read back.
+    /// Store a worker's API key in the keychain (its own entry,
+    /// `worker/<id>`, apart from Baton's own secrets) and reference it from
+    /// the file. The key is never read back.
     pub async fn set_worker_key(&self, id: &str, key: &str) -> Result<(), EngineError> {
-        if key.trim().is_empty() {
+        let key = key.trim();
+        if key.is_empty() {
             return Err(EngineError::Invalid(
                 "the API key is empty\n  fix: paste the key the studio's server expects".into(),
             ));
         }
-        if !self.config().workers.iter().any(|w| w.id == id) {
-            return Err(EngineError::UnknownWorker(id.to_string()));
+        if let Some(own) = crate::secrets::Own::named(id) {
+            return Err(EngineError::Invalid(format!(
+                "the worker's id `{id}` is the name of Baton's own keychain entry ({}), so a key cannot be stored under it\n  fix: rename the worker (e.g. \"studio-{id}\"), then set its key",
+                own.describe()
+            )));
         }
-        crate::secrets::set(id, key.trim())?;
-        let reference = SecretRef::Keychain(id.to_string());
         self.edit(|workers| {
             let i = position(workers, id)?;
-            let (k, v) = match &reference {
-                SecretRef::Keychain(n) => ("keychain", n),
-                SecretRef::Env(n) => ("env", n),
-            };
+            // Stored only once the worker is known to be in the file.
+            crate::secrets::set_worker(id, key)?;
             workers[i]
                 .as_object_mut()
                 .expect("workers are objects")
-                .insert("api_key".into(), serde_json::json!({ k: v }));
+                .insert("api_key".into(), serde_json::json!({ "keychain": id }));
             Ok(())
         })
         .await?;
@@ -115,28 +116,23 @@ impl Engine {
         Ok(added)
     }
 
-    /// Apply `change` to the file's workers, validate, write, reload.
+    /// Apply `change` to the workers in the file on disk, validate, write,
+    /// reload. Every edit starts from the file as it is now (re-read under
+    /// the edit lock), never from what is being served: simulated studios,
+    /// or a configuration loaded before someone edited the file, must not
+    /// replace what the file holds. A missing file starts empty; a broken
+    /// one is reported and left alone.
     async fn edit(
         &self,
         change: impl FnOnce(&mut Vec<Value>) -> Result<(), EngineError>,
     ) -> Result<(), EngineError> {
         let _one_at_a_time = self.inner.edit.lock().await;
-        let (current, path) = {
+        let path = {
             let p = self.inner.pool.lock().expect("pool lock");
-            let path = match &p.source {
+            match &p.source {
                 Source::File(p) | Source::FirstRun(p) => Some(p.clone()),
                 Source::Simulated { path } => path.clone(),
-            };
-            // Editing while simulated studios serve starts a real pool.
-            let current = match p.source {
-                Source::Simulated { .. } => Config {
-                    workers: Vec::new(),
-                    balancer: Default::default(),
-                    ..Default::default()
-                },
-                _ => p.config.clone(),
-            };
-            (current, path)
+            }
         };
         let path: PathBuf = path.ok_or_else(|| {
             EngineError::Other(
@@ -144,6 +140,7 @@ impl Engine {
                     .into(),
             )
         })?;
+        let current = on_disk(&path)?;
         let mut root = current.to_json();
         let workers = root
             .get_mut("workers")
@@ -155,6 +152,10 @@ impl Engine {
         // the address the balancer listens on now.
         let config = Config::parse(&text, &path)?;
         config.check_self_loop(self.balancer_status().listen, &[], &path)?;
+        if let Some(dir) = path.parent() {
+            // Left by a Baton killed mid-write; harmless if it fails.
+            let _ = crate::files::remove_stale_temps(dir);
+        }
         crate::files::write_atomic(&path, text.as_bytes()).map_err(|e| {
             EngineError::Other(format!(
                 "cannot write {}: {e}\n  fix: check that the folder is writable",
@@ -179,6 +180,18 @@ impl Engine {
             .into_iter()
             .find(|w| w.id == id)
             .ok_or_else(|| EngineError::UnknownWorker(id.to_string()))
+    }
+}
+
+/// The workers file as it is on disk now; empty when there is none yet.
+fn on_disk(path: &Path) -> Result<Config, EngineError> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => Ok(Config::parse(&text, path)?),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+        Err(e) => Err(EngineError::Other(format!(
+            "cannot read {}: {e}\n  fix: check the file's permissions",
+            path.display()
+        ))),
     }
 }
 

@@ -54,7 +54,7 @@ pub async fn models(
     let ms = t0.elapsed().as_secs_f64() * 1000.0;
     if status == reqwest::StatusCode::UNAUTHORIZED || status == reqwest::StatusCode::FORBIDDEN {
         return (
-            fail(format!("HTTP {status}"), "the server wants an API key: add \"api_key\": {\"keychain\": \"...\"} to this worker and store the key with `baton key set`".into()),
+            fail(format!("HTTP {status}"), "the server wants an API key: add \"api_key\": {\"keychain\": \"NAME\"} to this worker and store the key with `baton key set NAME`".into()),
             None,
         );
     }

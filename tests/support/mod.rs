@@ -258,3 +258,4 @@ pub async fn stream_chat(
 pub mod netlab;
 pub mod real;
 pub mod seed000;
+pub mod throwaway;

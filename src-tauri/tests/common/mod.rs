@@ -339,7 +339,7 @@ pub fn assert_no_token(output: &str) {
     );
     // The per-install token itself, when this process can read the keychain
     // entry the app used (read only: a test must not create one).
-    if let Ok(token) = baton::secrets::get("control-token") {
+    if let Ok(token) = baton::secrets::get_own(baton::secrets::Own::ControlToken) {
         assert!(
             !output.contains(&token),
             "the app printed its control token:\n{output}"
