@@ -26,7 +26,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
-use crate::preflight::connect::{ConnectFailure, classify};
+use crate::preflight::connect::{ConnectFailure, classify_here};
 
 pub(crate) type ReqBody = Full<Bytes>;
 
@@ -295,7 +295,14 @@ impl Upstream {
                         closing: false,
                     });
                 }
-                Ok(Err(e)) => last = Some(SendError::Connect(classify(&e), e.to_string())),
+                // On macOS, "no route" to a LAN studio may be the Local
+                // Network denial; the studio's error then says so.
+                Ok(Err(e)) => {
+                    last = Some(SendError::Connect(
+                        classify_here(&e, addr.ip()),
+                        e.to_string(),
+                    ));
+                }
                 Err(_) => last = Some(SendError::ConnectTimeout(timeout)),
             }
         }
