@@ -22,6 +22,11 @@ pub fn install_token() -> String {
     match crate::secrets::get(TOKEN_ENTRY) {
         Ok(t) if t.len() >= 32 => return t,
         Ok(_) | Err(crate::secrets::SecretError::NotInKeychain(_)) => {}
+        // Writing after a denied read would only prompt again.
+        Err(e @ crate::secrets::SecretError::Denied(_)) => {
+            tracing::warn!("{e}; the dashboard's token lasts this run only");
+            return new_token();
+        }
         Err(e) => tracing::debug!("keychain unavailable for the control token: {e}"),
     }
     let token = new_token();

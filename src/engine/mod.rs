@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balancer::{self, Balancer, State, WorkerStats};
 use crate::config::{Config, ConfigError};
+use crate::error_code::ErrorCode;
 use crate::preflight::Report;
 use crate::sim::SimHandle;
 use crate::store::Store;
@@ -129,9 +130,13 @@ impl EngineError {
             },
             other => JobError::from_text(&other.to_string()),
         };
-        if let EngineError::Balancer(balancer::Error::NeedsApiKey(_)) = self {
-            e.code = Some("needs_api_key".into());
-        }
+        e.code = match self {
+            EngineError::Balancer(balancer::Error::NeedsApiKey(_)) => Some(ErrorCode::NeedsApiKey),
+            EngineError::Secret(crate::secrets::SecretError::Denied(_)) => {
+                Some(ErrorCode::KeychainDenied)
+            }
+            _ => None,
+        };
         e
     }
 
@@ -261,6 +266,9 @@ pub(crate) struct Inner {
     /// Serializes edits of the workers file.
     edit: tokio::sync::Mutex<()>,
     last_preflight: Mutex<Option<Report>>,
+    /// The keychain denied the balancer's key once: not asked again (each
+    /// read would prompt again) until Baton is opened again.
+    key_denied: std::sync::atomic::AtomicBool,
 }
 
 /// The engine. Cheap to clone (all clones share one engine).
@@ -303,6 +311,10 @@ impl Engine {
             .listen
             .or(pool.config.balancer.listen)
             .unwrap_or_else(|| balancer::DEFAULT_LISTEN.parse().expect("valid default"));
+        let key = crate::secrets::balancer_key();
+        if let Err(e) = &key {
+            tracing::warn!("{e}");
+        }
         let last_preflight = Store::open(&store_path)
             .ok()
             .and_then(|s| s.last_preflight().ok().flatten())
@@ -316,7 +328,7 @@ impl Engine {
                     url: None,
                     listen,
                     lan_exposed: !listen.ip().is_loopback(),
-                    api_key_set: api_key().is_some(),
+                    api_key_set: matches!(key, Ok(Some(_))),
                     error: None,
                 }),
                 store_path,
@@ -325,6 +337,10 @@ impl Engine {
                 live: Live::new(),
                 edit: tokio::sync::Mutex::new(()),
                 last_preflight: Mutex::new(last_preflight),
+                key_denied: std::sync::atomic::AtomicBool::new(matches!(
+                    key,
+                    Err(crate::secrets::SecretError::Denied(_))
+                )),
             }),
         })
     }
@@ -445,7 +461,19 @@ impl Engine {
         }
         let config = self.config();
         let listen = self.balancer_status().listen;
-        let key = api_key();
+        let key = match self.api_key() {
+            Ok(k) => k,
+            // Denied: beyond loopback that is the error (not "needs an API
+            // key": there is one); on loopback no key is needed.
+            Err(e) if !listen.ip().is_loopback() => {
+                self.set_status(|s| s.error = Some(e.to_string()));
+                return Err(e.into());
+            }
+            Err(e) => {
+                tracing::warn!("{e}; the balancer serves on loopback without the key");
+                None
+            }
+        };
         let started = Balancer::start(&config, Some(listen), key.clone()).await;
         let balancer = match started {
             Ok(b) => b,
@@ -477,6 +505,23 @@ impl Engine {
         Ok(self.balancer_status())
     }
 
+    /// The balancer's API key: `BATON_API_KEY`, else the keychain (none
+    /// when the keychain is unusable). Denied access is an error, and
+    /// after one denial the keychain is not asked again.
+    fn api_key(&self) -> Result<Option<String>, crate::secrets::SecretError> {
+        use std::sync::atomic::Ordering;
+        let denied =
+            || crate::secrets::SecretError::Denied(crate::secrets::BALANCER_KEY_ENTRY.into());
+        if self.inner.key_denied.load(Ordering::Relaxed) {
+            return Err(denied());
+        }
+        let key = crate::secrets::balancer_key();
+        if matches!(key, Err(crate::secrets::SecretError::Denied(_))) {
+            self.inner.key_denied.store(true, Ordering::Relaxed);
+        }
+        key
+    }
+
     /// Stop the balancer: it takes nothing new; answers in flight get a
     /// bounded time to finish.
     pub async fn stop_balancer(&self) -> BalancerStatus {
@@ -498,7 +543,7 @@ impl Engine {
     /// Listen somewhere else (restarting a running balancer there). A
     /// non-loopback address needs the API key.
     pub async fn set_listen(&self, addr: SocketAddr) -> Result<BalancerStatus, EngineError> {
-        if !addr.ip().is_loopback() && api_key().is_none() {
+        if !addr.ip().is_loopback() && self.api_key()?.is_none() {
             return Err(balancer::Error::NeedsApiKey(addr).into());
         }
         let was_running = self.balancer_status().running;
@@ -652,11 +697,6 @@ impl Engine {
             self.start_balancer().await
         }
     }
-}
-
-/// The balancer's API key: `BATON_API_KEY`, else the keychain.
-fn api_key() -> Option<String> {
-    crate::secrets::balancer_key().ok().flatten()
 }
 
 /// The demo pool: two bigger studios and a smaller one, so balancing shows.
