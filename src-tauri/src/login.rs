@@ -148,24 +148,34 @@ pub fn set(app: &AppHandle, on: bool) -> LoginItem {
     read(app)
 }
 
-/// At launch: a login item left pointing at another place (the app was
-/// moved) is written again for this one, since the user asked for it.
+/// Whether a launch should re-point the login item at itself: only when
+/// the item starts a program that is gone (the app was moved). One that
+/// still exists is another copy (an installed Baton while a developer runs
+/// `cargo run -p baton-app`, say), which keeps its item.
+pub fn should_repair(item: &LoginItem, program_exists: impl FnOnce(&str) -> bool) -> bool {
+    matches!(item, LoginItem::Stale { program } if !program_exists(program))
+}
+
+/// At launch: a login item left pointing at a place the app is no longer
+/// (it was moved) is written again for this one, since the user asked for
+/// it.
 pub fn repair(app: &AppHandle) -> LoginItem {
-    match read(app) {
-        LoginItem::Stale { program } => {
-            let now = set(app, true);
-            tracing::info!(
-                "Launch at Login started {program:?}; it now starts this app ({})",
-                if now.is_on() {
-                    "re-pointed"
-                } else {
-                    "could not re-point it"
-                }
-            );
-            now
-        }
-        other => other,
+    let item = read(app);
+    if !should_repair(&item, |p| !p.is_empty() && Path::new(p).exists()) {
+        return item;
     }
+    let now = set(app, true);
+    if let LoginItem::Stale { program } = item {
+        tracing::info!(
+            "Launch at Login started {program:?}, which is gone; {}",
+            if now.is_on() {
+                "it now starts this app"
+            } else {
+                "re-pointing it at this app failed"
+            }
+        );
+    }
+    now
 }
 
 #[cfg(test)]
@@ -233,6 +243,18 @@ mod tests {
             ),
             LoginItem::On
         );
+    }
+
+    #[test]
+    fn only_an_item_for_a_program_that_is_gone_is_re_pointed() {
+        let moved = LoginItem::Stale {
+            program: "/Users/me/Downloads/Baton.app/Contents/MacOS/baton-app".into(),
+        };
+        assert!(should_repair(&moved, |_| false));
+        // Another copy that still exists keeps its item.
+        assert!(!should_repair(&moved, |_| true));
+        assert!(!should_repair(&LoginItem::On, |_| false));
+        assert!(!should_repair(&LoginItem::Off, |_| false));
     }
 
     #[test]
