@@ -117,7 +117,7 @@ fn main() -> ExitCode {
         // First: a second launch must hand over and exit before anything
         // else (the engine, the control API) starts in it.
         .plugin(tauri_plugin_single_instance::init(|app, _argv, _cwd| {
-            windows::show_popover(app, false);
+            windows::show_popover(app);
         }))
         .plugin(tauri_plugin_notification::init())
         .plugin(tauri_plugin_clipboard_manager::init())
@@ -182,7 +182,7 @@ fn main() -> ExitCode {
         // `RunEvent::Reopen`), not a second process, so the single-instance
         // plugin never hears of it.
         #[cfg(target_os = "macos")]
-        RunEvent::Reopen { .. } => windows::show_popover(app, false),
+        RunEvent::Reopen { .. } => windows::show_popover(app),
         _ => {}
     });
     ExitCode::SUCCESS

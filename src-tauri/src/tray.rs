@@ -456,7 +456,7 @@ fn on_menu(app: &AppHandle, event: MenuEvent) {
                     engine.stop_balancer().await;
                 } else if engine.start_balancer().await.is_err() {
                     // The popover shows why (the port is taken, no studios...).
-                    windows::show_popover(&app, true);
+                    windows::show_popover(&app);
                 }
             });
         }
@@ -465,7 +465,7 @@ fn on_menu(app: &AppHandle, event: MenuEvent) {
                 tracing::info!("preflight not started: {e}");
             }
             // The verdict shows in the popover as the checks finish.
-            windows::show_popover(app, true);
+            windows::show_popover(app);
         }
         id::DASHBOARD => windows::show_dashboard(app, None),
         id::COPY => {

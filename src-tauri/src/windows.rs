@@ -170,11 +170,11 @@ fn screen(m: &Monitor) -> Screen {
     }
 }
 
-/// Show the popover: under the tray icon when its place is known (a click
-/// on it), else at the top right of the primary screen (a second launch, a
-/// reopen from Finder, a menu action, or Linux, whose tray reports no
+/// Show the popover: under the tray icon once its place is known (from a
+/// click on it, or the pointer over it), else at the top right of the
+/// primary screen (before any click, or on Linux, whose tray reports no
 /// clicks). See `placement` for the arithmetic.
-pub fn show_popover(app: &AppHandle, under_icon: bool) {
+pub fn show_popover(app: &AppHandle) {
     let Some(w) = app.get_webview_window(POPOVER) else {
         return;
     };
@@ -184,9 +184,7 @@ pub fn show_popover(app: &AppHandle, under_icon: bool) {
     let fallback = primary
         .and_then(|p| screens.iter().position(|s| s.frame == p.frame))
         .unwrap_or(0);
-    let icon = under_icon
-        .then(|| *app.state::<IconRect>().0.lock().expect("icon rect lock"))
-        .flatten();
+    let icon = *app.state::<IconRect>().0.lock().expect("icon rect lock");
     let (x, y) = placement::place(icon, &screens, fallback, POPOVER_SIZE);
     let _ = w.set_position(LogicalPosition::new(x, y));
     let _ = w.show();
@@ -210,7 +208,7 @@ pub fn on_job(app: &AppHandle, id: JobId, kind: JobKind, status: JobStatus, star
         status != JobStatus::Running && hold.job_ended(id)
     };
     if reshow {
-        show_popover(app, true);
+        show_popover(app);
     }
 }
 
@@ -228,7 +226,7 @@ pub fn toggle_popover(app: &AppHandle) {
     if w.is_visible().unwrap_or(false) {
         user_hides(app, &w);
     } else if !just_hid {
-        show_popover(app, true);
+        show_popover(app);
     }
 }
 
