@@ -13,7 +13,9 @@ use ipnet::Ipv4Net;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::error_code::ErrorCode;
 use crate::netinfo;
+use crate::preflight::connect::{self, ConnectFailure, LOCAL_NETWORK_FIX};
 use crate::studio::{self, StudioKind};
 
 /// Ports probed by default: LM Studio, Ollama, llama.cpp / mlx_lm, vLLM, exo.
@@ -81,6 +83,12 @@ pub struct Discovery {
     pub open_ports: u64,
     pub duration_ms: f64,
     pub found: Vec<Found>,
+    /// Connects that macOS's Local Network privacy blocked (some hosts were
+    /// reached, so the rest is listed anyway).
+    pub denied: u64,
+    /// `local_network_denied` when `denied` is not zero.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -93,6 +101,65 @@ pub enum DiscoverError {
         "no network to scan: this machine has no IPv4 network besides loopback and link-local\n  fix: connect to the studios' network, or name one with --cidr 192.168.1.0/24"
     )]
     NoNetworks,
+    #[error(
+        "macOS kept Baton off the local network: Local Network privacy blocked {denied} of {probes} connections and no host answered\n  fix: {fix}",
+        fix = LOCAL_NETWORK_FIX
+    )]
+    LocalNetworkDenied { denied: u64, probes: u64 },
+}
+
+impl DiscoverError {
+    /// The code the UI acts on, for the errors that have one.
+    pub fn code(&self) -> Option<ErrorCode> {
+        matches!(self, DiscoverError::LocalNetworkDenied { .. })
+            .then_some(ErrorCode::LocalNetworkDenied)
+    }
+}
+
+/// How one probe of the sweep ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Probe {
+    Open,
+    Failed(ConnectFailure),
+}
+
+/// What the sweep's connects say about Local Network access.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct LanTally {
+    /// Probes to addresses on the local network (macOS's sense).
+    probes: u64,
+    /// Of those, blocked by Local Network privacy.
+    denied: u64,
+    /// Of those, reached a host (open, refused, reset).
+    answered: u64,
+}
+
+impl LanTally {
+    fn add(&mut self, on_lan: bool, p: Probe) {
+        if !on_lan {
+            return;
+        }
+        self.probes += 1;
+        match p {
+            Probe::Failed(ConnectFailure::LocalNetworkDenied) => self.denied += 1,
+            Probe::Open
+            | Probe::Failed(ConnectFailure::Refused)
+            | Probe::Failed(ConnectFailure::Reset) => self.answered += 1,
+            Probe::Failed(_) => {}
+        }
+    }
+
+    /// An error when denial is all there is to report: connects were
+    /// denied, no host on the local network answered and nothing was found.
+    fn verdict(&self, found: usize) -> Result<(), DiscoverError> {
+        if self.denied > 0 && self.answered == 0 && found == 0 {
+            return Err(DiscoverError::LocalNetworkDenied {
+                denied: self.denied,
+                probes: self.probes,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// Progress callback: (probes done, probes total, servers found so far).
@@ -164,7 +231,9 @@ pub async fn run(opts: &Options, progress: Option<Progress>) -> Result<Discovery
         None
     };
 
-    // Bounded-concurrency TCP sweep.
+    // Bounded-concurrency TCP sweep. Connect errors are kept: on macOS
+    // they are how Local Network privacy shows.
+    let locals = Arc::new(netinfo::local_ipv4());
     let done = Arc::new(AtomicU64::new(0));
     let found_count = Arc::new(AtomicU64::new(0));
     let sem = Arc::new(tokio::sync::Semaphore::new(opts.concurrency.max(1)));
@@ -172,22 +241,28 @@ pub async fn run(opts: &Options, progress: Option<Progress>) -> Result<Discovery
     for ip in &addrs {
         for port in &opts.ports {
             let addr = SocketAddr::from((*ip, *port));
-            let (sem, done, found_count, progress, client) = (
+            let (sem, done, found_count, progress, client, locals) = (
                 sem.clone(),
                 done.clone(),
                 found_count.clone(),
                 progress.clone(),
                 client.clone(),
+                locals.clone(),
             );
             let timeout = opts.connect_timeout;
             tasks.spawn(async move {
                 let _permit = sem.acquire_owned().await.expect("semaphore open");
                 let t0 = Instant::now();
-                let open = matches!(
-                    tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await,
-                    Ok(Ok(_))
-                );
+                let probe =
+                    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
+                    {
+                        Ok(Ok(_)) => Probe::Open,
+                        Ok(Err(e)) => Probe::Failed(connect::classify_with(&e, addr.ip(), &locals)),
+                        Err(_) => Probe::Failed(ConnectFailure::TimedOut),
+                    };
                 let rtt = t0.elapsed();
+                let open = probe == Probe::Open;
+                let on_lan = netinfo::on_local_network(addr.ip(), &locals);
                 let result = if open {
                     fingerprint(&client, addr, rtt, "scan").await
                 } else {
@@ -200,15 +275,17 @@ pub async fn run(opts: &Options, progress: Option<Progress>) -> Result<Discovery
                 if let Some(p) = &progress {
                     p(n, total, found_count.load(Ordering::Relaxed) as usize);
                 }
-                (open, result)
+                (probe, on_lan, result)
             });
         }
     }
     let mut found = Vec::new();
     let mut open_ports = 0;
+    let mut lan = LanTally::default();
     while let Some(r) = tasks.join_next().await {
-        if let Ok((open, f)) = r {
-            open_ports += u64::from(open);
+        if let Ok((probe, on_lan, f)) = r {
+            open_ports += u64::from(probe == Probe::Open);
+            lan.add(on_lan, probe);
             found.extend(f);
         }
     }
@@ -238,6 +315,14 @@ pub async fn run(opts: &Options, progress: Option<Progress>) -> Result<Discovery
         }
     }
     found.sort_by_key(|f| (f.host, f.port));
+    if lan.denied > 0 {
+        tracing::info!(
+            "discovery: Local Network privacy blocked {} of {} connects to the local network",
+            lan.denied,
+            lan.probes
+        );
+    }
+    lan.verdict(found.len())?;
     Ok(Discovery {
         scanned_networks: nets.iter().map(|n| n.to_string()).collect(),
         addresses: addrs.len() as u64,
@@ -245,6 +330,8 @@ pub async fn run(opts: &Options, progress: Option<Progress>) -> Result<Discovery
         open_ports,
         duration_ms: started.elapsed().as_secs_f64() * 1000.0,
         found,
+        denied: lan.denied,
+        code: (lan.denied > 0).then_some(ErrorCode::LocalNetworkDenied),
     })
 }
 
@@ -462,6 +549,60 @@ mod tests {
             ..Options::default()
         };
         assert!(targets(&ok).is_ok());
+    }
+
+    fn tally(probes: &[(bool, Probe)]) -> LanTally {
+        let mut t = LanTally::default();
+        for (on_lan, p) in probes {
+            t.add(*on_lan, *p);
+        }
+        t
+    }
+
+    #[test]
+    fn a_sweep_where_every_lan_connect_is_denied_is_an_error_with_its_code() {
+        let denied = Probe::Failed(ConnectFailure::LocalNetworkDenied);
+        let t = tally(&[
+            (true, denied),
+            (true, denied),
+            (true, Probe::Failed(ConnectFailure::TimedOut)),
+        ]);
+        let e = t.verdict(0).unwrap_err();
+        assert_eq!(e.code(), Some(ErrorCode::LocalNetworkDenied));
+        let text = e.to_string();
+        assert!(text.contains("2 of 3 connections"), "{text}");
+        assert!(
+            text.contains("\n  fix: ") && text.contains("Local Network"),
+            "{text}"
+        );
+        // Off-LAN probes (a routed --cidr) do not count either way.
+        let t = tally(&[
+            (true, denied),
+            (false, Probe::Failed(ConnectFailure::Refused)),
+        ]);
+        assert!(t.verdict(0).is_err());
+    }
+
+    #[test]
+    fn a_sweep_that_reached_hosts_reports_denial_in_its_result_not_as_failure() {
+        let denied = Probe::Failed(ConnectFailure::LocalNetworkDenied);
+        // A host answered (refused): access works at least in part.
+        let t = tally(&[
+            (true, denied),
+            (true, Probe::Failed(ConnectFailure::Refused)),
+        ]);
+        assert!(t.verdict(0).is_ok());
+        assert_eq!((t.probes, t.denied, t.answered), (2, 1, 1));
+        // Something was found (say, this Mac's own server over mDNS).
+        assert!(tally(&[(true, denied)]).verdict(1).is_ok());
+        // No denial: nothing to say, whatever else failed.
+        let t = tally(&[
+            (true, Probe::Failed(ConnectFailure::TimedOut)),
+            (true, Probe::Failed(ConnectFailure::NoRoute)),
+        ]);
+        assert!(t.verdict(0).is_ok());
+        assert_eq!(t.denied, 0);
+        assert_eq!(DiscoverError::NoNetworks.code(), None);
     }
 
     #[test]

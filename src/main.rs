@@ -14,8 +14,9 @@ fn main() -> ExitCode {
     let args = cli::Cli::parse();
     baton::logging::init();
     // Simulated studios and the balancer hold one socket per waiting client.
-    if let Err(e) = rlimit::increase_nofile_limit(u64::MAX) {
-        tracing::debug!("could not raise the open-files limit: {e}");
+    match baton::limits::raise_open_files() {
+        Ok((before, after)) => tracing::debug!("open-files limit: {before} -> {after}"),
+        Err(e) => tracing::debug!("could not raise the open-files limit: {e}"),
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -69,6 +69,12 @@ pub enum SecretError {
     Keychain { name: String, detail: String },
     #[error("{0}")]
     Refused(String),
+    /// The user (or a policy) refused Baton the entry: not "missing", and
+    /// asking again at once would only prompt again.
+    #[error(
+        "the keychain denied Baton access to `{0}` (service `baton`)\n  fix: open Baton again and choose Always Allow when macOS asks, or allow it in Keychain Access (the entry's Access Control)"
+    )]
+    Denied(String),
 }
 
 /// Read the secret a worker's reference points at.
@@ -218,11 +224,34 @@ fn get(name: &str) -> Result<String, SecretError> {
     match entry(name)?.get_password() {
         Ok(v) => Ok(v),
         Err(keyring::Error::NoEntry) => Err(SecretError::NotInKeychain(name.to_string())),
+        Err(e) if denied(&e) => Err(SecretError::Denied(name.to_string())),
         Err(e) => Err(SecretError::Keychain {
             name: name.to_string(),
             detail: e.to_string(),
         }),
     }
+}
+
+/// Whether a keychain status code means "access refused": the user chose
+/// Deny or cancelled the prompt (`errSecAuthFailed` -25293,
+/// `errSecUserCanceled` -128; Security framework's SecBase.h). keyring
+/// 3.6.3 (`src/macos.rs`, `decode_error`) passes both on as a
+/// `PlatformFailure` around security-framework's error, like any failure.
+#[cfg_attr(not(target_os = "macos"), allow(dead_code))]
+fn is_denial(status: i32) -> bool {
+    matches!(status, -25293 | -128)
+}
+
+fn denied(e: &keyring::Error) -> bool {
+    #[cfg(target_os = "macos")]
+    if let keyring::Error::PlatformFailure(inner) = e
+        && let Some(sf) = inner.downcast_ref::<security_framework::base::Error>()
+    {
+        return is_denial(sf.code());
+    }
+    #[cfg(not(target_os = "macos"))]
+    let _ = e;
+    false
 }
 
 /// Store a keychain entry by its full name.
@@ -264,5 +293,22 @@ pub fn balancer_key() -> Result<Option<String>, SecretError> {
             Ok(None)
         }
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_denied_or_cancelled_prompt_is_denial_and_other_failures_are_not() {
+        assert!(is_denial(-25293)); // errSecAuthFailed: "Deny"
+        assert!(is_denial(-128)); // errSecUserCanceled
+        assert!(!is_denial(-25300)); // errSecItemNotFound
+        assert!(!is_denial(-25308)); // errSecInteractionNotAllowed: no UI to ask
+        assert!(!is_denial(-25291)); // errSecNotAvailable
+        let e = SecretError::Denied("balancer-api-key".into()).to_string();
+        assert!(e.contains("denied") && e.contains("\n  fix: "), "{e}");
+        assert!(!e.contains("needs an API key"));
     }
 }

@@ -41,20 +41,34 @@ export function field(label, control, hint) {
 
 const LOCAL_NETWORK = 'x-apple.systempreferences:com.apple.preference.security?Privacy_LocalNetwork';
 
-// Where macOS denies Local Network access, say so and link to the setting.
-export function localNetworkNote() {
-  return h('p', { class: 'lan-denied' },
-    'macOS is blocking Baton from reaching your local network. Allow it in System Settings > Privacy & Security > Local Network. ',
-    h('a', { href: LOCAL_NETWORK, text: 'Open Local Network settings' }));
+// Where macOS denies Local Network access: say so, link to the setting
+// (the app opens it in System Settings), and, given `retry`, try again once
+// the user has allowed it. `detail` is what was blocked, when known.
+export function localNetworkNote(retry, detail) {
+  const again = retry && h('button', { type: 'button', text: 'Try again' });
+  if (again) again.addEventListener('click', () => act(again, null, retry));
+  return h('div', { class: 'lan-denied', role: 'alert' },
+    h('p', { class: 'msg', text: 'macOS is blocking Baton from your local network' }),
+    h('p', { text: 'Baton cannot reach the studios until you allow it in System Settings > Privacy & Security > Local Network. Then try again.' }),
+    detail && h('p', { class: 'hint', text: detail }),
+    h('div', { class: 'row wrap' },
+      h('a', { class: 'button', href: LOCAL_NETWORK, text: 'Open Local Network settings' }),
+      again));
 }
 
-// The engine's own error, shown where it happened: message, then the fix.
-export function errorBox(err) {
+const LAN_DENIED = 'local_network_denied';
+
+// Whether any of these checks (or errors) is the Local Network denial.
+export const lanDenied = (items) => items.some((x) => x?.code === LAN_DENIED);
+
+// The engine's own error, shown where it happened: message, then the fix;
+// the Local Network denial as its note instead, `retry` redoing what failed.
+export function errorBox(err, retry) {
   if (!err) return null;
+  if (err.code === LAN_DENIED) return localNetworkNote(retry, err.message);
   return h('div', { class: 'error', role: 'alert' },
     h('p', { class: 'msg', text: err.message || String(err) }),
-    err.fix && h('p', { class: 'fix' }, h('b', { text: 'Fix: ' }), err.fix),
-    err.code === 'local_network_denied' && localNetworkNote());
+    err.fix && h('p', { class: 'fix' }, h('b', { text: 'Fix: ' }), err.fix));
 }
 
 // Show (or clear, with null) an error in a slot element.

@@ -1,14 +1,21 @@
 //! The app's one subscriber of the engine's events: it keeps the tray's
-//! model current and turns studio state changes into notifications.
+//! model current, turns studio state changes into notifications, holds off
+//! App Nap while the balancer serves, and tells the popover about its jobs.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use baton::engine::events::Event;
+use baton::engine::jobs::JobUpdate;
 use tauri::{AppHandle, Manager};
 use tokio::sync::broadcast::error::RecvError;
 
 use crate::shell::Shell;
-use crate::{notify, tray};
+use crate::{nap, notify, tray, windows};
+
+/// How often Launch at Login's checkmark is read again from the login
+/// item's file, for trays that report nothing before their menu opens
+/// (Linux; macOS reads it at the click as well).
+const LOGIN_EVERY: Duration = Duration::from_secs(5);
 
 pub fn spawn(app: AppHandle) {
     tauri::async_runtime::spawn(run(app));
@@ -21,6 +28,10 @@ async fn run(app: AppHandle) {
     let (mut events, _) = engine.subscribe(None);
     let mut model = tray::Model::load(&engine).await;
     let mut shown = tray::Shown::default();
+    let mut dedup = notify::Dedup::default();
+    let mut nap = nap::Nap::default();
+    let mut login_at = Instant::now();
+    nap.follow(&app, model.balancer.running);
     tray::render(&app, &model, &mut shown);
     // Figures that changed while the menu waited show on the next tick.
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -29,11 +40,22 @@ async fn run(app: AppHandle) {
         tokio::select! {
             r = events.recv() => match r {
                 Ok(n) => {
-                    if let Event::WorkerState { id, state, previous, reason, detail } = &n.event
-                        && let Some(notice) =
-                            notify::notice(id, *previous, *state, *reason, detail.as_deref())
-                    {
-                        notify::show(&app, notice);
+                    match &n.event {
+                        Event::WorkerState { id, state, previous, reason, detail } => {
+                            let notice =
+                                notify::notice(id, *previous, *state, *reason, detail.as_deref());
+                            if let Some(notice) = dedup.filter(id, *state, notice) {
+                                notify::show(&app, notice);
+                            }
+                        }
+                        Event::Job { id, kind, status, update } => windows::on_job(
+                            &app,
+                            *id,
+                            *kind,
+                            *status,
+                            matches!(update, JobUpdate::Started),
+                        ),
+                        _ => {}
                     }
                     model.apply(&n.event);
                 }
@@ -41,8 +63,14 @@ async fn run(app: AppHandle) {
                 Err(RecvError::Lagged(_)) => model = tray::Model::load(&engine).await,
                 Err(RecvError::Closed) => return,
             },
-            _ = tick.tick() => {}
+            _ = tick.tick() => {
+                if login_at.elapsed() >= LOGIN_EVERY {
+                    login_at = Instant::now();
+                    tray::refresh_login(&app);
+                }
+            }
         }
+        nap.follow(&app, model.balancer.running);
         tray::render(&app, &model, &mut shown);
     }
 }

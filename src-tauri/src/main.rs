@@ -6,14 +6,22 @@
 //! - `shell`: what the app holds (engine, control API) and how it quits
 //! - `tray`: the icon's look and the menu, from the engine's events
 //! - `windows`: the popover under the icon and the dashboard window
+//! - `placement`: where the popover goes (a pure function of the screens)
 //! - `notify`: a notification when a studio goes down or comes back
-//! - `follow`: the one subscriber of the engine's events that feeds both
+//! - `follow`: the one subscriber of the engine's events that feeds them
+//! - `login`: Launch at Login as the login item's file says
+//! - `nap`: App Nap held off while the balancer serves (macOS)
+//! - `logs`: the log file and Reveal Logs
 
 // A GUI app on Windows must not open a console; harmless elsewhere.
 #![cfg_attr(not(debug_assertions), windows_subsystem = "windows")]
 
 mod follow;
+mod login;
+mod logs;
+mod nap;
 mod notify;
+mod placement;
 mod shell;
 mod tray;
 mod windows;
@@ -66,7 +74,17 @@ impl Args {
 }
 
 fn main() -> ExitCode {
-    baton::logging::init();
+    // To stderr and to a file: opened from Finder, the app's stderr goes
+    // nowhere anyone looks.
+    let log_file = logs::path();
+    match &log_file {
+        Some(f) => {
+            if let Err(e) = baton::logging::init_with_file(f) {
+                tracing::warn!("cannot write the log file {}: {e}", f.display());
+            }
+        }
+        None => baton::logging::init(),
+    }
     let args = match Args::parse() {
         Ok(a) => a,
         Err(e) => {
@@ -74,6 +92,12 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // launchd starts apps with a soft limit of 256 open files; the balancer
+    // holds a socket per client and per studio connection.
+    match baton::limits::raise_open_files() {
+        Ok((before, after)) => tracing::info!("open-files limit {after} (was {before})"),
+        Err(e) => tracing::warn!("could not raise the open-files limit: {e}"),
+    }
     // One multi-threaded runtime for the engine and Tauri's async tasks, so
     // the balancer never shares a thread with the UI's event loop.
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -93,9 +117,8 @@ fn main() -> ExitCode {
         // First: a second launch must hand over and exit before anything
         // else (the engine, the control API) starts in it.
         .plugin(tauri_plugin_single_instance::init(|app, _argv, _cwd| {
-            windows::show_popover(app, false);
+            windows::show_popover(app);
         }))
-        .plugin(tauri_plugin_positioner::init())
         .plugin(tauri_plugin_notification::init())
         .plugin(tauri_plugin_clipboard_manager::init())
         .plugin(tauri_plugin_autostart::init(
@@ -113,21 +136,11 @@ fn main() -> ExitCode {
             // No Dock icon: Baton lives in the menu bar.
             #[cfg(target_os = "macos")]
             app.set_activation_policy(tauri::ActivationPolicy::Accessory);
-            let shell = match tauri::async_runtime::block_on(shell::Shell::open(args.listen)) {
-                Ok(s) => s,
-                Err(e) => {
-                    shell::fatal(app.handle(), &e);
-                    std::process::exit(1);
-                }
-            };
-            app.manage(shell);
-            windows::create_popover(app.handle())?;
+            app.manage(logs::LogFile(log_file));
+            // The icon first, so Baton is visible while the engine opens
+            // (and the keychain may ask about it) off the main thread.
             tray::create(app.handle())?;
-            follow::spawn(app.handle().clone());
-            shell::quit_on_signals(app.handle().clone());
-            if !args.no_balancer {
-                shell::start_if_configured(app.handle().clone());
-            }
+            shell::open_in_background(app.handle().clone(), args.listen, !args.no_balancer);
             Ok(())
         })
         .on_window_event(|window, event| match event {
@@ -151,18 +164,26 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    app.run(|app, event| {
+    app.run(|app, event| match event {
         // Only Quit ends the app, since it stops the engine first: with every
         // window hidden there is still the tray, and any other exit request
         // goes through Quit.
-        if let RunEvent::ExitRequested { code, api, .. } = event
-            && !shell::quitting(app)
-        {
+        RunEvent::ExitRequested { code, api, .. } if !shell::quitting(app) => {
             api.prevent_exit();
             if code.is_some() {
                 shell::quit(app);
             }
         }
+        // Logout, restart: the system ends the app without asking.
+        RunEvent::Exit => shell::stop_now(app),
+        // Opened again from Finder, Spotlight or the Dock while running:
+        // macOS sends the running app a reopen event (NSApplicationDelegate
+        // `applicationShouldHandleReopen:hasVisibleWindows:`; tauri 2.12.5
+        // `RunEvent::Reopen`), not a second process, so the single-instance
+        // plugin never hears of it.
+        #[cfg(target_os = "macos")]
+        RunEvent::Reopen { .. } => windows::show_popover(app),
+        _ => {}
     });
     ExitCode::SUCCESS
 }

@@ -11,12 +11,18 @@ use baton::engine::{Engine, Options, WhenMissing};
 use tauri::{AppHandle, Manager, Url};
 use tauri_plugin_notification::NotificationExt;
 
+use crate::{follow, notify, windows};
+
 /// How long the balancer lets an answer in flight finish once it stops
 /// (`src/balancer`: connections close gracefully within 2 s), plus a margin.
 const IN_FLIGHT_GRACE: Duration = Duration::from_millis(2300);
 
 /// A quit never hangs longer than this, whatever the engine does.
 const QUIT_LIMIT: Duration = Duration::from_secs(10);
+
+/// At logout or restart macOS waits a few seconds for apps to end before it
+/// gives up on them; stopping then stays within this.
+const EXIT_LIMIT: Duration = Duration::from_secs(4);
 
 /// The engine, the control API and the pages' addresses (managed state).
 pub struct Shell {
@@ -27,6 +33,8 @@ pub struct Shell {
     pub origin: Url,
     token: String,
     quitting: AtomicBool,
+    /// The engine and the control API are stopped (by Quit, or at exit).
+    stopped: AtomicBool,
 }
 
 impl Shell {
@@ -55,7 +63,7 @@ impl Shell {
         let origin = Url::parse(&api.base_url()).map_err(|e| e.to_string())?;
         let info = engine.config_info();
         // The address only: the token goes to the windows, never to a log.
-        eprintln!(
+        tracing::info!(
             "baton-app {}: control API on {} (workers file: {})",
             env!("CARGO_PKG_VERSION"),
             api.base_url(),
@@ -69,6 +77,7 @@ impl Shell {
             origin,
             token,
             quitting: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
         })
     }
 
@@ -100,10 +109,38 @@ impl Shell {
     }
 }
 
+/// Open the engine and the control API off the main thread, then bring up
+/// what needs them (the popover, the events' follower, the signals, the
+/// balancer when `start`). The tray icon exists already: opening reads the
+/// keychain (the control token, the balancer's key), and macOS may ask the
+/// user about it first; on the main thread that question would hang the
+/// app with no icon in the menu bar.
+pub fn open_in_background(app: AppHandle, listen: Option<SocketAddr>, start: bool) {
+    tauri::async_runtime::spawn(async move {
+        let shell = match Shell::open(listen).await {
+            Ok(s) => s,
+            Err(e) => {
+                fatal(&app, &e).await;
+                std::process::exit(1);
+            }
+        };
+        app.manage(shell);
+        if let Err(e) = windows::create_popover(&app) {
+            tracing::error!("cannot create the popover: {e}");
+        }
+        follow::spawn(app.clone());
+        quit_on_signals(app.clone());
+        if start {
+            start_if_configured(app);
+        }
+    });
+}
+
 /// The engine could not open (a broken workers file, no home directory):
-/// say so where a menu-bar user will see it, then the caller exits.
-pub fn fatal(app: &AppHandle, error: &str) {
-    eprintln!("error: {error}");
+/// say so where a menu-bar user will see it (a notification, and the log
+/// for details); the caller exits then.
+pub async fn fatal(app: &AppHandle, error: &str) {
+    tracing::error!("{error}");
     let first = error.lines().next().unwrap_or(error);
     let fix = error
         .lines()
@@ -115,8 +152,8 @@ pub fn fatal(app: &AppHandle, error: &str) {
         .title("Baton could not start")
         .body(format!("{first}\nFix: {fix}"))
         .show();
-    // The notification is sent from a background task: give it a moment.
-    std::thread::sleep(Duration::from_millis(500));
+    // The plugin delivers from a task of its own: exiting at once loses it.
+    tokio::time::sleep(notify::DELIVERY).await;
 }
 
 /// Start the balancer at launch when there are studios to serve (as
@@ -149,7 +186,11 @@ pub fn quitting(app: &AppHandle) -> bool {
 /// Quit Baton: the balancer stops taking requests, answers in flight get
 /// their bounded time, the control API closes, then the process exits 0.
 pub fn quit(app: &AppHandle) {
-    let shell = app.state::<Shell>();
+    let Some(shell) = app.try_state::<Shell>() else {
+        // Still opening: nothing to stop yet.
+        app.exit(0);
+        return;
+    };
     if shell.quitting.swap(true, Ordering::SeqCst) {
         return;
     }
@@ -158,31 +199,57 @@ pub fn quit(app: &AppHandle) {
     }
     let app = app.clone();
     tauri::async_runtime::spawn(async move {
-        let shell = app.state::<Shell>();
-        let engine = shell.engine.clone();
-        let api = shell.api.lock().expect("api lock").take();
-        let stop = async {
-            let busy = engine
-                .workers()
-                .await
-                .iter()
-                .filter_map(|w| w.live.as_ref())
-                .any(|l| l.in_flight > 0);
-            engine.shutdown().await;
-            if busy {
-                // The listener is closed already; what is in flight finishes
-                // (or is cut by the balancer) within its grace.
-                tokio::time::sleep(IN_FLIGHT_GRACE).await;
-            }
-            if let Some(api) = api {
-                api.shutdown().await;
-            }
-        };
-        if tokio::time::timeout(QUIT_LIMIT, stop).await.is_err() {
-            tracing::warn!("stopping took over {QUIT_LIMIT:?}; quitting anyway");
-        }
+        stop(&app, QUIT_LIMIT).await;
         app.exit(0);
     });
+}
+
+/// The process ends without Quit (`RunEvent::Exit`): at logout or restart
+/// macOS terminates the app (`applicationWillTerminate`, which tao 0.37.2
+/// turns into its last event, tauri's `RunEvent::Exit`, with no exit
+/// request before it that could be held back: `src/platform_impl/macos/
+/// app_delegate.rs`). Stop the engine then, within [`EXIT_LIMIT`], on this
+/// (the main) thread, since nothing runs after this returns.
+pub fn stop_now(app: &AppHandle) {
+    if app
+        .try_state::<Shell>()
+        .is_none_or(|s| s.stopped.load(Ordering::SeqCst))
+    {
+        return;
+    }
+    tracing::info!("exiting without Quit: stopping the engine");
+    tauri::async_runtime::block_on(stop(app, EXIT_LIMIT));
+}
+
+/// Stop the balancer (answers in flight finish within their grace) and the
+/// control API, within `limit`.
+async fn stop(app: &AppHandle, limit: Duration) {
+    let shell = app.state::<Shell>();
+    if shell.stopped.swap(true, Ordering::SeqCst) {
+        return;
+    }
+    let engine = shell.engine.clone();
+    let api = shell.api.lock().expect("api lock").take();
+    let stop = async {
+        let busy = engine
+            .workers()
+            .await
+            .iter()
+            .filter_map(|w| w.live.as_ref())
+            .any(|l| l.in_flight > 0);
+        engine.shutdown().await;
+        if busy {
+            // The listener is closed already; what is in flight finishes
+            // (or is cut by the balancer) within its grace.
+            tokio::time::sleep(IN_FLIGHT_GRACE).await;
+        }
+        if let Some(api) = api {
+            api.shutdown().await;
+        }
+    };
+    if tokio::time::timeout(limit, stop).await.is_err() {
+        tracing::warn!("stopping took over {limit:?}; quitting anyway");
+    }
 }
 
 /// SIGTERM and Ctrl-C quit the same clean way as the menu's Quit (logout,

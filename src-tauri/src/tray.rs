@@ -12,11 +12,10 @@ use tauri::image::Image;
 use tauri::menu::{CheckMenuItem, Menu, MenuEvent, MenuItem, PredefinedMenuItem, Submenu};
 use tauri::tray::{MouseButton, MouseButtonState, TrayIconBuilder, TrayIconEvent};
 use tauri::{AppHandle, Manager, Wry};
-use tauri_plugin_autostart::ManagerExt as _;
 use tauri_plugin_clipboard_manager::ClipboardExt;
 
 use crate::shell::{self, Shell};
-use crate::windows;
+use crate::{login, logs, windows};
 
 const TRAY_ID: &str = "baton";
 
@@ -29,6 +28,7 @@ mod id {
     pub const DASHBOARD: &str = "dashboard";
     pub const COPY: &str = "copy-endpoint";
     pub const AUTOSTART: &str = "autostart";
+    pub const LOGS: &str = "reveal-logs";
     pub const QUIT: &str = "quit";
     pub const STUDIO_PREFIX: &str = "studio:";
 }
@@ -45,8 +45,10 @@ pub enum Look {
 }
 
 impl Look {
-    /// Black-on-transparent template images (icons/tray-*.png, 32 px: the
-    /// menu bar scales them to its height, crisp on Retina screens).
+    /// Black-on-transparent template images (icons/tray-*@2x.png, 36 px:
+    /// tray-icon 0.25.1 shows every icon 18 points tall on macOS
+    /// (`src/platform_impl/macos/mod.rs`, `icon_height`), so 36 px are
+    /// exactly two pixels per point on Retina screens).
     fn icon(self) -> &'static [u8] {
         match self {
             Look::Stopped => include_bytes!("../icons/tray-stopped@2x.png"),
@@ -256,14 +258,18 @@ pub struct Shown {
 /// often (state changes show at once).
 const FIGURES_EVERY: Duration = Duration::from_secs(2);
 
-/// Build the icon and its menu.
+/// Build the icon and its menu (before the engine is open: the menu's
+/// actions wait for it).
 pub fn create(app: &AppHandle) -> tauri::Result<()> {
+    app.manage(windows::IconRect::default());
     let toggle = MenuItem::with_id(app, id::TOGGLE, "Start Balancer", true, None::<&str>)?;
     let preflight = MenuItem::with_id(app, id::PREFLIGHT, "Run Preflight", true, None::<&str>)?;
     let studios = Submenu::with_id(app, id::STUDIOS, "Studios", true)?;
     let dashboard = MenuItem::with_id(app, id::DASHBOARD, "Open Dashboard", true, None::<&str>)?;
     let copy = MenuItem::with_id(app, id::COPY, "Copy Endpoint URL", true, None::<&str>)?;
-    let login = app.autolaunch().is_enabled().unwrap_or(false);
+    let logs = MenuItem::with_id(app, id::LOGS, "Reveal Logs", true, None::<&str>)?;
+    // Launched from a new place with Launch at Login on: re-point it here.
+    let login = login::repair(app).is_on();
     let autostart = CheckMenuItem::with_id(
         app,
         id::AUTOSTART,
@@ -283,6 +289,7 @@ pub fn create(app: &AppHandle) -> tauri::Result<()> {
             &PredefinedMenuItem::separator(app)?,
             &dashboard,
             &copy,
+            &logs,
             &PredefinedMenuItem::separator(app)?,
             &autostart,
             &quit,
@@ -296,21 +303,35 @@ pub fn create(app: &AppHandle) -> tauri::Result<()> {
     TrayIconBuilder::with_id(TRAY_ID)
         .icon(Image::from_bytes(Look::Stopped.icon())?)
         .icon_as_template(true)
-        .tooltip("Baton")
+        .tooltip("Baton: starting…")
         .menu(&menu)
         // Left click is the popover's; the menu is for the right click.
         .show_menu_on_left_click(false)
         .on_menu_event(on_menu)
         .on_tray_icon_event(|tray, event| {
-            // Remember where the icon is, for the popover's position.
-            tauri_plugin_positioner::on_tray_event(tray.app_handle(), &event);
-            if let TrayIconEvent::Click {
-                button: MouseButton::Left,
-                button_state: MouseButtonState::Up,
-                ..
-            } = event
-            {
-                windows::toggle_popover(tray.app_handle());
+            let app = tray.app_handle();
+            match &event {
+                TrayIconEvent::Click {
+                    rect,
+                    button,
+                    button_state,
+                    ..
+                } => {
+                    // Where the icon is, for the popover's place.
+                    windows::IconRect::set(app, rect);
+                    if *button_state == MouseButtonState::Down {
+                        // The menu may open now: show the login item's
+                        // real state.
+                        refresh_login(app);
+                    } else if *button == MouseButton::Left {
+                        windows::toggle_popover(app);
+                    }
+                }
+                TrayIconEvent::Enter { rect, .. } => {
+                    windows::IconRect::set(app, rect);
+                    refresh_login(app);
+                }
+                _ => {}
             }
         })
         .build(app)?;
@@ -397,8 +418,36 @@ fn set_studios(app: &AppHandle, menu: &Submenu<Wry>, lines: &[(String, String)],
     }
 }
 
+/// Show the login item's state as its file says now (the user may have
+/// removed it in System Settings, or moved the app).
+pub fn refresh_login(app: &AppHandle) {
+    if let Some(items) = app.try_state::<Items>() {
+        let on = login::read(app).is_on();
+        if items.autostart.is_checked().ok() != Some(on) {
+            let _ = items.autostart.set_checked(on);
+        }
+    }
+}
+
 fn on_menu(app: &AppHandle, event: MenuEvent) {
-    let engine = app.state::<Shell>().engine.clone();
+    match event.id().as_ref() {
+        // The tray's Quit, and the app menu's (Cmd-Q on macOS).
+        id::QUIT | windows::APP_QUIT => return shell::quit(app),
+        id::LOGS => return logs::reveal(app),
+        id::AUTOSTART => {
+            let on = !login::read(app).is_on();
+            // Show what is true now, whatever the click did to the check.
+            let now = login::set(app, on);
+            let _ = app.state::<Items>().autostart.set_checked(now.is_on());
+            return;
+        }
+        _ => {}
+    }
+    // The rest needs the engine, which opens just after the icon appears.
+    let Some(shell) = app.try_state::<Shell>() else {
+        return;
+    };
+    let engine = shell.engine.clone();
     match event.id().as_ref() {
         id::TOGGLE => {
             let app = app.clone();
@@ -407,7 +456,7 @@ fn on_menu(app: &AppHandle, event: MenuEvent) {
                     engine.stop_balancer().await;
                 } else if engine.start_balancer().await.is_err() {
                     // The popover shows why (the port is taken, no studios...).
-                    windows::show_popover(&app, true);
+                    windows::show_popover(&app);
                 }
             });
         }
@@ -416,30 +465,15 @@ fn on_menu(app: &AppHandle, event: MenuEvent) {
                 tracing::info!("preflight not started: {e}");
             }
             // The verdict shows in the popover as the checks finish.
-            windows::show_popover(app, true);
+            windows::show_popover(app);
         }
         id::DASHBOARD => windows::show_dashboard(app, None),
         id::COPY => {
-            let url = app.state::<Shell>().endpoint();
+            let url = shell.endpoint();
             if let Err(e) = app.clipboard().write_text(url) {
                 tracing::warn!("cannot copy the endpoint: {e}");
             }
         }
-        id::AUTOSTART => {
-            let auto = app.autolaunch();
-            let on = auto.is_enabled().unwrap_or(false);
-            let result = if on { auto.disable() } else { auto.enable() };
-            if let Err(e) = result {
-                tracing::warn!("cannot change Launch at Login: {e}");
-            }
-            // Show what is true now, whatever the click did to the check.
-            let _ = app
-                .state::<Items>()
-                .autostart
-                .set_checked(auto.is_enabled().unwrap_or(false));
-        }
-        // The tray's Quit, and the app menu's (Cmd-Q on macOS).
-        id::QUIT | windows::APP_QUIT => shell::quit(app),
         other if other.starts_with(id::STUDIO_PREFIX) => {
             windows::show_dashboard(app, Some("studios"));
         }

@@ -1,7 +1,8 @@
 //! The tray menu over D-Bus, as a desktop's tray shows it: the exact items,
 //! Start Balancer starting a real balancer, the Studios submenu following
 //! the engine, and Quit stopping cleanly (an answer in flight finishes, the
-//! ports close, the process exits 0).
+//! ports close, the process exits 0); Launch at Login following the login
+//! item's file (a moved app's item is re-pointed); the log file.
 
 mod common;
 
@@ -33,6 +34,7 @@ async fn tray_menu_lists_its_items_starts_the_balancer_and_quits_cleanly() {
             "Studios",
             "Open Dashboard",
             "Copy Endpoint URL",
+            "Reveal Logs",
             "Launch at Login",
             "Quit Baton"
         ]
@@ -134,4 +136,60 @@ async fn tray_menu_lists_its_items_starts_the_balancer_and_quits_cleanly() {
         "the control API still listens after Quit"
     );
     common::assert_no_token(&app.output());
+    // The same lines went to the log file Reveal Logs shows, token-free.
+    let log = std::fs::read_to_string(home.log_file()).expect("the app's log file");
+    assert!(log.contains("control API on http://"), "{log}");
+    assert!(log.contains("open-files limit"), "{log}");
+    common::assert_no_token(&log);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn launch_at_login_follows_the_login_item_and_a_moved_apps_item_is_re_pointed() {
+    if let Some(why) = common::missing(false) {
+        println!("SKIPPED: {why}");
+        return;
+    }
+    let _one = common::serial().await;
+    let a = common::studio(1).await;
+    let home = Home::new(&[("studio-a", &a)]);
+    // A login item written by this app when it lived elsewhere.
+    let entry = home.dir.path().join(".config/autostart/Baton.desktop");
+    std::fs::create_dir_all(entry.parent().unwrap()).unwrap();
+    let old = "/opt/old-place/baton-app";
+    std::fs::write(
+        &entry,
+        format!("[Desktop Entry]\nType=Application\nName=Baton\nExec={old} \n"),
+    )
+    .unwrap();
+    let mut app = App::start(&home, &["--no-balancer"]);
+    let menu = Menu::find(app.pid(), Duration::from_secs(30)).await;
+    let check = |i: &common::dbus::Item| i.props.get("toggle-state").cloned().unwrap_or_default();
+    // Launched from its new place, the app re-points the item at itself.
+    let repointed = common::wait_for(Duration::from_secs(10), || {
+        std::fs::read_to_string(&entry)
+            .ok()
+            .filter(|t| t.contains(common::APP))
+    });
+    assert!(
+        repointed.is_some(),
+        "the login item still starts {old}: {:?}; output:\n{}",
+        std::fs::read_to_string(&entry),
+        app.output()
+    );
+    assert_eq!(check(&menu.item("Launch at Login").await), "1");
+    // Removed behind the app's back (System Settings, a cleanup tool): the
+    // checkmark follows the file.
+    std::fs::remove_file(&entry).unwrap();
+    let mut state = String::new();
+    for _ in 0..100 {
+        state = check(&menu.item("Launch at Login").await);
+        if state == "0" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(state, "0", "the checkmark did not follow the removed item");
+    menu.click(menu.item("Quit Baton").await.id).await;
+    let status = app.wait_exit(Duration::from_secs(15));
+    assert!(status.is_some_and(|s| s.success()), "{}", app.output());
 }

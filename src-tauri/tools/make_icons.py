@@ -6,8 +6,8 @@ the menu-bar icons are the same shape:
 
 - `icons/icon.png`, `32x32.png`, `128x128.png`, `128x128@2x.png`,
   `icon.icns`, `icon.ico`: the app icon (white baton on a rounded square).
-- `icons/tray-<look>.png` (16 px) and `tray-<look>@2x.png` (32 px): the
-  menu-bar icon, black on transparent (a macOS template image, so the menu
+- `icons/tray-<look>.png` (18 px) and `tray-<look>@2x.png` (36 px): the
+  menu-bar icon (macOS shows it 18 points tall), black on transparent (a macOS template image, so the menu
   bar tints it for light and dark), in four looks: `stopped` (an outline,
   not moving), `serving` (solid, with speed lines), `degraded` (serving with
   a dot: a studio is down) and `error` (with a cross: nothing can serve).
@@ -75,7 +75,7 @@ def glyph(size, look="serving", bands=False):
         for y, xa, xb in SPEED_LINES:
             capsule(d, (xa, y), (xb, y), LINE / 2, 255, s)
     if look in ("degraded", "error"):
-        # Clear a ring around the badge so it reads as separate at 16 px.
+        # Clear a ring around the badge so it reads as separate at 18 px.
         gap = BADGE_R + 0.07
         d.ellipse([(BADGE[0] - gap) * s, (BADGE[1] - gap) * s, (BADGE[0] + gap) * s, (BADGE[1] + gap) * s], fill=0)
         if look == "degraded":
@@ -134,8 +134,9 @@ def app_icon(size):
 def main():
     os.makedirs(ICONS, exist_ok=True)
     for look in ("stopped", "serving", "degraded", "error"):
-        tray(16, look).save(os.path.join(ICONS, f"tray-{look}.png"))
-        tray(32, look).save(os.path.join(ICONS, f"tray-{look}@2x.png"))
+        # 18 points tall in the menu bar: 18 px at 1x, 36 px on Retina.
+        tray(18, look).save(os.path.join(ICONS, f"tray-{look}.png"))
+        tray(36, look).save(os.path.join(ICONS, f"tray-{look}@2x.png"))
     big = app_icon(1024)
     big.save(os.path.join(ICONS, "icon.png"))
     for name, px in (("32x32.png", 32), ("128x128.png", 128), ("128x128@2x.png", 256)):

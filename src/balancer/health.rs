@@ -310,6 +310,7 @@ pub(crate) fn on_send_error(s: &Shared, w: &WorkerEntry, e: &SendError) -> Verdi
                     | ConnectFailure::NoRoute
                     | ConnectFailure::NetworkUnreachable
                     | ConnectFailure::NotPermitted
+                    | ConnectFailure::LocalNetworkDenied
             );
             if decisive || !heard_from(w) {
                 eject_dead(

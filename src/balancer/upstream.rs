@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::liveness::{self, Tracked};
-use crate::preflight::connect::{ConnectFailure, classify};
+use crate::preflight::connect::{ConnectFailure, classify_here};
 
 pub(crate) type ReqBody = Full<Bytes>;
 
@@ -309,7 +309,14 @@ impl Upstream {
                         closing: false,
                     });
                 }
-                Ok(Err(e)) => last = Some(SendError::Connect(classify(&e), e.to_string())),
+                // On macOS, "no route" to a LAN studio may be the Local
+                // Network denial; the studio's error then says so.
+                Ok(Err(e)) => {
+                    last = Some(SendError::Connect(
+                        classify_here(&e, addr.ip()),
+                        e.to_string(),
+                    ));
+                }
                 Err(_) => last = Some(SendError::ConnectTimeout(timeout)),
             }
         }
@@ -333,7 +340,12 @@ impl Upstream {
         for addr in self.resolve(timeout).await? {
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
                 Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => last = Some(SendError::Connect(classify(&e), e.to_string())),
+                Ok(Err(e)) => {
+                    last = Some(SendError::Connect(
+                        classify_here(&e, addr.ip()),
+                        e.to_string(),
+                    ))
+                }
                 Err(_) => last = Some(SendError::ConnectTimeout(timeout)),
             }
         }

@@ -112,6 +112,13 @@ pub async fn run(a: DiscoverArgs) -> anyhow::Result<ExitCode> {
             d.open_ports,
             d.found.len()
         );
+        if d.denied > 0 {
+            println!(
+                "macOS Local Network privacy blocked {} connection(s): {}.",
+                d.denied,
+                baton::preflight::connect::LOCAL_NETWORK_FIX
+            );
+        }
         if !d.found.is_empty() {
             println!("\n  {:<22} {:<10} {:>8}  models", "address", "type", "rtt");
             for f in &d.found {

@@ -125,7 +125,7 @@ impl From<EngineError> for ApiError {
             err["field"] = f.into();
         }
         if let Some(c) = j.code {
-            err["code"] = c.into();
+            err["code"] = serde_json::to_value(c).unwrap_or_default();
         }
         ApiError(status, json!({ "error": err }))
     }

@@ -23,6 +23,11 @@ pub fn install_token() -> String {
     match crate::secrets::get_own(Own::ControlToken) {
         Ok(t) if t.len() >= 32 => return t,
         Ok(_) | Err(SecretError::NotInKeychain(_)) => {}
+        // Writing after a denied read would only prompt again.
+        Err(e @ SecretError::Denied(_)) => {
+            tracing::warn!("{e}; the dashboard's token lasts this run only");
+            return new_token();
+        }
         Err(e) => tracing::debug!("keychain unavailable for the control token: {e}"),
     }
     let token = new_token();

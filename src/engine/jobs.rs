@@ -14,6 +14,7 @@ use super::events::{Bus, Event};
 use crate::batch::Summary;
 use crate::bench::report::BenchResult;
 use crate::discover::{Discovery, Found};
+use crate::error_code::ErrorCode;
 use crate::preflight::{Check, Report};
 
 pub type JobId = u64;
@@ -53,8 +54,9 @@ pub struct JobError {
     pub message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fix: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub code: Option<String>,
+    /// What the UI does about it (a link to a setting, a retry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
 }
 
 impl JobError {

@@ -28,6 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::balancer::{self, Balancer, State, WorkerStats};
 use crate::config::{Config, ConfigError};
+use crate::error_code::ErrorCode;
 use crate::preflight::Report;
 use crate::sim::SimHandle;
 use crate::store::Store;
@@ -139,15 +140,16 @@ impl EngineError {
             },
             other => JobError::from_text(&other.to_string()),
         };
-        match self {
+        e.code = match self {
             EngineError::Balancer(
                 balancer::Error::NeedsApiKey(_) | balancer::Error::AnyOriginNeedsApiKey,
-            ) => {
-                e.code = Some("needs_api_key".into());
+            ) => Some(ErrorCode::NeedsApiKey),
+            EngineError::Secret(crate::secrets::SecretError::Denied(_)) => {
+                Some(ErrorCode::KeychainDenied)
             }
-            EngineError::FileExists { .. } => e.code = Some("workers_file_exists".into()),
-            _ => {}
-        }
+            EngineError::FileExists { .. } => Some(ErrorCode::WorkersFileExists),
+            _ => None,
+        };
         e
     }
 
@@ -277,6 +279,9 @@ pub(crate) struct Inner {
     /// Serializes edits of the workers file.
     edit: tokio::sync::Mutex<()>,
     last_preflight: Mutex<Option<Report>>,
+    /// The keychain denied the balancer's key once: not asked again (each
+    /// read would prompt again) until Baton is opened again.
+    key_denied: std::sync::atomic::AtomicBool,
 }
 
 /// The engine. Cheap to clone (all clones share one engine).
@@ -319,6 +324,10 @@ impl Engine {
             .listen
             .or(pool.config.balancer.listen)
             .unwrap_or(balancer::DEFAULT_LISTEN);
+        let key = crate::secrets::balancer_key();
+        if let Err(e) = &key {
+            tracing::warn!("{e}");
+        }
         let last_preflight = Store::open(&store_path)
             .ok()
             .and_then(|s| s.last_preflight().ok().flatten())
@@ -332,7 +341,7 @@ impl Engine {
                     url: None,
                     listen,
                     lan_exposed: !listen.ip().is_loopback(),
-                    api_key_set: api_key().is_some(),
+                    api_key_set: matches!(key, Ok(Some(_))),
                     error: None,
                 }),
                 store_path,
@@ -341,6 +350,10 @@ impl Engine {
                 live: Live::new(),
                 edit: tokio::sync::Mutex::new(()),
                 last_preflight: Mutex::new(last_preflight),
+                key_denied: std::sync::atomic::AtomicBool::new(matches!(
+                    key,
+                    Err(crate::secrets::SecretError::Denied(_))
+                )),
             }),
         })
     }
@@ -461,7 +474,19 @@ impl Engine {
         }
         let config = self.config();
         let listen = self.balancer_status().listen;
-        let key = api_key();
+        let key = match self.api_key() {
+            Ok(k) => k,
+            // Denied: beyond loopback that is the error (not "needs an API
+            // key": there is one); on loopback no key is needed.
+            Err(e) if !listen.ip().is_loopback() => {
+                self.set_status(|s| s.error = Some(e.to_string()));
+                return Err(e.into());
+            }
+            Err(e) => {
+                tracing::warn!("{e}; the balancer serves on loopback without the key");
+                None
+            }
+        };
         let started = Balancer::start(&config, Some(listen), key.clone()).await;
         let balancer = match started {
             Ok(b) => b,
@@ -493,6 +518,23 @@ impl Engine {
         Ok(self.balancer_status())
     }
 
+    /// The balancer's API key: `BATON_API_KEY`, else the keychain (none
+    /// when the keychain is unusable). Denied access is an error, and
+    /// after one denial the keychain is not asked again.
+    fn api_key(&self) -> Result<Option<String>, crate::secrets::SecretError> {
+        use std::sync::atomic::Ordering;
+        let denied =
+            || crate::secrets::SecretError::Denied(crate::secrets::Own::BalancerKey.entry().into());
+        if self.inner.key_denied.load(Ordering::Relaxed) {
+            return Err(denied());
+        }
+        let key = crate::secrets::balancer_key();
+        if matches!(key, Err(crate::secrets::SecretError::Denied(_))) {
+            self.inner.key_denied.store(true, Ordering::Relaxed);
+        }
+        key
+    }
+
     /// Stop the balancer: it takes nothing new; answers in flight get a
     /// bounded time to finish.
     pub async fn stop_balancer(&self) -> BalancerStatus {
@@ -514,7 +556,7 @@ impl Engine {
     /// Listen somewhere else (restarting a running balancer there). A
     /// non-loopback address needs the API key.
     pub async fn set_listen(&self, addr: SocketAddr) -> Result<BalancerStatus, EngineError> {
-        if !addr.ip().is_loopback() && api_key().is_none() {
+        if !addr.ip().is_loopback() && self.api_key()?.is_none() {
             return Err(balancer::Error::NeedsApiKey(addr).into());
         }
         let was_running = self.balancer_status().running;
@@ -678,11 +720,6 @@ impl Engine {
             self.start_balancer().await
         }
     }
-}
-
-/// The balancer's API key: `BATON_API_KEY`, else the keychain.
-fn api_key() -> Option<String> {
-    crate::secrets::balancer_key().ok().flatten()
 }
 
 /// The demo pool: two bigger studios and a smaller one, so balancing shows.

@@ -267,7 +267,11 @@ impl Engine {
                     }
                     r.finish(JobResult::Discover(d));
                 }
-                Err(e) => r.fail(JobError::from_text(&e.to_string())),
+                Err(e) => {
+                    let mut error = JobError::from_text(&e.to_string());
+                    error.code = e.code();
+                    r.fail(error);
+                }
             }
         });
         Ok(id)

@@ -1,11 +1,13 @@
 //! TCP connect with the failure classified and explained.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
+use crate::error_code::ErrorCode;
+use crate::netinfo::{self, LocalNet};
 use crate::studio::StudioKind;
 
 /// Why a TCP connect failed.
@@ -20,15 +22,23 @@ pub enum ConnectFailure {
     NoRoute,
     /// This machine has no route to that network.
     NetworkUnreachable,
-    /// The OS refused to let us connect (macOS Local Network permission, a
-    /// local firewall rule).
+    /// The OS refused to let us connect (a local firewall rule, a network
+    /// filter).
     NotPermitted,
+    /// macOS keeps this process off the local network (Privacy & Security
+    /// > Local Network): denied, or not yet answered.
+    LocalNetworkDenied,
     /// Something accepted, then reset the connection.
     Reset,
     Other,
 }
 
 impl ConnectFailure {
+    /// The code the UI acts on, for the failures that have one.
+    pub fn code(self) -> Option<ErrorCode> {
+        (self == ConnectFailure::LocalNetworkDenied).then_some(ErrorCode::LocalNetworkDenied)
+    }
+
     pub fn describe(self) -> &'static str {
         match self {
             ConnectFailure::Refused => "connection refused",
@@ -36,6 +46,7 @@ impl ConnectFailure {
             ConnectFailure::NoRoute => "no route to host",
             ConnectFailure::NetworkUnreachable => "network unreachable",
             ConnectFailure::NotPermitted => "not permitted by this machine",
+            ConnectFailure::LocalNetworkDenied => "blocked by macOS Local Network privacy",
             ConnectFailure::Reset => "connection reset",
             ConnectFailure::Other => "failed",
         }
@@ -59,17 +70,89 @@ impl ConnectFailure {
             }
             ConnectFailure::NotPermitted => {
                 if cfg!(target_os = "macos") {
-                    "macOS blocked the connection: allow Baton under System Settings > Privacy & Security > Local Network".into()
+                    "this Mac refused the connection: a network filter (a firewall app such as Little Snitch or LuLu, a VPN, a content filter) blocks it; allow Baton there".into()
                 } else {
                     "this machine refused the connection: check local firewall rules (nftables/iptables) for outgoing traffic".into()
                 }
             }
+            ConnectFailure::LocalNetworkDenied => LOCAL_NETWORK_FIX.into(),
             ConnectFailure::Reset => {
                 format!("something on port {port} accepted then reset the connection: another service on that port, or a firewall")
             }
             ConnectFailure::Other => "check the address and port in the workers file".into(),
         }
     }
+}
+
+/// What to do about macOS's Local Network denial.
+pub const LOCAL_NETWORK_FIX: &str = "allow Baton in System Settings > Privacy & Security > Local Network (for the `baton` command: the terminal app that runs it), then try again";
+
+/// Whose rules apply to a connect error: macOS has Local Network privacy,
+/// other systems do not.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Platform {
+    MacOs,
+    Other,
+}
+
+impl Platform {
+    pub fn current() -> Platform {
+        if cfg!(target_os = "macos") {
+            Platform::MacOs
+        } else {
+            Platform::Other
+        }
+    }
+}
+
+/// Classify a connect (or send) error to `ip`, recognising macOS's Local
+/// Network denial, which has no errno of its own.
+///
+/// On macOS 15 a process denied Local Network access (or whose prompt is
+/// not answered yet) gets `EHOSTUNREACH` ("No route to host") at once for
+/// addresses on the local network, on `connect` and `sendto` alike (Apple
+/// developer forums, threads 765285 and 776552; TN3179); earlier releases
+/// and network extensions answer `EPERM`/`EACCES`. A real unreachable host
+/// on one of the Mac's own subnets is reported otherwise: the BSD stack
+/// answers `EHOSTDOWN` for an on-link host that does not answer ARP
+/// (`arpresolve`), or the connect times out. So on macOS any of these three
+/// to an address on the local network is the denial; to a routed address
+/// they keep their usual meaning. `is_local` says whether an address is on
+/// the local network (see [`netinfo::on_local_network`]), asked only when
+/// it matters.
+pub fn classify_at(
+    e: &io::Error,
+    ip: IpAddr,
+    platform: Platform,
+    is_local: impl FnOnce(IpAddr) -> bool,
+) -> ConnectFailure {
+    let base = classify(e);
+    let candidate = match e.raw_os_error() {
+        Some(code) => matches!(code, libc::EHOSTUNREACH | libc::EPERM | libc::EACCES),
+        None => matches!(
+            e.kind(),
+            io::ErrorKind::HostUnreachable | io::ErrorKind::PermissionDenied
+        ),
+    };
+    if platform == Platform::MacOs && candidate && is_local(ip) {
+        ConnectFailure::LocalNetworkDenied
+    } else {
+        base
+    }
+}
+
+/// [`classify_at`] with this machine's rules and subnets.
+pub fn classify_here(e: &io::Error, ip: IpAddr) -> ConnectFailure {
+    classify_at(e, ip, Platform::current(), |ip| {
+        netinfo::on_local_network(ip, &netinfo::local_ipv4())
+    })
+}
+
+/// [`classify_at`] with this machine's rules and the subnets already known.
+pub fn classify_with(e: &io::Error, ip: IpAddr, locals: &[LocalNet]) -> ConnectFailure {
+    classify_at(e, ip, Platform::current(), |ip| {
+        netinfo::on_local_network(ip, locals)
+    })
 }
 
 /// What to do when a studio's server is not running, by software.
@@ -113,15 +196,17 @@ pub fn classify(e: &io::Error) -> ConnectFailure {
     }
 }
 
-/// Connect once; `Ok` is the time it took.
+/// Connect once; `Ok` is the time it took. `locals` are this machine's
+/// subnets, to recognise macOS's Local Network denial.
 pub async fn connect(
     addr: SocketAddr,
     timeout: Duration,
+    locals: &[LocalNet],
 ) -> Result<Duration, (ConnectFailure, String)> {
     let t0 = Instant::now();
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await {
         Ok(Ok(_)) => Ok(t0.elapsed()),
-        Ok(Err(e)) => Err((classify(&e), e.to_string())),
+        Ok(Err(e)) => Err((classify_with(&e, addr.ip(), locals), e.to_string())),
         Err(_) => Err((
             ConnectFailure::TimedOut,
             format!("no answer within {} ms", timeout.as_millis()),
@@ -182,6 +267,109 @@ mod tests {
         assert_eq!(classify(&k(io::ErrorKind::Other)), ConnectFailure::Other);
     }
 
+    /// macOS rules, with 192.168.1.0/24 as the Mac's own subnet.
+    fn on_mac(e: &io::Error, ip: &str) -> ConnectFailure {
+        let locals = [LocalNet {
+            interface: "en0".into(),
+            addr: std::net::Ipv4Addr::new(192, 168, 1, 20),
+            net: "192.168.1.0/24".parse().unwrap(),
+        }];
+        classify_at(e, ip.parse().unwrap(), Platform::MacOs, |ip| {
+            netinfo::on_local_network(ip, &locals)
+        })
+    }
+
+    #[test]
+    fn local_network_denial_is_recognised_on_macos_by_errno_and_address() {
+        let os = |c| io::Error::from_raw_os_error(c);
+        let denied = ConnectFailure::LocalNetworkDenied;
+        // EHOSTUNREACH, EPERM, EACCES to an address on the Mac's subnet,
+        // link-local or multicast: the denial.
+        for errno in [libc::EHOSTUNREACH, libc::EPERM, libc::EACCES] {
+            for ip in ["192.168.1.7", "169.254.3.4", "224.0.0.251", "fe80::1"] {
+                assert_eq!(on_mac(&os(errno), ip), denied, "errno {errno} to {ip}");
+            }
+        }
+        // The same errors to a routed address keep their meaning.
+        assert_eq!(
+            on_mac(&os(libc::EHOSTUNREACH), "10.8.0.5"),
+            ConnectFailure::NoRoute
+        );
+        assert_eq!(
+            on_mac(&os(libc::EPERM), "10.8.0.5"),
+            ConnectFailure::NotPermitted
+        );
+        assert_eq!(
+            on_mac(&os(libc::EACCES), "203.0.113.9"),
+            ConnectFailure::NotPermitted
+        );
+        // Loopback and the Mac's own address are never "the local network".
+        assert_eq!(
+            on_mac(&os(libc::EHOSTUNREACH), "127.0.0.1"),
+            ConnectFailure::NoRoute
+        );
+        assert_eq!(
+            on_mac(&os(libc::EPERM), "192.168.1.20"),
+            ConnectFailure::NotPermitted
+        );
+        // Other errors on the subnet are what they say: a host that does
+        // not answer ARP is EHOSTDOWN, a closed port is refused.
+        assert_eq!(
+            on_mac(&os(libc::EHOSTDOWN), "192.168.1.7"),
+            ConnectFailure::NoRoute
+        );
+        assert_eq!(
+            on_mac(&os(libc::ECONNREFUSED), "192.168.1.7"),
+            ConnectFailure::Refused
+        );
+        assert_eq!(
+            on_mac(&os(libc::ETIMEDOUT), "192.168.1.7"),
+            ConnectFailure::TimedOut
+        );
+        assert_eq!(
+            on_mac(&os(libc::ENETUNREACH), "192.168.1.7"),
+            ConnectFailure::NetworkUnreachable
+        );
+        // Errors without an errno, by kind.
+        let k = |k| io::Error::from(k);
+        assert_eq!(
+            on_mac(&k(io::ErrorKind::HostUnreachable), "192.168.1.7"),
+            denied
+        );
+        assert_eq!(
+            on_mac(&k(io::ErrorKind::PermissionDenied), "192.168.1.7"),
+            denied
+        );
+        assert_eq!(
+            on_mac(&k(io::ErrorKind::ConnectionRefused), "192.168.1.7"),
+            ConnectFailure::Refused
+        );
+    }
+
+    #[test]
+    fn other_systems_have_no_local_network_denial() {
+        let os = |c| io::Error::from_raw_os_error(c);
+        for (errno, expected) in [
+            (libc::EHOSTUNREACH, ConnectFailure::NoRoute),
+            (libc::EPERM, ConnectFailure::NotPermitted),
+            (libc::EACCES, ConnectFailure::NotPermitted),
+        ] {
+            let got = classify_at(
+                &os(errno),
+                "192.168.1.7".parse().unwrap(),
+                Platform::Other,
+                |_| true,
+            );
+            assert_eq!(got, expected);
+        }
+        // Only the denial carries a code for the UI.
+        assert_eq!(
+            ConnectFailure::LocalNetworkDenied.code(),
+            Some(ErrorCode::LocalNetworkDenied)
+        );
+        assert_eq!(ConnectFailure::NoRoute.code(), None);
+    }
+
     #[test]
     fn every_failure_has_a_specific_remedy() {
         let all = [
@@ -190,6 +378,7 @@ mod tests {
             ConnectFailure::NoRoute,
             ConnectFailure::NetworkUnreachable,
             ConnectFailure::NotPermitted,
+            ConnectFailure::LocalNetworkDenied,
             ConnectFailure::Reset,
             ConnectFailure::Other,
         ];
@@ -226,6 +415,7 @@ mod tests {
         let r = connect(
             SocketAddr::from(([127, 0, 0, 1], port)),
             Duration::from_secs(1),
+            &[],
         )
         .await;
         assert_eq!(r.unwrap_err().0, ConnectFailure::Refused);

@@ -22,7 +22,7 @@ pub struct PingStats {
 }
 
 impl PingStats {
-    fn from_rtts(sent: u32, rtts: &[f64]) -> PingStats {
+    pub(crate) fn from_rtts(sent: u32, rtts: &[f64]) -> PingStats {
         let received = rtts.len() as u32;
         let loss_pct = if sent == 0 {
             0.0
@@ -53,9 +53,16 @@ impl PingStats {
     }
 }
 
-/// Why no ping could be sent at all.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct NotPermitted(pub String);
+/// Why a ping series says nothing about the host.
+#[derive(Debug)]
+pub enum PingError {
+    /// No ICMP socket for this process.
+    NoSocket(String),
+    /// The system refused to send: `EPERM`/`EACCES` at once, or every echo
+    /// failed with an error and none came back (e.g. macOS's Local Network
+    /// denial, which answers `EHOSTUNREACH`). The caller classifies it.
+    Send(std::io::Error),
+}
 
 /// A shared ICMP client (one socket and one receive task for every host).
 pub struct Pinger {
@@ -91,9 +98,9 @@ impl Pinger {
         count: u32,
         interval: Duration,
         timeout: Duration,
-    ) -> Result<PingStats, NotPermitted> {
+    ) -> Result<PingStats, PingError> {
         let Some(client) = &self.client else {
-            return Err(NotPermitted(self.error.clone().unwrap_or_default()));
+            return Err(PingError::NoSocket(self.error.clone().unwrap_or_default()));
         };
         let payload = [0u8; 56];
         let ident = PingIdentifier(rand_ident());
@@ -108,18 +115,27 @@ impl Pinger {
         }
         let results = futures_util::future::join_all(tasks).await;
         let mut rtts = Vec::new();
+        let mut send_error = None;
         for r in results {
             match r {
                 Ok((_, rtt)) => rtts.push(rtt.as_secs_f64() * 1000.0),
                 Err(surge_ping::SurgeError::IOError(e))
                     if matches!(e.raw_os_error(), Some(libc::EPERM) | Some(libc::EACCES)) =>
                 {
-                    return Err(NotPermitted(e.to_string()));
+                    return Err(PingError::Send(e));
+                }
+                // Not dropped: with no reply at all, the error may be the
+                // reason (see `PingError::Send`).
+                Err(surge_ping::SurgeError::IOError(e)) => {
+                    send_error.get_or_insert(e);
                 }
                 Err(_) => {}
             }
         }
-        Ok(PingStats::from_rtts(count, &rtts))
+        match send_error {
+            Some(e) if rtts.is_empty() => Err(PingError::Send(e)),
+            _ => Ok(PingStats::from_rtts(count, &rtts)),
+        }
     }
 }
 

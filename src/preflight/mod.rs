@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, Worker};
+use crate::error_code::ErrorCode;
 use crate::netinfo::{self, LocalNet};
 
 /// pass / warn / fail, or skip when an earlier check made it moot.
@@ -57,6 +58,10 @@ pub struct Check {
     /// Ping figures, for the ping check.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub ping: Option<icmp::PingStats>,
+    /// What the UI does about it (e.g. `local_network_denied`: a link to
+    /// the macOS setting and "Try again").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<ErrorCode>,
 }
 
 impl Check {
@@ -69,6 +74,7 @@ impl Check {
             remedy: None,
             ms: None,
             ping: None,
+            code: None,
         }
     }
     pub fn remedy(mut self, r: impl Into<String>) -> Check {
@@ -81,6 +87,10 @@ impl Check {
     }
     pub fn ms(mut self, ms: f64) -> Check {
         self.ms = Some(ms);
+        self
+    }
+    pub fn code(mut self, code: Option<ErrorCode>) -> Check {
+        self.code = code;
         self
     }
 }
@@ -254,7 +264,8 @@ async fn check_host(
     let chain = async {
         let mut out = Vec::new();
         let connected =
-            match connect::connect(addr, Duration::from_millis(t.connect_timeout_ms)).await {
+            match connect::connect(addr, Duration::from_millis(t.connect_timeout_ms), locals).await
+            {
                 Ok(d) => {
                     let ms = d.as_secs_f64() * 1000.0;
                     out.push(
@@ -275,7 +286,8 @@ async fn check_host(
                             format!("port {}: {}", w.port, kind.describe()),
                         )
                         .detail(detail)
-                        .remedy(kind.remedy(w.kind, w.port)),
+                        .remedy(kind.remedy(w.kind, w.port))
+                        .code(kind.code()),
                     );
                     false
                 }
@@ -340,7 +352,9 @@ async fn check_host(
     };
     // Members are only pinged and connected to; their port may be closed by design.
     let (ping, (chain_checks, connected)) = tokio::join!(ping, chain);
-    checks.push(ping_check(ping, connected, t));
+    checks.push(ping_check(ping, connected, t, |e| {
+        connect::classify_with(e, ip, locals)
+    }));
     checks.extend(chain_checks);
     checks.push(subnet_check(ip, locals));
     if member.is_some()
@@ -354,17 +368,39 @@ async fn check_host(
     finish(w, host, member.is_some(), checks)
 }
 
+/// The ping check from the series' outcome; `classify` names a send error
+/// (macOS's Local Network denial is one).
 fn ping_check(
-    r: Result<icmp::PingStats, icmp::NotPermitted>,
+    r: Result<icmp::PingStats, icmp::PingError>,
     tcp_ok: bool,
     t: &Thresholds,
+    classify: impl FnOnce(&std::io::Error) -> connect::ConnectFailure,
 ) -> Check {
+    let mut send_detail = None;
     let s = match r {
-        Err(icmp::NotPermitted(e)) => {
+        Err(icmp::PingError::NoSocket(e)) => {
             return Check::new("ping", Status::Warn, "ICMP not permitted for this process")
                 .detail(e)
                 .remedy(icmp::permission_remedy());
         }
+        Err(icmp::PingError::Send(e)) => match classify(&e) {
+            f @ connect::ConnectFailure::LocalNetworkDenied => {
+                return Check::new("ping", Status::Fail, f.describe())
+                    .detail(e.to_string())
+                    .remedy(connect::LOCAL_NETWORK_FIX)
+                    .code(f.code());
+            }
+            connect::ConnectFailure::NotPermitted => {
+                return Check::new("ping", Status::Warn, "ICMP not permitted for this process")
+                    .detail(e.to_string())
+                    .remedy(icmp::permission_remedy());
+            }
+            // Nothing came back and sending failed: every echo is lost.
+            _ => {
+                send_detail = Some(e.to_string());
+                icmp::PingStats::from_rtts(t.ping_count, &[])
+            }
+        },
         Ok(s) => s,
     };
     let value = match (s.min_ms, s.avg_ms, s.max_ms) {
@@ -399,6 +435,7 @@ fn ping_check(
         ));
     }
     c.ping = Some(s);
+    c.detail = c.detail.or(send_detail);
     c
 }
 
@@ -513,4 +550,57 @@ pub fn save_last(r: &Report) -> std::io::Result<PathBuf> {
 pub fn load_last() -> Option<Report> {
     let text = std::fs::read(last_path()?).ok()?;
     serde_json::from_slice(&text).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use connect::ConnectFailure;
+
+    fn send(errno: i32) -> Result<icmp::PingStats, icmp::PingError> {
+        Err(icmp::PingError::Send(std::io::Error::from_raw_os_error(
+            errno,
+        )))
+    }
+
+    #[test]
+    fn a_ping_denied_by_local_network_privacy_fails_with_its_code_not_as_loss() {
+        let t = Thresholds::default();
+        let c = ping_check(send(libc::EHOSTUNREACH), false, &t, |_| {
+            ConnectFailure::LocalNetworkDenied
+        });
+        assert_eq!(c.status, Status::Fail);
+        assert_eq!(c.code, Some(ErrorCode::LocalNetworkDenied));
+        assert!(
+            c.remedy.as_deref().unwrap().contains("Local Network"),
+            "{c:?}"
+        );
+        assert!(!c.value.contains("loss"), "{c:?}");
+        // The code travels in the JSON the UI reads.
+        let json = serde_json::to_value(&c).unwrap();
+        assert_eq!(json["code"], "local_network_denied");
+    }
+
+    #[test]
+    fn other_send_errors_are_loss_with_the_error_kept() {
+        let t = Thresholds::default();
+        let c = ping_check(send(libc::EHOSTUNREACH), false, &t, |_| {
+            ConnectFailure::NoRoute
+        });
+        assert_eq!(c.status, Status::Fail);
+        assert_eq!(c.code, None);
+        assert!(c.value.contains("100% loss"), "{c:?}");
+        assert!(c.detail.is_some(), "{c:?}");
+        // EPERM off the local network: this process may not ping.
+        let c = ping_check(send(libc::EPERM), true, &t, |_| {
+            ConnectFailure::NotPermitted
+        });
+        assert_eq!(c.status, Status::Warn);
+        // A check without a code has no `code` in its JSON, and old reports
+        // without one still load.
+        let json = serde_json::to_value(&c).unwrap();
+        assert!(json.get("code").is_none());
+        let back: Check = serde_json::from_value(json).unwrap();
+        assert_eq!(back.code, None);
+    }
 }

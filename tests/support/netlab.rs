@@ -10,7 +10,6 @@
 //! Needs root; [`NetLab::available`] says why not when it cannot run.
 
 use std::net::{Ipv4Addr, SocketAddr};
-use std::os::fd::AsRawFd;
 use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -50,6 +49,9 @@ fn sh(args: &[&str]) -> Result<(), String> {
 
 /// Why namespace tests cannot run here, if they cannot.
 pub fn unavailable() -> Option<String> {
+    if !cfg!(target_os = "linux") {
+        return Some("network namespaces exist only on Linux".into());
+    }
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         return Some("not root: network-namespace tests need root (CI runs them as root)".into());
@@ -136,10 +138,7 @@ impl Host {
     pub fn inside<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
         let path = format!("/run/netns/{}", self.ns);
         std::thread::spawn(move || {
-            let file = std::fs::File::open(&path).expect("namespace file");
-            // SAFETY: setns on a valid namespace fd only changes this thread.
-            let rc = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
-            assert_eq!(rc, 0, "setns failed: {}", std::io::Error::last_os_error());
+            join_namespace(&path).expect("join the namespace");
             f()
         })
         .join()
@@ -206,6 +205,28 @@ impl Host {
         std::thread::spawn(move || echo_responder(sock, delay, stop));
         Ok(())
     }
+}
+
+/// Move this thread into the network namespace at `path`.
+#[cfg(target_os = "linux")]
+fn join_namespace(path: &str) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let file = std::fs::File::open(path)?;
+    // SAFETY: setns on a valid namespace fd only changes this thread.
+    if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Elsewhere there are no namespaces; [`unavailable`] keeps tests from
+/// getting here.
+#[cfg(not(target_os = "linux"))]
+fn join_namespace(_path: &str) -> std::io::Result<()> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::Unsupported,
+        "network namespaces exist only on Linux",
+    ))
 }
 
 impl Drop for Host {

@@ -12,7 +12,6 @@
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -158,6 +157,7 @@ fn die_with_parent(cmd: &mut Command) {
     #[cfg(target_os = "linux")]
     // SAFETY: prctl is async-signal-safe; nothing else runs between fork and exec.
     unsafe {
+        use std::os::unix::process::CommandExt;
         cmd.pre_exec(|| {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
                 return Err(std::io::Error::last_os_error());

@@ -2,7 +2,7 @@
 // like an LLM server as it is found, add one or all to the workers file.
 
 import { post } from '../api.js';
-import { act, errorBox, fill, h } from '../dom.js';
+import { act, errorBox, fill, h, localNetworkNote } from '../dom.js';
 import { kindName, ms } from '../format.js';
 import { loadState, on, state, trackJob } from '../state.js';
 import { startBalancer } from './balancer.js';
@@ -37,6 +37,8 @@ export function discoverPanel(life, { cidrField = true } = {}) {
   });
 
   const progress = h('p', { class: 'progress', role: 'status' });
+  const lan = h('div');
+  const again = () => startDiscovery(cidr.value.trim());
   const found = h('ul', { class: 'found', 'aria-label': 'Found servers' });
   const after = h('div', { class: 'slot' });
   const addAll = h('button', { type: 'button', text: 'Add all' });
@@ -58,6 +60,7 @@ export function discoverPanel(life, { cidrField = true } = {}) {
     const j = state.jobs.discover;
     run.disabled = j?.status === 'running';
     addAll.hidden = true;
+    fill(lan);
     if (!j) return fill(progress, 'Scans this Mac’s networks (or the CIDR you give) for LM Studio, Ollama, llama.cpp, MLX, vLLM and exo.');
     const p = j.progress;
     const r = j.result;
@@ -65,9 +68,11 @@ export function discoverPanel(life, { cidrField = true } = {}) {
       fill(progress, `Scanning… ${p ? `${p.done}${p.total ? ` of ${p.total}` : ''} probed, ` : ''}${j.found.length} found`);
     } else if (r) {
       fill(progress, `Scanned ${r.addresses} address(es) in ${ms(r.duration_ms)}: ${r.found.length} LLM server(s).`,
-        !r.found.length && h('span', { class: 'hint', text: ' Is each studio’s server running and serving on the local network (LM Studio: Developer > Serve on Local Network)?' }));
+        !r.found.length && !r.code && h('span', { class: 'hint', text: ' Is each studio’s server running and serving on the local network (LM Studio: Developer > Serve on Local Network)?' }));
+      // Some hosts answered, but macOS blocked the rest.
+      if (r.code === 'local_network_denied') fill(lan, localNetworkNote(again));
     } else fill(progress, j.status === 'cancelled' ? 'Discovery cancelled.' : '');
-    fill(errSlot, errorBox(j.error));
+    fill(errSlot, errorBox(j.error, again));
     const list = shownFound();
     fill(found, list.map((f) => {
       const done = configured(f);
@@ -87,6 +92,6 @@ export function discoverPanel(life, { cidrField = true } = {}) {
   life.push(on('job', onJob), on('workers', render), on('state', render), on('balancer', () => added && offerStart()));
   render();
   return h('section', { class: 'card discover', 'aria-label': 'Discover studios' },
-    h('h2', { text: 'Discover' }), form, errSlot, progress, found,
+    h('h2', { text: 'Discover' }), form, errSlot, progress, lan, found,
     h('div', { class: 'row end' }, addAll), after);
 }

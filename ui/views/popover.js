@@ -1,7 +1,7 @@
 // The menu-bar popover: start/stop, endpoint, studios at a glance, a
 // one-click preflight with its verdict inline, and the way to the dashboard.
 
-import { act, errorBox, fill, h, localNetworkNote } from '../dom.js';
+import { act, errorBox, fill, h, lanDenied, localNetworkNote } from '../dom.js';
 import { on, state } from '../state.js';
 import { balancerControls } from './balancer.js';
 import { discoverPanel } from './discover.js';
@@ -22,6 +22,7 @@ function preflightBlock(life) {
   run.addEventListener('click', () => act(run, slot, runPreflight));
   const line = h('p', { class: 'summary', role: 'status' });
   const failures = h('ul', { class: 'failures' });
+  const lan = h('div');
   const render = () => {
     const j = state.jobs.preflight;
     const running = j?.status === 'running';
@@ -31,15 +32,18 @@ function preflightBlock(life) {
     line.className = `summary ${report?.status === 'fail' ? 'bad' : report?.status === 'warn' ? 'wait' : report ? 'ok' : ''}`;
     // Only what needs attention: failed and warned checks with their fix.
     const bad = report ? shownHosts().flatMap((host) => host.checks.filter((c) => c.status === 'fail' || c.status === 'warn').map((c) => ({ host, c }))) : [];
+    // macOS's Local Network denial fails every check alike: one note with
+    // the way out, above the list.
+    fill(lan, lanDenied(bad.map((b) => b.c)) && localNetworkNote(runPreflight));
     fill(failures, bad.map(({ host, c }) => h('li', { class: c.status === 'fail' ? 'bad' : 'wait' },
       h('b', { text: `${host.worker} ${c.name}: ` }), c.value,
-      c.remedy && h('div', { class: 'fix', text: c.remedy }),
-      c.code === 'local_network_denied' && localNetworkNote())));
-    if (j?.error) fill(slot, errorBox(j.error));
+      // The note above says what to do about the denial.
+      c.remedy && !c.code && h('div', { class: 'fix', text: c.remedy }))));
+    if (j?.error) fill(slot, errorBox(j.error, runPreflight));
   };
   life.push(on('job', (j) => j.kind === 'preflight' && render()), on('state', render));
   render();
-  return h('section', { class: 'pop-preflight', 'aria-label': 'Preflight' }, h('div', { class: 'row' }, run, h('span', { class: 'grow' })), line, failures, slot);
+  return h('section', { class: 'pop-preflight', 'aria-label': 'Preflight' }, h('div', { class: 'row' }, run, h('span', { class: 'grow' })), line, lan, failures, slot);
 }
 
 export function mount(root, life) {

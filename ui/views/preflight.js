@@ -2,7 +2,7 @@
 // finish, each with its verdict, measured value, detail and fix.
 
 import { get, post } from '../api.js';
-import { act, badge, errorBox, fill, h, localNetworkNote } from '../dom.js';
+import { act, badge, errorBox, fill, h, lanDenied, localNetworkNote } from '../dom.js';
 import { checkStatus, ms } from '../format.js';
 import { on, state, trackJob } from '../state.js';
 
@@ -40,10 +40,10 @@ function checkItem(c) {
     badge(s.tone, s.word),
     h('span', { class: 'name', text: c.name }),
     h('span', { class: 'value', text: c.value }),
-    (c.detail || c.remedy || c.code) && h('div', { class: 'more' },
+    (c.detail || (c.remedy && !c.code)) && h('div', { class: 'more' },
       c.detail && h('p', { class: 'detail', text: c.detail }),
-      c.remedy && h('p', { class: 'fix' }, h('b', { text: 'Fix: ' }), c.remedy),
-      c.code === 'local_network_denied' && localNetworkNote()));
+      // The note above the hosts says what to do about the denial.
+      c.remedy && !c.code && h('p', { class: 'fix' }, h('b', { text: 'Fix: ' }), c.remedy)));
 }
 
 function hostCard(host) {
@@ -61,6 +61,7 @@ export function mount(root, life) {
   run.addEventListener('click', () => act(run, errSlot, runPreflight));
   const summary = h('p', { class: 'summary', role: 'status' });
   const hosts = h('div', { class: 'hosts' });
+  const lan = h('div');
 
   function render() {
     const j = state.jobs.preflight;
@@ -69,8 +70,11 @@ export function mount(root, life) {
     const report = running ? null : j?.result || state.lastPreflight;
     fill(summary, running ? 'Checking…' : report ? summaryLine(report) : 'No preflight yet: run one to check the network to every studio.');
     summary.className = `summary ${report ? checkStatus(report.status).tone : ''}`;
-    if (j?.error) fill(errSlot, errorBox(j.error));
-    fill(hosts, shownHosts().map(hostCard));
+    if (j?.error) fill(errSlot, errorBox(j.error, runPreflight));
+    const shown = shownHosts();
+    // One note for macOS's Local Network denial, above the hosts it fails.
+    fill(lan, lanDenied(shown.flatMap((x) => x.checks)) && localNetworkNote(runPreflight));
+    fill(hosts, shown.map(hostCard));
   }
   life.push(on('job', (j) => j.kind === 'preflight' && render()), on('state', render));
   render();
@@ -81,5 +85,5 @@ export function mount(root, life) {
   root.append(
     h('div', { class: 'row' }, h('h1', { class: 'grow', text: 'Preflight' }), run),
     h('p', { class: 'hint', text: 'Ping, port, server, model, a one-token completion and the subnet, for every enabled studio at once.' }),
-    errSlot, summary, hosts);
+    errSlot, summary, lan, hosts);
 }

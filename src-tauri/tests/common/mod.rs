@@ -122,6 +122,13 @@ impl Home {
         self.config_dir().join("baton/workers.json")
     }
 
+    /// The app's log file in this home (Linux: the data directory).
+    pub fn log_file(&self) -> PathBuf {
+        self.dir
+            .path()
+            .join(".local/share/baton/logs/baton-app.log")
+    }
+
     fn config_dir(&self) -> PathBuf {
         self.dir.path().join(".config")
     }
