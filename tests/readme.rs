@@ -31,14 +31,30 @@ const REPO: &str = env!("CARGO_MANIFEST_DIR");
 /// One command line of a `sh` block (continuation lines joined).
 #[derive(Debug, Clone)]
 struct Shown {
+    /// Which `sh` block (0, 1, ...): a command put in the background with
+    /// `&` runs until its block ends.
+    block: usize,
     line: usize,
     text: String,
     macos_only: bool,
 }
 
+impl Shown {
+    /// The command without a trailing comment.
+    fn command(&self) -> &str {
+        self.text.split("  #").next().unwrap_or(&self.text).trim()
+    }
+
+    /// `cmd &`: started, left running for the rest of its block.
+    fn background(&self) -> Option<&str> {
+        self.command().strip_suffix('&').map(str::trim)
+    }
+}
+
 /// The commands of every `sh` block of `readme`, in order.
 fn commands(readme: &str) -> Vec<Shown> {
     let mut out = Vec::new();
+    let mut blocks = 0;
     let mut in_sh = false;
     let mut macos_only = false;
     let mut pending: Option<(usize, String)> = None;
@@ -57,6 +73,7 @@ fn commands(readme: &str) -> Vec<Shown> {
         if line.starts_with("```") {
             in_sh = false;
             macos_only = false;
+            blocks += 1;
             continue;
         }
         let (start, mut text) = pending.take().unwrap_or((i + 1, String::new()));
@@ -70,6 +87,7 @@ fn commands(readme: &str) -> Vec<Shown> {
                 text.push_str(line.trim_start_matches(' '));
                 if !text.trim().is_empty() && !text.trim_start().starts_with('#') {
                     out.push(Shown {
+                        block: blocks,
                         line: start,
                         text,
                         macos_only,
@@ -94,6 +112,9 @@ enum How {
     Keychain,
     /// CI's own command: `.ci/run` must run it.
     CiItself,
+    /// The menu-bar app: run as written by the app's own tests, under a
+    /// display (`src-tauri/tests/readme.rs`).
+    AppSuite,
 }
 
 fn how(cmd: &str) -> How {
@@ -102,6 +123,8 @@ fn how(cmd: &str) -> How {
     let baton = has("baton") || cmd.contains("cargo run --release --");
     if cmd.trim() == "cargo test" || cmd.contains(".ci/run") {
         How::CiItself
+    } else if cmd.contains("-p baton-app") {
+        How::AppSuite
     } else if baton && has("dashboard") {
         How::Serves { ready: "/#token=" }
     } else if baton && has("serve") {
@@ -209,8 +232,16 @@ fn run_to_end(mut c: Command, limit: Duration) -> (Option<i32>, String) {
     (status.and_then(|s| s.code()), out)
 }
 
-/// A server command: ready, used, then stopped with Ctrl-C.
-async fn run_server(mut c: Command, ready: &str, shown: &Shown) {
+/// A server command that said it is ready, with what it printed so far.
+struct Running {
+    child: Child,
+    seen: Vec<String>,
+}
+
+/// Start a server command and wait until its output shows `ready`.
+fn start_server(mut c: Command, ready: &str, shown: &Shown) -> Running {
+    // Its own process group, so Ctrl-C reaches what sh started.
+    std::os::unix::process::CommandExt::process_group(&mut c, 0);
     c.stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child: Child = c.spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
@@ -237,7 +268,7 @@ async fn run_server(mut c: Command, ready: &str, shown: &Shown) {
                 let done = line.contains(ready);
                 seen.push(line);
                 if done {
-                    break;
+                    return Running { child, seen };
                 }
             }
             Err(_) => {
@@ -259,54 +290,56 @@ async fn run_server(mut c: Command, ready: &str, shown: &Shown) {
             }
         }
     }
-    // Used once: a streamed answer through whatever balancer it serves.
-    let served = seen.iter().any(|l| l.contains("http://127.0.0.1:8421/v1"))
-        || shown.text.contains("dashboard");
-    if served {
-        let body = support::chat_body(4, true);
-        let mut last = String::new();
-        let mut ok = false;
-        let t0 = Instant::now();
-        while !ok && t0.elapsed() < Duration::from_secs(10) {
-            match support::client()
-                .post("http://127.0.0.1:8421/v1/chat/completions")
-                .json(&body)
-                .send()
-                .await
-            {
-                Ok(r) if r.status() == 200 => {
-                    let text = r.text().await.unwrap_or_default();
-                    ok = support::parse_sse(&text).is_ok_and(|s| s.done && s.content_events() == 4);
-                    last = text;
-                }
-                Ok(r) => last = format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
-                Err(e) => last = e.to_string(),
+}
+
+/// A streamed answer through the balancer on the default address.
+async fn use_balancer(shown: &Shown, seen: &[String]) {
+    let body = support::chat_body(4, true);
+    let mut last = String::new();
+    let mut ok = false;
+    let t0 = Instant::now();
+    while !ok && t0.elapsed() < Duration::from_secs(10) {
+        match support::client()
+            .post("http://127.0.0.1:8421/v1/chat/completions")
+            .json(&body)
+            .send()
+            .await
+        {
+            Ok(r) if r.status() == 200 => {
+                let text = r.text().await.unwrap_or_default();
+                ok = support::parse_sse(&text).is_ok_and(|s| s.done && s.content_events() == 4);
+                last = text;
             }
-            if !ok {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            Ok(r) => last = format!("{} {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(e) => last = e.to_string(),
         }
-        assert!(
-            ok,
-            "README line {}: `{}` is ready but its balancer does not answer: {last}\n{}",
-            shown.line,
-            shown.text,
-            seen.join("\n")
-        );
+        if !ok {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
-    // Ctrl-C reaches the whole command (sh and what it started).
-    let pgid = child.id() as i32;
+    assert!(
+        ok,
+        "README line {}: `{}` is ready but its balancer does not answer: {last}\n{}",
+        shown.line,
+        shown.text,
+        seen.join("\n")
+    );
+}
+
+/// Ctrl-C to the command's process group; it must exit cleanly.
+fn stop(mut r: Running, shown: &Shown) {
+    let pgid = r.child.id() as i32;
     // SAFETY: signalling our own child's process group.
     unsafe {
         libc::kill(-pgid, libc::SIGINT);
     }
     let t0 = Instant::now();
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = r.child.try_wait().unwrap() {
             break s;
         }
         if t0.elapsed() > Duration::from_secs(15) {
-            let _ = child.kill();
+            let _ = r.child.kill();
             panic!(
                 "README line {}: `{}` did not stop within 15 s of Ctrl-C",
                 shown.line, shown.text
@@ -319,7 +352,7 @@ async fn run_server(mut c: Command, ready: &str, shown: &Shown) {
         "README line {}: `{}` ended with {status} after Ctrl-C:\n{}",
         shown.line,
         shown.text,
-        seen.join("\n")
+        r.seen.join("\n")
     );
 }
 
@@ -342,7 +375,7 @@ fn the_readme_commands_are_split_into_commands_and_synopses() {
         texts,
         [
             "baton serve   # serve",
-            "baton sim --count 3           --write-config w.json",
+            "baton sim --count 3  --write-config w.json",
             "codesign --verify X"
         ]
     );
@@ -379,25 +412,29 @@ async fn every_command_in_the_readme_runs_as_written() {
     let macos = std::fs::read_to_string(Path::new(REPO).join(".github/workflows/macos.yml"))
         .unwrap_or_default();
     let mut skipped = Vec::new();
+    // Commands put in the background with `&`, until their block ends.
+    let mut background: Vec<(Running, Shown)> = Vec::new();
     for s in &shown {
+        if background.first().is_some_and(|(_, b)| b.block != s.block) {
+            for (r, b) in background.drain(..) {
+                stop(r, &b);
+            }
+        }
         let t0 = Instant::now();
         if s.macos_only {
             assert!(
-                macos.contains(s.text.split(" #").next().unwrap().trim()),
+                macos.contains(s.command()),
                 "README line {}: `{}` is macOS-only but .github/workflows/macos.yml does not run it",
                 s.line,
                 s.text
             );
-            eprintln!(
-                "README line {}: `{}`: run by the macOS workflow",
-                s.line, s.text
-            );
+            eprintln!("README line {}: `{}`: run by the macOS workflow", s.line, s.text);
             continue;
         }
-        match how(&s.text) {
+        match how(s.command()) {
             How::CiItself => {
                 assert!(
-                    ci_runs(&s.text),
+                    ci_runs(s.command()),
                     "README line {}: `{}` should be what CI runs, but .ci/run does not run it",
                     s.line,
                     s.text
@@ -405,19 +442,36 @@ async fn every_command_in_the_readme_runs_as_written() {
                 eprintln!("README line {}: `{}`: CI's own command", s.line, s.text);
                 continue;
             }
-            How::Serves { ready } => {
-                let mut c = scratch.command(&s.text);
-                // Its own process group, so Ctrl-C reaches what sh started.
-                std::os::unix::process::CommandExt::process_group(&mut c, 0);
-                run_server(c, ready, s).await;
+            How::AppSuite => {
+                let suite = Path::new(REPO).join("src-tauri/tests/readme.rs");
+                assert!(
+                    std::fs::read_to_string(&suite).is_ok_and(|t| t.contains("-p baton-app")),
+                    "README line {}: `{}` must be run by the app's tests ({})",
+                    s.line,
+                    s.text,
+                    suite.display()
+                );
+                eprintln!("README line {}: `{}`: run by the app's tests", s.line, s.text);
+                continue;
             }
+            How::Serves { ready } => match s.background() {
+                Some(cmd) => {
+                    let r = start_server(scratch.command(cmd), ready, s);
+                    background.push((r, s.clone()));
+                }
+                None => {
+                    let r = start_server(scratch.command(s.command()), ready, s);
+                    let served = r.seen.iter().any(|l| l.contains("http://127.0.0.1:8421/v1"))
+                        || s.text.contains("dashboard");
+                    if served {
+                        use_balancer(s, &r.seen).await;
+                    }
+                    stop(r, s);
+                }
+            },
             How::InNamespace => {
                 if let Some(why) = support::netlab::unavailable() {
-                    assert!(
-                        !ci,
-                        "README line {}: namespaces are required under CI=true: {why}",
-                        s.line
-                    );
+                    assert!(!ci, "README line {}: namespaces are required under CI=true: {why}", s.line);
                     skipped.push(s.line);
                     eprintln!("SKIPPED: README line {}: `{}`: {why}", s.line, s.text);
                     continue;
@@ -429,13 +483,7 @@ async fn every_command_in_the_readme_runs_as_written() {
                     scratch.command_in(Some(&host.ns), &s.text),
                     Duration::from_secs(120),
                 );
-                assert_eq!(
-                    code,
-                    Some(0),
-                    "README line {}: `{}`:\n{out}",
-                    s.line,
-                    s.text
-                );
+                assert_eq!(code, Some(0), "README line {}: `{}`:\n{out}", s.line, s.text);
             }
             How::Keychain => {
                 let has_key = baton::secrets::balancer_key().ok().flatten().is_some();
@@ -448,32 +496,17 @@ async fn every_command_in_the_readme_runs_as_written() {
                     continue;
                 }
                 let (code, out) = run_to_end(scratch.command(&s.text), Duration::from_secs(60));
-                assert_eq!(
-                    code,
-                    Some(0),
-                    "README line {}: `{}`:\n{out}",
-                    s.line,
-                    s.text
-                );
+                assert_eq!(code, Some(0), "README line {}: `{}`:\n{out}", s.line, s.text);
             }
             How::Completes => {
-                let (code, out) =
-                    run_to_end(scratch.command(&s.text), Duration::from_secs(30 * 60));
-                assert_eq!(
-                    code,
-                    Some(0),
-                    "README line {}: `{}`:\n{out}",
-                    s.line,
-                    s.text
-                );
+                let (code, out) = run_to_end(scratch.command(&s.text), Duration::from_secs(30 * 60));
+                assert_eq!(code, Some(0), "README line {}: `{}`:\n{out}", s.line, s.text);
             }
         }
-        eprintln!(
-            "README line {}: `{}` ({:.1?})",
-            s.line,
-            s.text,
-            t0.elapsed()
-        );
+        eprintln!("README line {}: `{}` ({:.1?})", s.line, s.text, t0.elapsed());
+    }
+    for (r, b) in background.drain(..) {
+        stop(r, &b);
     }
     // What the key examples stored goes away again.
     for name in ["", "studio-1"] {
