@@ -156,11 +156,14 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
                 path.display(),
                 baton::engine::DEFAULT_SIMULATED
             );
-        } else if let Err(e) = baton::config::Config::load(&path) {
-            eprintln!("error: {e}");
-            return Ok(ExitCode::from(2));
+        } else {
+            if let Err(e) = baton::config::Config::load(&path) {
+                eprintln!("error: {e}");
+                return Ok(ExitCode::from(2));
+            }
+            // Only a file that exists: a missing default means "simulate".
+            opts.config_path = Some(path);
         }
-        opts.config_path = Some(path);
     }
     let engine = match follow::open(opts).await? {
         Ok(e) => e,
