@@ -65,6 +65,8 @@ pub(crate) struct Tracked {
 #[derive(Default)]
 struct Seen {
     retransmitted: Option<u64>,
+    /// Consecutive looks in which more bytes were retransmitted.
+    retransmitting_looks: u32,
     received: Option<u64>,
     /// When `received` last rose.
     heard_at: Option<Instant>,
@@ -86,12 +88,15 @@ impl Tracked {
         };
         let now = Instant::now();
         let mut seen = self.seen.lock().expect("seen lock");
-        if let (Some(before), Some(total)) = (seen.retransmitted, s.retransmitted_total)
-            && total > before
-        {
-            s.retransmits = s
-                .retransmits
-                .max(u32::try_from(total - before).unwrap_or(u32::MAX));
+        if let (Some(before), Some(total)) = (seen.retransmitted, s.retransmitted_total) {
+            // Counted in bytes there: each look (a quarter second apart or
+            // more) that saw more of them retransmitted counts as one.
+            seen.retransmitting_looks = if total > before && s.unacked {
+                seen.retransmitting_looks + 1
+            } else {
+                0
+            };
+            s.retransmits = s.retransmits.max(seen.retransmitting_looks);
         }
         seen.retransmitted = s.retransmitted_total;
         if let Some(total) = s.received_total {
@@ -116,8 +121,8 @@ pub(crate) struct Sample {
     pub unacked: bool,
     /// Retransmissions of those bytes without an acknowledgement since.
     pub retransmits: u32,
-    /// Cumulative retransmitted and received packets, where the platform
-    /// gives counters instead of times (macOS).
+    /// Cumulative retransmitted bytes and received packets, where the
+    /// platform gives counters instead of times (macOS).
     pub retransmitted_total: Option<u64>,
     pub received_total: Option<u64>,
     /// Keep-alive probes sent and not answered.
@@ -222,7 +227,7 @@ fn sample(sock: &Socket) -> Option<Sample> {
         established: ti.tcpi_state == TCPS_ESTABLISHED,
         unacked: ti.tcpi_snd_sbbytes > 0,
         retransmits: 0,
-        retransmitted_total: Some(ti.tcpi_txretransmitpackets),
+        retransmitted_total: Some(ti.tcpi_txretransmitbytes),
         received_total: Some(ti.tcpi_rxpackets),
         probes: 0,
         last_heard: None,
