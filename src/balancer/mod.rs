@@ -225,6 +225,53 @@ impl StatsSource {
     }
 }
 
+/// Holds studios still for HTTP requests of Baton's own while the balancer
+/// serves: a studio that answers one request at a time must get none while
+/// a request is inside it (it would wait behind the generation, or end it).
+#[derive(Clone)]
+pub struct Quiet(Arc<Shared>);
+
+/// Keeps one slot of a studio, so no request is routed to it; dropping it
+/// gives the slot back.
+pub struct QuietHold {
+    _slot: Option<pool::SlotGuard>,
+}
+
+impl Quiet {
+    /// Wait until `id` may be asked over HTTP: at once when it answers
+    /// HTTP while generating or takes no traffic; else until nothing is in
+    /// flight there (then one of its slots is held), at most `patience`.
+    pub async fn hold(&self, id: &str, patience: Duration) -> Result<QuietHold, String> {
+        let deadline = tokio::time::Instant::now() + patience;
+        loop {
+            let Some(w) = self
+                .0
+                .pool
+                .workers()
+                .into_iter()
+                .find(|w| w.id() == id && w.state().is_live())
+            else {
+                return Ok(QuietHold { _slot: None });
+            };
+            if w.serves_http_concurrently() || !matches!(w.state(), State::Ready | State::Draining)
+            {
+                return Ok(QuietHold { _slot: None });
+            }
+            if let Some(slot) = self.0.pool.try_claim_idle(&w) {
+                return Ok(QuietHold { _slot: Some(slot) });
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(format!(
+                    "the studio was answering requests for all of {}s and takes one at a time; \
+                     asking it now would wait behind them (or end one): run the preflight when it is idle",
+                    patience.as_secs()
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+}
+
 /// A running balancer. Dropping it stops the server.
 pub struct Balancer {
     shared: Arc<Shared>,
@@ -418,6 +465,12 @@ impl Balancer {
         self.shared.pool.dispatch();
         self.shared.changed();
         Ok(())
+    }
+
+    /// A cheap handle that holds studios still for Baton's own HTTP
+    /// requests (preflight's checks while serving).
+    pub fn quiet_handle(&self) -> Quiet {
+        Quiet(self.shared.clone())
     }
 
     /// A cheap handle that takes snapshots of this balancer's figures.

@@ -216,8 +216,11 @@ impl Engine {
                     });
                 }
             };
+            // While the balancer serves, its one-at-a-time studios are
+            // asked over HTTP only between requests.
+            let gate = engine.quiet_gate().await;
             let report = tokio::select! {
-                rep = preflight::run_observed(&config, &t, &on_host) => rep,
+                rep = preflight::run_observed(&config, &t, &on_host, gate.as_ref().map(|g| g as &dyn preflight::HttpGate)) => rep,
                 _ = r.cancel.cancelled() => { r.send(JobUpdate::Cancelled); return; }
             };
             // Kept for the dashboard and the benchmark: the latest as a
@@ -507,5 +510,157 @@ impl batch::Observer for BatchProgress {
                 label: None,
             });
         }
+    }
+}
+
+/// Preflight's HTTP checks through the running balancer: see
+/// [`crate::balancer::Quiet`].
+pub(super) struct QuietGate(crate::balancer::Quiet);
+
+/// How long preflight waits for a busy one-at-a-time studio to be idle.
+const QUIET_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
+
+impl preflight::HttpGate for QuietGate {
+    fn enter<'a>(
+        &'a self,
+        worker: &'a str,
+    ) -> std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Box<dyn Send + 'a>, String>> + Send + 'a>,
+    > {
+        Box::pin(async move {
+            self.0
+                .hold(worker, QUIET_PATIENCE)
+                .await
+                .map(|h| Box::new(h) as Box<dyn Send + 'a>)
+        })
+    }
+}
+
+impl Engine {
+    /// The gate preflight goes through while the balancer runs.
+    pub(super) async fn quiet_gate(&self) -> Option<QuietGate> {
+        self.inner
+            .running
+            .lock()
+            .await
+            .as_ref()
+            .map(|r| QuietGate(r.balancer.quiet_handle()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::{Options, WhenMissing};
+    use std::time::{Duration, Instant};
+
+    /// A studio that answers one request at a time (probes too) and ends a
+    /// stream when another request arrives, like llama-cpp-python.
+    fn single_threaded() -> crate::sim::SimConfig {
+        crate::sim::SimConfig {
+            kind: crate::studio::StudioKind::Openai,
+            slots: 1,
+            ttft: Duration::from_millis(20),
+            tokens_per_second: 20.0,
+            faults: crate::sim::Faults {
+                serial: true,
+                interrupt: true,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn preflight_while_serving_asks_a_busy_single_threaded_studio_only_between_requests() {
+        let sim = crate::sim::start("127.0.0.1:0".parse().unwrap(), single_threaded())
+            .await
+            .unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("workers.json");
+        let mut config = crate::config::Config {
+            workers: vec![crate::sim::worker_for("solo", &sim)],
+            ..Default::default()
+        };
+        config.balancer.listen = Some("127.0.0.1:0".parse().unwrap());
+        std::fs::write(&file, config.to_text()).unwrap();
+        let engine = Engine::open(Options {
+            config_path: Some(file),
+            when_missing: WhenMissing::FirstRun,
+            store_path: Some(dir.path().join("h.sqlite3")),
+            ..Options::default()
+        })
+        .await
+        .unwrap();
+        let url = engine.start_balancer().await.unwrap().url.unwrap();
+        let balancer_ready = Instant::now();
+        while engine
+            .workers()
+            .await
+            .iter()
+            .any(|w| w.status != crate::engine::WorkerStatus::Ready)
+        {
+            assert!(balancer_ready.elapsed() < Duration::from_secs(5));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // A two-second stream is inside the studio when the preflight starts.
+        let stream = tokio::spawn(async move {
+            let body = serde_json::json!({"model": crate::sim::DEFAULT_MODEL, "stream": true,
+                "max_tokens": 40, "messages": [{"role": "user", "content": "tell me"}]});
+            let r = reqwest::Client::new()
+                .post(format!("{url}/chat/completions"))
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            r.text().await.unwrap()
+        });
+        while sim.stats().active == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let id = engine.start_preflight(Thresholds::default()).unwrap();
+        let job = engine.wait(id).await.unwrap();
+        let text = stream.await.unwrap();
+        assert!(
+            text.contains("\"finish_reason\":\"length\"") && text.contains("[DONE]"),
+            "the stream was cut: {text}"
+        );
+        assert_eq!(sim.stats().interrupted, 0);
+        let Some(JobResult::Preflight(report)) = job.result else {
+            panic!("{job:?}")
+        };
+        let status = |name: &str| {
+            report.hosts[0]
+                .checks
+                .iter()
+                .find(|c| c.name == name)
+                .map(|c| c.status)
+        };
+        // Asked, and answered, once the stream was done.
+        assert_eq!(
+            status("models"),
+            Some(crate::preflight::Status::Pass),
+            "{report:?}"
+        );
+        assert_eq!(
+            status("completion"),
+            Some(crate::preflight::Status::Pass),
+            "{report:?}"
+        );
+        let log = sim.log();
+        for (i, a) in log.iter().enumerate() {
+            let end = a.ended_ms.expect("ended");
+            for b in &log[i + 1..] {
+                assert!(
+                    b.arrived_ms >= end,
+                    "{} {} arrived while {} {} was inside: {log:?}",
+                    b.method,
+                    b.path,
+                    a.method,
+                    a.path
+                );
+            }
+        }
+        engine.shutdown().await;
     }
 }

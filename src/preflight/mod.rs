@@ -167,15 +167,28 @@ impl Default for Thresholds {
 
 /// Preflight every enabled worker (and cluster member) in parallel.
 pub async fn run(config: &Config, t: &Thresholds) -> Report {
-    run_observed(config, t, &|_| {}).await
+    run_observed(config, t, &|_| {}, None).await
+}
+
+/// What holds a studio still while preflight asks it over HTTP: the running
+/// balancer, which lets no request of Baton's own reach a busy server that
+/// answers one request at a time (it would wait behind the generation, or
+/// end it). `enter` resolves to a guard to keep while asking, or why not.
+pub trait HttpGate: Sync {
+    fn enter<'a>(
+        &'a self,
+        worker: &'a str,
+    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Box<dyn Send + 'a>, String>> + Send + 'a>>;
 }
 
 /// [`run`], telling `on_host` about each host as soon as its checks are
-/// done (a black-holed studio does not hold back the others' results).
+/// done (a black-holed studio does not hold back the others' results), and
+/// asking each studio over HTTP only through `gate` when there is one.
 pub async fn run_observed(
     config: &Config,
     t: &Thresholds,
     on_host: &(dyn Fn(&HostReport) + Sync),
+    gate: Option<&dyn HttpGate>,
 ) -> Report {
     let started = Instant::now();
     let started_at = std::time::SystemTime::now()
@@ -194,7 +207,7 @@ pub async fn run_observed(
     let observed = |member| {
         let (pinger, client, locals) = (&pinger, &client, &locals);
         move |w| async move {
-            let h = check_host(w, member, t, apis, pinger, client, locals).await;
+            let h = check_host(w, member, t, apis, pinger, client, locals, gate).await;
             on_host(&h);
             h
         }
@@ -219,6 +232,7 @@ pub async fn run_observed(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn check_host(
     w: &Worker,
     member: Option<&String>,
@@ -227,6 +241,7 @@ async fn check_host(
     pinger: &icmp::Pinger,
     client: &reqwest::Client,
     locals: &[LocalNet],
+    gate: Option<&dyn HttpGate>,
 ) -> HostReport {
     let host = member.unwrap_or(&w.host).clone();
     let mut checks = Vec::new();
@@ -301,6 +316,19 @@ async fn check_host(
             }
             return (out, connected);
         }
+        // Held (when serving) until the HTTP checks are done.
+        let _held = match gate {
+            None => None,
+            Some(g) => match g.enter(&w.id).await {
+                Ok(h) => Some(h),
+                Err(why) => {
+                    for name in ["models", "model", "completion"] {
+                        out.push(Check::new(name, Status::Skip, format!("skipped: {why}")));
+                    }
+                    return (out, connected);
+                }
+            },
+        };
         let auth = w
             .api_key
             .as_ref()
