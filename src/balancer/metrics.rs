@@ -108,6 +108,10 @@ pub struct WorkerStats {
     /// It closes connections after streamed answers (learned), so streams
     /// get fresh ones.
     pub closes_after_stream: bool,
+    /// It answers HTTP while it generates (by its kind, or seen doing it):
+    /// Baton's own requests (probes, model lists) may reach it while busy.
+    #[serde(default)]
+    pub http_concurrent: bool,
     /// APIs the studio showed it has (`yes`) or lacks (`no`), by path.
     pub capabilities: std::collections::BTreeMap<String, super::worker::Capability>,
     /// Prompt tokens per second it prefilled (0 until seen).
@@ -181,6 +185,7 @@ fn worker_stats(w: &Arc<WorkerEntry>, total_successes: u64) -> WorkerStats {
         connections_opened: w.upstream.connects.load(Ordering::Relaxed),
         stale_retries: w.upstream.stale_retries.load(Ordering::Relaxed),
         closes_after_stream: w.upstream.closes_after_stream(),
+        http_concurrent: w.serves_http_concurrently(),
         capabilities: w.capabilities(),
         prefill_per_second: l.prefill_per_second,
         ewma_latency_ms: l.latency_ms,

@@ -663,4 +663,75 @@ mod tests {
         }
         engine.shutdown().await;
     }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_studio_seen_answering_while_it_streams_is_learned_to_serve_http_concurrently() {
+        // Two generic OpenAI servers (assumed one request at a time): one
+        // really is, the other runs two generations at once.
+        let serial = crate::sim::start("127.0.0.1:0".parse().unwrap(), {
+            let mut c = single_threaded();
+            c.slots = 2;
+            c
+        })
+        .await
+        .unwrap();
+        let parallel = crate::sim::start(
+            "127.0.0.1:0".parse().unwrap(),
+            crate::sim::SimConfig {
+                kind: crate::studio::StudioKind::Openai,
+                slots: 2,
+                ttft: Duration::from_millis(20),
+                tokens_per_second: 40.0,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        let mut config = crate::config::Config {
+            workers: vec![
+                crate::sim::worker_for("serial", &serial),
+                crate::sim::worker_for("parallel", &parallel),
+            ],
+            ..Default::default()
+        };
+        config.balancer.listen = Some("127.0.0.1:0".parse().unwrap());
+        let b = crate::balancer::Balancer::start(&config, None, None)
+            .await
+            .unwrap();
+        assert!(b.wait_all_ready(Duration::from_secs(5)).await);
+        let concurrent = |id: &str| {
+            b.stats()
+                .workers
+                .iter()
+                .find(|w| w.id == id)
+                .map(|w| w.http_concurrent)
+                .unwrap()
+        };
+        assert!(!concurrent("serial") && !concurrent("parallel"), "by kind");
+        // Overlapping streams on each studio.
+        let client = reqwest::Client::new();
+        let mut tasks = Vec::new();
+        for _ in 0..8 {
+            let (client, url) = (client.clone(), b.url());
+            tasks.push(tokio::spawn(async move {
+                let body = serde_json::json!({"model": crate::sim::DEFAULT_MODEL, "stream": true,
+                    "max_tokens": 12, "messages": [{"role": "user", "content": "go"}]});
+                client
+                    .post(format!("{url}/chat/completions"))
+                    .json(&body)
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap()
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        assert!(concurrent("parallel"), "{:?}", b.stats());
+        // The one-at-a-time studio never answered while it streamed.
+        assert!(!concurrent("serial"), "{:?}", b.stats());
+    }
 }
