@@ -521,7 +521,7 @@ pub fn diagnose(r: &BenchResult) -> Diagnosis {
 /// How to start a server of this kind, for a studio that refuses.
 fn start_hint(kind: &str) -> String {
     match kind.parse::<crate::studio::StudioKind>() {
-        Ok(k) => crate::preflight::connect::start_server_hint(k).to_string(),
+        Ok(k) => crate::studio::start_server_hint(k).to_string(),
         Err(_) => "start the server".to_string(),
     }
 }
