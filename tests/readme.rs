@@ -428,10 +428,7 @@ async fn every_command_in_the_readme_runs_as_written() {
                 s.line,
                 s.text
             );
-            eprintln!(
-                "README line {}: `{}`: run by the macOS workflow",
-                s.line, s.text
-            );
+            eprintln!("README line {}: `{}`: run by the macOS workflow", s.line, s.text);
             continue;
         }
         match how(s.command()) {
@@ -454,10 +451,7 @@ async fn every_command_in_the_readme_runs_as_written() {
                     s.text,
                     suite.display()
                 );
-                eprintln!(
-                    "README line {}: `{}`: run by the app's tests",
-                    s.line, s.text
-                );
+                eprintln!("README line {}: `{}`: run by the app's tests", s.line, s.text);
                 continue;
             }
             How::Serves { ready } => match s.background() {
@@ -467,10 +461,7 @@ async fn every_command_in_the_readme_runs_as_written() {
                 }
                 None => {
                     let r = start_server(scratch.command(s.command()), ready, s);
-                    let served = r
-                        .seen
-                        .iter()
-                        .any(|l| l.contains("http://127.0.0.1:8421/v1"))
+                    let served = r.seen.iter().any(|l| l.contains("http://127.0.0.1:8421/v1"))
                         || s.text.contains("dashboard");
                     if served {
                         use_balancer(s, &r.seen).await;
@@ -480,11 +471,7 @@ async fn every_command_in_the_readme_runs_as_written() {
             },
             How::InNamespace => {
                 if let Some(why) = support::netlab::unavailable() {
-                    assert!(
-                        !ci,
-                        "README line {}: namespaces are required under CI=true: {why}",
-                        s.line
-                    );
+                    assert!(!ci, "README line {}: namespaces are required under CI=true: {why}", s.line);
                     skipped.push(s.line);
                     eprintln!("SKIPPED: README line {}: `{}`: {why}", s.line, s.text);
                     continue;
@@ -496,13 +483,7 @@ async fn every_command_in_the_readme_runs_as_written() {
                     scratch.command_in(Some(&host.ns), &s.text),
                     Duration::from_secs(120),
                 );
-                assert_eq!(
-                    code,
-                    Some(0),
-                    "README line {}: `{}`:\n{out}",
-                    s.line,
-                    s.text
-                );
+                assert_eq!(code, Some(0), "README line {}: `{}`:\n{out}", s.line, s.text);
             }
             How::Keychain => {
                 let has_key = baton::secrets::balancer_key().ok().flatten().is_some();
@@ -515,32 +496,14 @@ async fn every_command_in_the_readme_runs_as_written() {
                     continue;
                 }
                 let (code, out) = run_to_end(scratch.command(&s.text), Duration::from_secs(60));
-                assert_eq!(
-                    code,
-                    Some(0),
-                    "README line {}: `{}`:\n{out}",
-                    s.line,
-                    s.text
-                );
+                assert_eq!(code, Some(0), "README line {}: `{}`:\n{out}", s.line, s.text);
             }
             How::Completes => {
-                let (code, out) =
-                    run_to_end(scratch.command(&s.text), Duration::from_secs(30 * 60));
-                assert_eq!(
-                    code,
-                    Some(0),
-                    "README line {}: `{}`:\n{out}",
-                    s.line,
-                    s.text
-                );
+                let (code, out) = run_to_end(scratch.command(&s.text), Duration::from_secs(30 * 60));
+                assert_eq!(code, Some(0), "README line {}: `{}`:\n{out}", s.line, s.text);
             }
         }
-        eprintln!(
-            "README line {}: `{}` ({:.1?})",
-            s.line,
-            s.text,
-            t0.elapsed()
-        );
+        eprintln!("README line {}: `{}` ({:.1?})", s.line, s.text, t0.elapsed());
     }
     for (r, b) in background.drain(..) {
         stop(r, &b);

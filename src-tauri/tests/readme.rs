@@ -41,10 +41,7 @@ async fn the_readme_command_for_the_app_starts_it_and_sigterm_quits_it() {
     }
     let _one = common::serial().await;
     let commands = app_commands();
-    assert!(
-        !commands.is_empty(),
-        "the README shows no command for the app"
-    );
+    assert!(!commands.is_empty(), "the README shows no command for the app");
     let real_home = PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| "/root".into()));
     for cmd in commands {
         common::step(&format!("README: `{cmd}`"));
@@ -97,10 +94,7 @@ async fn the_readme_command_for_the_app_starts_it_and_sigterm_quits_it() {
                 }
             }
             if let Ok(Some(s)) = child.try_wait() {
-                panic!(
-                    "`{cmd}` exited ({s}) before the app was up:\n{}",
-                    seen.join("\n")
-                );
+                panic!("`{cmd}` exited ({s}) before the app was up:\n{}", seen.join("\n"));
             }
             assert!(
                 t0.elapsed() < Duration::from_secs(20 * 60),
