@@ -91,7 +91,7 @@ impl Slots {
     /// The most requests it may be given at once.
     pub fn ceiling(self) -> u32 {
         match self {
-            Slots::Auto => crate::balancer::AUTO_CEILING,
+            Slots::Auto => crate::studio::AUTO_CEILING,
             Slots::Max(n) => n,
         }
     }

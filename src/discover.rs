@@ -15,8 +15,7 @@ use serde_json::Value;
 
 use crate::error_code::ErrorCode;
 use crate::netinfo;
-use crate::preflight::connect::{self, ConnectFailure, LOCAL_NETWORK_FIX};
-use crate::studio::{self, StudioKind};
+use crate::studio::{self, ConnectFailure, LOCAL_NETWORK_FIX, StudioKind};
 
 /// Ports probed by default: LM Studio, Ollama, llama.cpp / mlx_lm, vLLM, exo.
 pub const DEFAULT_PORTS: [u16; 5] = [1234, 11434, 8080, 8000, 52415];
@@ -257,7 +256,7 @@ pub async fn run(opts: &Options, progress: Option<Progress>) -> Result<Discovery
                     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(addr)).await
                     {
                         Ok(Ok(_)) => Probe::Open,
-                        Ok(Err(e)) => Probe::Failed(connect::classify_with(&e, addr.ip(), &locals)),
+                        Ok(Err(e)) => Probe::Failed(studio::classify_with(&e, addr.ip(), &locals)),
                         Err(_) => Probe::Failed(ConnectFailure::TimedOut),
                     };
                 let rtt = t0.elapsed();

@@ -10,6 +10,9 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
 
+// Whether a studio lacks an API is studio knowledge (preflight asks it too).
+pub(crate) use crate::studio::lacks_api;
+
 /// Which API family a request speaks: it decides the error shape, how a
 /// stream is framed and how a studio says it lacks the API.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -253,26 +256,6 @@ fn is_error_object(b: &[u8]) -> bool {
         || has_key_value(&b[..b.len().min(64)], b"\"object\"", b"\"error\"")
 }
 
-/// Does this answer say the studio lacks the API (not that it failed)?
-/// A 404 from any server, or LM Studio's 200 "Unexpected endpoint".
-pub(crate) fn lacks_api(status: StatusCode, body: &[u8]) -> bool {
-    let missing = status == StatusCode::NOT_FOUND || status == StatusCode::METHOD_NOT_ALLOWED;
-    // Only an error object can be LM Studio's "Unexpected endpoint".
-    let error_object = body.trim_ascii_start().starts_with(b"{")
-        && body.trim_ascii_start()[1..]
-            .trim_ascii_start()
-            .starts_with(b"\"error\"");
-    let unexpected = error_object && contains(body, b"Unexpected endpoint");
-    (missing || unexpected) && !mentions_model(body)
-}
-
-/// A 404 about a model (Ollama's `model 'x' not found`) is about the
-/// request, not the API.
-fn mentions_model(body: &[u8]) -> bool {
-    let lower: Vec<u8> = body.iter().map(u8::to_ascii_lowercase).collect();
-    contains(&lower, b"model") && !contains(&lower, b"unexpected endpoint")
-}
-
 /// Output tokens a whole answer reports: OpenAI's `usage.completion_tokens`,
 /// Anthropic's `usage.output_tokens`, Ollama's `eval_count`.
 fn output_tokens(b: &[u8]) -> Option<u64> {
@@ -475,20 +458,6 @@ mod tests {
             Api::OllamaChat.judge_whole(br#"{"done":true,"message":{},"eval_count":7}"#),
             Whole::Complete { tokens: Some(7) }
         );
-    }
-
-    #[test]
-    fn a_missing_api_is_told_from_a_missing_model() {
-        assert!(lacks_api(StatusCode::NOT_FOUND, b"404 page not found"));
-        assert!(lacks_api(
-            StatusCode::OK,
-            br#"{"error":"Unexpected endpoint or method. (POST /api/chat)"}"#
-        ));
-        assert!(!lacks_api(
-            StatusCode::NOT_FOUND,
-            br#"{"error":"model 'llama3' not found"}"#
-        ));
-        assert!(!lacks_api(StatusCode::BAD_REQUEST, b"bad"));
     }
 
     #[test]

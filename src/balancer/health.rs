@@ -45,8 +45,7 @@ use super::Shared;
 use super::liveness::Peer;
 use super::upstream::SendError;
 use super::worker::WorkerEntry;
-use crate::preflight::connect::ConnectFailure;
-use crate::studio::StudioKind;
+use crate::studio::{ConnectFailure, health_path};
 
 /// First wait before a half-open probe; doubles on each failed probe.
 const BACKOFF_START: Duration = Duration::from_millis(500);
@@ -689,19 +688,6 @@ enum Probe {
     Models,
     /// The model list and a one-token completion: readmission.
     Readmit,
-}
-
-/// The cheapest endpoint that says a studio of this kind is up.
-pub fn health_path(kind: StudioKind) -> &'static str {
-    match kind {
-        StudioKind::LlamaCpp | StudioKind::Vllm => "/health",
-        StudioKind::Ollama => "/api/version",
-        // LM Studio answers 200 to any path, MLX's /health says nothing
-        // of the model, exo has none: the model list is the honest check.
-        StudioKind::LmStudio | StudioKind::Mlx | StudioKind::Exo | StudioKind::Openai => {
-            "/v1/models"
-        }
-    }
 }
 
 type ProbeResult = Result<(Option<Vec<String>>, Duration), (Failure, String)>;

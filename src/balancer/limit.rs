@@ -29,8 +29,7 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-/// Ceiling for a studio declared `"auto"`.
-pub const AUTO_CEILING: u32 = 16;
+use crate::studio::AUTO_CEILING;
 
 /// A first token later than this many times the unloaded one (plus the
 /// slack) was queued: waiting for a slot costs a whole answer, far more

@@ -44,9 +44,8 @@ use crate::config::{BalancerSettings, Config, Worker};
 use pool::{Pool, QueueSettings};
 use worker::WorkerEntry;
 
-pub(crate) use answer::lacks_api;
-pub use health::{Failure, State, health_path};
-pub use limit::AUTO_CEILING;
+pub use crate::studio::{AUTO_CEILING, health_path};
+pub use health::{Failure, State};
 pub use metrics::{Snapshot, WorkerStats};
 pub use worker::Capability;
 

@@ -27,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::Semaphore;
 
 use super::liveness::{self, Tracked};
-use crate::preflight::connect::{ConnectFailure, classify_here};
+use crate::studio::{ConnectFailure, classify_here};
 
 pub(crate) type ReqBody = Full<Bytes>;
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 use serde_json::{Value, json};
 
 use super::load::{self, LoadReport, LoadSpec, RunOptions};
-use super::report::{ProbeRun, ServerSplit, StudioProbe, WorkerEvidence};
+use super::report::{ProbeRun, StudioProbe, TimeSplit, WorkerEvidence};
 use crate::config::Worker;
 use crate::studio::StudioKind;
 
@@ -257,7 +257,8 @@ async fn probe_one(c: &reqwest::Client, w: &Worker, s: &ProbeSettings) -> Studio
     p.timings = [p.first.as_ref(), p.single.as_ref().map(|r| &r.detail)]
         .into_iter()
         .flatten()
-        .find_map(|d| d.server.as_ref().map(|s| s.source.clone()));
+        .find_map(|d| d.server.as_ref().map(|s| s.source.clone()))
+        .flatten();
     p
 }
 
@@ -314,7 +315,7 @@ fn parse_vllm(text: &str) -> VllmMetrics {
 }
 
 /// The split over the requests between two readings of `/metrics`.
-pub fn vllm_split(before: &VllmMetrics, after: &VllmMetrics) -> Option<ServerSplit> {
+pub fn vllm_split(before: &VllmMetrics, after: &VllmMetrics) -> Option<TimeSplit> {
     let mean = |h: &str| {
         let (s1, n1) = after.get(h).copied()?;
         let (s0, n0) = before.get(h).copied().unwrap_or((0.0, 0.0));
@@ -329,15 +330,15 @@ pub fn vllm_split(before: &VllmMetrics, after: &VllmMetrics) -> Option<ServerSpl
     if requests == 0 {
         return None;
     }
-    Some(ServerSplit {
-        source: "vLLM /metrics".into(),
-        requests,
+    Some(TimeSplit {
+        source: Some("vLLM /metrics".into()),
+        requests: Some(requests),
         queue_ms: mean(VLLM_HISTOGRAMS[0]),
         prefill_ms: mean(VLLM_HISTOGRAMS[1]),
         decode_ms: mean(VLLM_HISTOGRAMS[2]),
         total_ms: mean(VLLM_HISTOGRAMS[3]),
         ttft_ms: mean(VLLM_HISTOGRAMS[4]),
-        ..ServerSplit::default()
+        ..TimeSplit::default()
     })
 }
 
@@ -373,7 +374,7 @@ mod tests {
             "vllm:request_queue_time_seconds_sum{model_name=\"m\"} 1.5\nvllm:request_queue_time_seconds_count{model_name=\"m\"} 4\nvllm:e2e_request_latency_seconds_sum{model_name=\"m\"} 8\nvllm:e2e_request_latency_seconds_count{model_name=\"m\"} 4\nvllm:e2e_request_latency_seconds_bucket{le=\"+Inf\",model_name=\"m\"} 4\n",
         );
         let s = vllm_split(&before, &after).unwrap();
-        assert_eq!(s.requests, 2);
+        assert_eq!(s.requests, Some(2));
         assert!((s.queue_ms.unwrap() - 250.0).abs() < 1e-9);
         assert!((s.total_ms.unwrap() - 2000.0).abs() < 1e-9);
         assert!(s.prefill_ms.is_none());

@@ -116,7 +116,7 @@ pub async fn run(a: DiscoverArgs) -> anyhow::Result<ExitCode> {
             println!(
                 "macOS Local Network privacy blocked {} connection(s): {}.",
                 d.denied,
-                baton::preflight::connect::LOCAL_NETWORK_FIX
+                baton::studio::LOCAL_NETWORK_FIX
             );
         }
         if !d.found.is_empty() {

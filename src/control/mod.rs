@@ -4,10 +4,12 @@
 //!
 //! - `security`: the per-install token, `Host` and `Origin` checks
 //! - `routes`: one small handler per route, the engine passed as state
+//! - `json`: request bodies through one extractor, and the one error answer
 //! - `sse`: the engine's events as a server-sent event stream
 //! - `assets`: the UI's files, embedded in release builds
 
 mod assets;
+mod json;
 mod routes;
 mod security;
 mod sse;

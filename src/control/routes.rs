@@ -12,13 +12,13 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
+use super::json::{Api, ApiError, JsonBody, bad_request};
 use super::security::{self, Guard};
 use super::{assets, sse};
 use crate::bench::report::BenchResult;
 use crate::discover::Found;
 use crate::engine::{BatchRequest, BenchRequest, DiscoverRequest, Engine, EngineError};
 use crate::preflight::Thresholds;
-use crate::store::StoreError;
 
 #[derive(Clone)]
 pub(super) struct App {
@@ -91,76 +91,6 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// An error answer: `{"error": {message, fix?, field?, code?}}`.
-struct ApiError(StatusCode, Value);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        (self.0, Json(self.1)).into_response()
-    }
-}
-
-impl From<EngineError> for ApiError {
-    fn from(e: EngineError) -> Self {
-        use crate::balancer::Error as B;
-        let status = match &e {
-            EngineError::Config(_) | EngineError::Invalid(_) => StatusCode::BAD_REQUEST,
-            EngineError::Balancer(B::NeedsApiKey(_) | B::AnyOriginNeedsApiKey) => {
-                StatusCode::BAD_REQUEST
-            }
-            EngineError::Balancer(B::Bind { .. }) => StatusCode::CONFLICT,
-            EngineError::UnknownWorker(_) | EngineError::UnknownJob(_) => StatusCode::NOT_FOUND,
-            EngineError::Balancer(B::UnknownWorker(_)) => StatusCode::NOT_FOUND,
-            EngineError::Busy(..) | EngineError::FileExists { .. } => StatusCode::CONFLICT,
-            EngineError::Secret(crate::secrets::SecretError::Refused(_)) => StatusCode::BAD_REQUEST,
-            EngineError::Store(StoreError::NoSuchRun(_)) => StatusCode::NOT_FOUND,
-            _ => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let j = e.to_job_error();
-        let mut err = json!({"message": j.message});
-        if let Some(f) = j.fix {
-            err["fix"] = f.into();
-        }
-        if let Some(f) = e.field() {
-            err["field"] = f.into();
-        }
-        if let Some(c) = j.code {
-            err["code"] = serde_json::to_value(c).unwrap_or_default();
-        }
-        ApiError(status, json!({ "error": err }))
-    }
-}
-
-impl From<StoreError> for ApiError {
-    fn from(e: StoreError) -> Self {
-        EngineError::from(e).into()
-    }
-}
-
-fn bad_request(message: &str, fix: &str) -> ApiError {
-    ApiError(
-        StatusCode::BAD_REQUEST,
-        json!({"error": {"message": message, "fix": fix}}),
-    )
-}
-
-type Api<T> = Result<T, ApiError>;
-
-/// The body as JSON, with a clear error when it is not.
-fn body<T: serde::de::DeserializeOwned>(raw: &axum::body::Bytes) -> Api<T> {
-    let text = if raw.iter().all(u8::is_ascii_whitespace) {
-        &b"{}"[..]
-    } else {
-        &raw[..]
-    };
-    serde_json::from_slice(text).map_err(|e| {
-        bad_request(
-            &format!("the request body is not what this route takes: {e}"),
-            "see docs/CONTROL_API.md for the fields",
-        )
-    })
-}
-
 fn accepted(job: u64) -> Response {
     (StatusCode::ACCEPTED, Json(json!({ "job": job }))).into_response()
 }
@@ -175,8 +105,7 @@ struct Listen {
     listen: Option<SocketAddr>,
 }
 
-async fn balancer_start(State(a): St, raw: axum::body::Bytes) -> Api<Response> {
-    let l: Listen = body(&raw)?;
+async fn balancer_start(State(a): St, JsonBody(l): JsonBody<Listen>) -> Api<Response> {
     if let Some(addr) = l.listen {
         a.engine.set_listen(addr).await?;
     }
@@ -187,8 +116,7 @@ async fn balancer_stop(State(a): St) -> Response {
     Json(a.engine.stop_balancer().await).into_response()
 }
 
-async fn balancer_listen(State(a): St, raw: axum::body::Bytes) -> Api<Response> {
-    let l: Listen = body(&raw)?;
+async fn balancer_listen(State(a): St, JsonBody(l): JsonBody<Listen>) -> Api<Response> {
     let addr = l.listen.ok_or_else(|| {
         bad_request(
             "no `listen` address given",
@@ -202,8 +130,7 @@ async fn workers(State(a): St) -> Response {
     Json(a.engine.workers().await).into_response()
 }
 
-async fn worker_add(State(a): St, raw: axum::body::Bytes) -> Api<Response> {
-    let w: Value = body(&raw)?;
+async fn worker_add(State(a): St, JsonBody(w): JsonBody<Value>) -> Api<Response> {
     let view = a.engine.add_worker(w).await?;
     Ok((StatusCode::CREATED, Json(view)).into_response())
 }
@@ -211,9 +138,8 @@ async fn worker_add(State(a): St, raw: axum::body::Bytes) -> Api<Response> {
 async fn worker_update(
     State(a): St,
     Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    JsonBody(w): JsonBody<Value>,
 ) -> Api<Response> {
-    let w: Value = body(&raw)?;
     Ok(Json(a.engine.update_worker(&id, w).await?).into_response())
 }
 
@@ -258,15 +184,13 @@ struct Key {
 async fn worker_key(
     State(a): St,
     Path(id): Path<String>,
-    raw: axum::body::Bytes,
+    JsonBody(k): JsonBody<Key>,
 ) -> Api<StatusCode> {
-    let k: Key = body(&raw)?;
     a.engine.set_worker_key(&id, &k.key).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
-async fn discover(State(a): St, raw: axum::body::Bytes) -> Api<Response> {
-    let req: DiscoverRequest = body(&raw)?;
+async fn discover(State(a): St, JsonBody(req): JsonBody<DiscoverRequest>) -> Api<Response> {
     Ok(accepted(a.engine.start_discover(req)?))
 }
 
@@ -276,18 +200,13 @@ struct Servers {
     servers: Vec<Found>,
 }
 
-async fn discover_add(State(a): St, raw: axum::body::Bytes) -> Api<Response> {
-    let s: Servers = body(&raw)?;
+async fn discover_add(State(a): St, JsonBody(s): JsonBody<Servers>) -> Api<Response> {
     let added = a.engine.add_found(&s.servers).await?;
     Ok(Json(json!({"added": added, "workers": a.engine.workers().await})).into_response())
 }
 
-async fn preflight(State(a): St, raw: axum::body::Bytes) -> Api<Response> {
-    let t: Thresholds = if raw.iter().all(u8::is_ascii_whitespace) {
-        Thresholds::default()
-    } else {
-        body(&raw)?
-    };
+async fn preflight(State(a): St, JsonBody(t): JsonBody<Thresholds>) -> Api<Response> {
+    // An empty body reads as `{}`: every threshold at its default.
     Ok(accepted(a.engine.start_preflight(t)?))
 }
 
@@ -301,8 +220,7 @@ async fn preflight_last(State(a): St) -> Api<Response> {
     }
 }
 
-async fn bench(State(a): St, raw: axum::body::Bytes) -> Api<Response> {
-    let req: BenchRequest = body(&raw)?;
+async fn bench(State(a): St, JsonBody(req): JsonBody<BenchRequest>) -> Api<Response> {
     Ok(accepted(a.engine.start_bench(req)?))
 }
 
@@ -428,8 +346,7 @@ async fn batch_presets() -> Api<Response> {
     Ok(Json(list).into_response())
 }
 
-async fn batch_start(State(a): St, raw: axum::body::Bytes) -> Api<Response> {
-    let req: BatchRequest = body(&raw)?;
+async fn batch_start(State(a): St, JsonBody(req): JsonBody<BatchRequest>) -> Api<Response> {
     Ok(accepted(a.engine.start_batch(req)?))
 }
 
@@ -467,8 +384,7 @@ struct Simulated {
     count: Option<usize>,
 }
 
-async fn setup_simulated(State(a): St, raw: axum::body::Bytes) -> Api<Response> {
-    let s: Simulated = body(&raw)?;
+async fn setup_simulated(State(a): St, JsonBody(s): JsonBody<Simulated>) -> Api<Response> {
     let n = s.count.unwrap_or(crate::engine::DEFAULT_SIMULATED);
     Ok(Json(a.engine.use_simulated(n).await?).into_response())
 }

@@ -11,11 +11,20 @@
 //! - `run`: what each job does, reporting through the bus
 //! - `live`: live figures and their one-minute history
 //! - `workers`: editing the workers file (validated, atomic, hot-reloaded)
+//! - `view`: what the UI is shown (the balancer, studios, all of it at once)
+//! - `simulated`: the built-in simulated pool
+//! - `error`: why the engine could not do something, and the fix
+//!
+//! This file is one concept at ~620 lines: the engine object itself
+//! (opening, the balancer's life, reloads); its parts live beside it.
 
+mod error;
 pub mod events;
 pub mod jobs;
 pub mod live;
 mod run;
+mod simulated;
+mod view;
 mod workers;
 
 use std::net::SocketAddr;
@@ -23,21 +32,22 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::balancer::{self, Balancer, State, WorkerStats};
-use crate::config::{Config, ConfigError};
-use crate::error_code::ErrorCode;
+use crate::balancer::{self, Balancer, State};
+use crate::config::Config;
 use crate::preflight::Report;
 use crate::sim::SimHandle;
 use crate::store::Store;
-use crate::studio::StudioKind;
 use events::{Bus, Event, Numbered};
-use jobs::{Job, JobError, JobId, Jobs};
+use jobs::{Job, JobId, Jobs};
 use live::{Live, LiveStats};
 
+pub use error::EngineError;
 pub use run::{BatchRequest, BenchRequest, DiscoverRequest};
+use simulated::simulated_pool;
+pub use simulated::{SimProfile, demo_studio, uniform_studio};
+pub use view::{BalancerStatus, ConfigInfo, EngineState, WorkerStatus, WorkerView};
 
 /// How many simulated studios stand in when there is no workers file.
 pub const DEFAULT_SIMULATED: usize = 3;
@@ -70,16 +80,6 @@ pub struct Options {
     pub sim_profile: SimProfile,
 }
 
-/// The built-in simulated pool.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum SimProfile {
-    /// Two bigger studios and a smaller one, so balancing shows (serve,
-    /// dashboard).
-    Mixed,
-    /// Identical studios, so a scaling sweep shows clean 1x/2x/3x (bench).
-    Uniform,
-}
-
 impl Default for Options {
     fn default() -> Self {
         Options {
@@ -92,158 +92,6 @@ impl Default for Options {
             sim_profile: SimProfile::Mixed,
         }
     }
-}
-
-/// Why the engine could not do something: what, and how to fix it.
-#[derive(Debug, thiserror::Error)]
-pub enum EngineError {
-    #[error("{0}")]
-    Config(#[from] ConfigError),
-    #[error("{0}")]
-    Balancer(#[from] balancer::Error),
-    #[error("no worker `{0}`\n  fix: check the id in the workers list")]
-    UnknownWorker(String),
-    #[error("no job {0}")]
-    UnknownJob(JobId),
-    #[error("a {0} is already running (job {1})\n  fix: wait for it, or cancel it first")]
-    Busy(&'static str, JobId),
-    #[error("{0}")]
-    Invalid(String),
-    #[error("{0}")]
-    Store(#[from] crate::store::StoreError),
-    #[error("{0}")]
-    Secret(#[from] crate::secrets::SecretError),
-    #[error(
-        "the workers file {} already exists{}; simulated studios are for a first run and never replace it\n  fix: add or edit studios in the Studios view; to try simulated studios, run `baton dashboard --simulate 3`, which leaves the file alone",
-        path.display(),
-        match workers { Some(n) => format!(" with {n} studio(s)"), None => String::new() }
-    )]
-    FileExists {
-        path: PathBuf,
-        /// How many studios it holds, when it loads.
-        workers: Option<usize>,
-    },
-    #[error("{0}")]
-    Other(String),
-}
-
-impl EngineError {
-    /// The error as the API and the UI show it.
-    pub fn to_job_error(&self) -> JobError {
-        let mut e = match self {
-            EngineError::Config(c) => JobError {
-                message: format!("{}: {}", c.json_path, c.problem)
-                    .trim_start_matches(": ")
-                    .to_string(),
-                fix: Some(c.fix.clone()),
-                code: None,
-            },
-            other => JobError::from_text(&other.to_string()),
-        };
-        e.code = match self {
-            EngineError::Balancer(
-                balancer::Error::NeedsApiKey(_) | balancer::Error::AnyOriginNeedsApiKey,
-            ) => Some(ErrorCode::NeedsApiKey),
-            EngineError::Secret(crate::secrets::SecretError::Denied(_)) => {
-                Some(ErrorCode::KeychainDenied)
-            }
-            EngineError::FileExists { .. } => Some(ErrorCode::WorkersFileExists),
-            _ => None,
-        };
-        e
-    }
-
-    /// The JSON path of the offending field, for validation errors.
-    pub fn field(&self) -> Option<&str> {
-        match self {
-            EngineError::Config(c) if !c.json_path.is_empty() => Some(&c.json_path),
-            _ => None,
-        }
-    }
-}
-
-/// The balancer as the UI shows it.
-#[derive(Clone, Debug, Serialize, PartialEq)]
-pub struct BalancerStatus {
-    pub running: bool,
-    /// `http://addr/v1` while running.
-    pub url: Option<String>,
-    pub listen: SocketAddr,
-    /// Listening on something other than loopback.
-    pub lan_exposed: bool,
-    pub api_key_set: bool,
-    /// Why the last start failed.
-    pub error: Option<String>,
-}
-
-/// A studio's status in the UI: its balancer state, or why it has none.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WorkerStatus {
-    Starting,
-    Ready,
-    Ejected,
-    Probing,
-    Draining,
-    Removed,
-    /// `enabled: false` in the file.
-    Disabled,
-    /// The balancer is not running.
-    Stopped,
-}
-
-impl From<State> for WorkerStatus {
-    fn from(s: State) -> Self {
-        match s {
-            State::Starting => WorkerStatus::Starting,
-            State::Ready => WorkerStatus::Ready,
-            State::Ejected => WorkerStatus::Ejected,
-            State::Probing => WorkerStatus::Probing,
-            State::Draining => WorkerStatus::Draining,
-            State::Removed => WorkerStatus::Removed,
-        }
-    }
-}
-
-/// A worker as in the file plus its live state. Its key is never included.
-#[derive(Clone, Debug, Serialize)]
-pub struct WorkerView {
-    pub id: String,
-    pub host: String,
-    pub port: u16,
-    #[serde(rename = "type")]
-    pub kind: StudioKind,
-    pub model: String,
-    pub max_concurrent_requests: crate::config::Slots,
-    pub enabled: bool,
-    pub weight: f64,
-    pub members: Vec<String>,
-    pub has_api_key: bool,
-    pub status: WorkerStatus,
-    pub live: Option<WorkerStats>,
-}
-
-/// Where the workers come from.
-#[derive(Clone, Debug, Serialize)]
-pub struct ConfigInfo {
-    /// The workers file (also when it does not exist yet).
-    pub path: Option<PathBuf>,
-    /// Built-in simulated studios are serving.
-    pub simulated: bool,
-    /// No workers file and nothing chosen yet.
-    pub first_run: bool,
-}
-
-/// Everything the dashboard shows, at once (`GET /api/state`).
-#[derive(Clone, Debug, Serialize)]
-pub struct EngineState {
-    pub version: String,
-    pub balancer: BalancerStatus,
-    pub config: ConfigInfo,
-    pub workers: Vec<WorkerView>,
-    pub stats: Option<LiveStats>,
-    pub last_preflight: Option<Report>,
-    pub jobs: Vec<Job>,
 }
 
 /// Where the pool's workers come from right now.
@@ -722,29 +570,6 @@ impl Engine {
     }
 }
 
-/// The demo pool: two bigger studios and a smaller one, so balancing shows.
-pub fn demo_studio(i: usize) -> crate::sim::SimConfig {
-    let (slots, tps) = if i % 3 == 2 { (2, 20.0) } else { (4, 40.0) };
-    crate::sim::SimConfig {
-        slots,
-        tokens_per_second: tps,
-        ttft: Duration::from_millis(200),
-        seed: i as u64 + 1,
-        ..crate::sim::SimConfig::default()
-    }
-}
-
-/// Identical studios, so the scaling sweep shows clean 1x/2x/3x.
-pub fn uniform_studio(i: usize) -> crate::sim::SimConfig {
-    crate::sim::SimConfig {
-        slots: 4,
-        tokens_per_second: 80.0,
-        ttft: Duration::from_millis(100),
-        seed: i as u64 + 1,
-        ..crate::sim::SimConfig::default()
-    }
-}
-
 fn empty_pool(path: PathBuf) -> Pool {
     Pool {
         config: Config {
@@ -755,25 +580,6 @@ fn empty_pool(path: PathBuf) -> Pool {
         source: Source::FirstRun(path),
         sims: Vec::new(),
     }
-}
-
-async fn simulated_pool(
-    n: usize,
-    path: Option<PathBuf>,
-    profile: SimProfile,
-) -> Result<Pool, EngineError> {
-    let studio = match profile {
-        SimProfile::Mixed => demo_studio,
-        SimProfile::Uniform => uniform_studio,
-    };
-    let (config, sims) = crate::sim::start_pool((0..n).map(studio).collect())
-        .await
-        .map_err(|e| EngineError::Other(format!("cannot start simulated studios: {e}")))?;
-    Ok(Pool {
-        config,
-        source: Source::Simulated { path },
-        sims,
-    })
 }
 
 /// While the balancer runs: publish worker state changes at once and live

@@ -277,7 +277,7 @@ pub async fn api(
             );
         }
     };
-    if crate::balancer::lacks_api(status, &body) {
+    if studio::lacks_api(status, &body) {
         Check::new(name, Status::Warn, format!("no {path}: {what} is not served here"))
             .remedy(format!(
                 "Baton sends {what} requests to the studios that have it; to serve it here, update the server ({})",

@@ -6,7 +6,7 @@
 //! Timeouts are bounded and checks run concurrently, so a black-holed host
 //! costs about two seconds, not a stack of TCP timeouts.
 
-pub mod connect;
+mod connect;
 mod http;
 pub mod icmp;
 
@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, Worker};
 use crate::error_code::ErrorCode;
 use crate::netinfo::{self, LocalNet};
+use crate::studio;
 
 /// pass / warn / fail, or skip when an earlier check made it moot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
@@ -381,7 +382,7 @@ async fn check_host(
     // Members are only pinged and connected to; their port may be closed by design.
     let (ping, (chain_checks, connected)) = tokio::join!(ping, chain);
     checks.push(ping_check(ping, connected, t, |e| {
-        connect::classify_with(e, ip, locals)
+        studio::classify_with(e, ip, locals)
     }));
     checks.extend(chain_checks);
     checks.push(subnet_check(ip, locals));
@@ -402,7 +403,7 @@ fn ping_check(
     r: Result<icmp::PingStats, icmp::PingError>,
     tcp_ok: bool,
     t: &Thresholds,
-    classify: impl FnOnce(&std::io::Error) -> connect::ConnectFailure,
+    classify: impl FnOnce(&std::io::Error) -> studio::ConnectFailure,
 ) -> Check {
     let mut send_detail = None;
     let s = match r {
@@ -412,13 +413,13 @@ fn ping_check(
                 .remedy(icmp::permission_remedy());
         }
         Err(icmp::PingError::Send(e)) => match classify(&e) {
-            f @ connect::ConnectFailure::LocalNetworkDenied => {
+            f @ studio::ConnectFailure::LocalNetworkDenied => {
                 return Check::new("ping", Status::Fail, f.describe())
                     .detail(e.to_string())
-                    .remedy(connect::LOCAL_NETWORK_FIX)
+                    .remedy(studio::LOCAL_NETWORK_FIX)
                     .code(f.code());
             }
-            connect::ConnectFailure::NotPermitted => {
+            studio::ConnectFailure::NotPermitted => {
                 return Check::new("ping", Status::Warn, "ICMP not permitted for this process")
                     .detail(e.to_string())
                     .remedy(icmp::permission_remedy());
@@ -583,7 +584,7 @@ pub fn load_last() -> Option<Report> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use connect::ConnectFailure;
+    use studio::ConnectFailure;
 
     fn send(errno: i32) -> Result<icmp::PingStats, icmp::PingError> {
         Err(icmp::PingError::Send(std::io::Error::from_raw_os_error(

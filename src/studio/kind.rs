@@ -1,13 +1,11 @@
-//! What Baton knows about a worker's server software.
-//!
-//! The kind decides which identifying endpoints a studio answers (used by
-//! discovery and preflight later) and which of them the balancer may probe.
+//! A worker's server software and what follows from it alone: its name in
+//! files, its default port, whether it answers while it generates, and its
+//! cheapest health endpoint.
 
 use std::fmt;
 use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 
 /// The server software a worker runs.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -115,53 +113,15 @@ impl FromStr for StudioKind {
     }
 }
 
-/// Ids from an OpenAI `{"data":[{"id":...}]}` model list; `None` if the
-/// body is not one (LM Studio answers 200 with an error object on paths it
-/// does not know, so a 200 alone proves nothing).
-pub fn parse_openai_models(body: &[u8]) -> Option<Vec<String>> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let data = v.get("data")?.as_array()?;
-    data.iter()
-        .map(|m| m.get("id").and_then(Value::as_str).map(str::to_string))
-        .collect()
-}
-
-/// LM Studio's `/api/v0/models`: `(id, state)` pairs, state such as
-/// `loaded` or `not-loaded`.
-pub fn parse_lmstudio_models(body: &[u8]) -> Option<Vec<(String, String)>> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let data = v.get("data")?.as_array()?;
-    data.iter()
-        .map(|m| {
-            let id = m.get("id")?.as_str()?.to_string();
-            let state = m
-                .get("state")
-                .and_then(Value::as_str)
-                .unwrap_or("unknown")
-                .to_string();
-            Some((id, state))
-        })
-        .collect()
-}
-
-/// Ollama's `/api/tags`: model names.
-pub fn parse_ollama_tags(body: &[u8]) -> Option<Vec<String>> {
-    let v: Value = serde_json::from_slice(body).ok()?;
-    let models = v.get("models")?.as_array()?;
-    models
-        .iter()
-        .map(|m| {
-            m.get("name")
-                .or_else(|| m.get("model"))
-                .and_then(Value::as_str)
-                .map(str::to_string)
-        })
-        .collect()
-}
-
-/// Whether `served` names `wanted`, allowing Ollama's implicit `:latest`.
-pub fn model_matches(served: &str, wanted: &str) -> bool {
-    served == wanted
-        || served.strip_suffix(":latest") == Some(wanted)
-        || wanted.strip_suffix(":latest") == Some(served)
+/// The cheapest endpoint that says a studio of this kind is up.
+pub fn health_path(kind: StudioKind) -> &'static str {
+    match kind {
+        StudioKind::LlamaCpp | StudioKind::Vllm => "/health",
+        StudioKind::Ollama => "/api/version",
+        // LM Studio answers 200 to any path, MLX's /health says nothing
+        // of the model, exo has none: the model list is the honest check.
+        StudioKind::LmStudio | StudioKind::Mlx | StudioKind::Exo | StudioKind::Openai => {
+            "/v1/models"
+        }
+    }
 }

@@ -1,0 +1,350 @@
+//! A closed-loop load runner: `concurrency` clients each send one streamed
+//! request after another for a fixed time (or count), on a monotonic clock.
+//!
+//! As in oha, the runner is apart from what it adds up:
+//! - this file: the spec, the clients' loop, the window, the report
+//! - `request`: one request and what its answer says (the HTTP client)
+//! - `tally`: histograms and per-studio evidence, per client, merged
+//! - `summary`: one level of the results file from one or more runs
+
+mod request;
+mod summary;
+mod tally;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use serde_json::Value;
+
+pub use request::{client, server_timings, worker_of};
+use tally::Tally;
+pub use tally::{RunEvidence, WorkerAcc};
+
+/// What to run.
+#[derive(Clone, Debug)]
+pub struct LoadSpec {
+    /// Full endpoint, e.g. `http://127.0.0.1:8421/v1/chat/completions`.
+    pub url: String,
+    /// Request body; `stream` decides how the answer is read.
+    pub body: Value,
+    pub concurrency: usize,
+    /// Stop starting requests after this long...
+    pub duration: Option<Duration>,
+    /// ...or after this many requests in total.
+    pub requests: Option<u64>,
+    pub api_key: Option<String>,
+    /// Prompts used in turn (each replaces the body's messages); empty =
+    /// the body as it is.
+    pub prompts: Vec<String>,
+    /// Tokens and completions before this point do not count toward the
+    /// steady-state window figures (needs `duration`).
+    pub warmup: Duration,
+}
+
+/// What one run measured.
+#[derive(Debug)]
+pub struct LoadReport {
+    pub elapsed: Duration,
+    pub ok: u64,
+    pub failed: u64,
+    /// Output tokens (content events, or `usage` when present).
+    pub tokens: u64,
+    /// End-to-end latency of successful requests, microseconds.
+    pub latency_us: Histogram<u64>,
+    /// Time to first non-empty content, microseconds.
+    pub ttft_us: Histogram<u64>,
+    /// Time per output token after the first, microseconds.
+    pub tpot_us: Histogram<u64>,
+    /// Successful requests per `x-baton-worker` header value.
+    pub per_worker: BTreeMap<String, u64>,
+    /// Failed requests per worker, where the answer named one.
+    pub per_worker_failed: BTreeMap<String, u64>,
+    /// Some answers carried no `usage`: token counts are counted chunks.
+    pub approximate_tokens: bool,
+    /// Successful requests inside the window, each counted by the fraction
+    /// of its duration that fell inside (so the figure does not jump with
+    /// whether a batch of answers ended just before or after the edge).
+    pub window_ok: f64,
+    /// The first few failure messages.
+    pub errors: Vec<String>,
+    /// Steady-state window `[warmup, duration]` (zero without a duration).
+    pub window: Duration,
+    /// Tokens that arrived inside the window, counted as they streamed in,
+    /// so requests cut by the window edges count for what they delivered.
+    pub window_tokens: u64,
+    /// Per-studio aggregates and a bounded sample of requests, for the
+    /// diagnosis.
+    pub evidence: RunEvidence,
+}
+
+impl LoadReport {
+    pub fn requests_per_second(&self) -> f64 {
+        self.ok as f64 / self.elapsed.as_secs_f64()
+    }
+    pub fn tokens_per_second(&self) -> f64 {
+        self.tokens as f64 / self.elapsed.as_secs_f64()
+    }
+    /// Steady-state output tokens/s: tokens that arrived inside the window.
+    /// Falls back to the whole run without a window.
+    pub fn window_tokens_per_second(&self) -> f64 {
+        if self.window.is_zero() {
+            self.tokens_per_second()
+        } else {
+            self.window_tokens as f64 / self.window.as_secs_f64()
+        }
+    }
+    /// Latency quantile in milliseconds.
+    pub fn latency_ms(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+    pub fn mean_latency_ms(&self) -> f64 {
+        self.latency_us.mean() / 1000.0
+    }
+    /// Steady-state requests/s: completions inside the window.
+    pub fn window_requests_per_second(&self) -> f64 {
+        if self.window.is_zero() {
+            self.requests_per_second()
+        } else {
+            self.window_ok / self.window.as_secs_f64()
+        }
+    }
+}
+
+/// Called after every request with (successes, failures) so far.
+pub type Progress = Arc<dyn Fn(u64, u64) + Send + Sync>;
+
+/// Run the load and report. Never panics on a failing endpoint: failures
+/// are counted and the first messages kept.
+pub async fn run(client: &reqwest::Client, spec: &LoadSpec) -> LoadReport {
+    run_observed(client, spec, None).await
+}
+
+/// The request bodies to cycle through.
+fn bodies(spec: &LoadSpec) -> Vec<bytes::Bytes> {
+    if spec.prompts.is_empty() {
+        return vec![bytes::Bytes::from(
+            serde_json::to_vec(&spec.body).expect("serializable body"),
+        )];
+    }
+    spec.prompts
+        .iter()
+        .map(|p| {
+            let mut b = spec.body.clone();
+            if b.get("prompt").is_some() {
+                b["prompt"] = Value::String(p.clone());
+            } else {
+                b["messages"] = serde_json::json!([{"role": "user", "content": p}]);
+            }
+            bytes::Bytes::from(serde_json::to_vec(&b).expect("serializable body"))
+        })
+        .collect()
+}
+
+/// [`run`], reporting progress as it goes. Dropping the future stops every
+/// client at once (the tasks live in a `JoinSet`). Each client keeps its
+/// own histograms, merged at the end, so clients never contend on a lock.
+pub async fn run_observed(
+    client: &reqwest::Client,
+    spec: &LoadSpec,
+    progress: Option<Progress>,
+) -> LoadReport {
+    run_with(
+        client,
+        spec,
+        RunOptions {
+            progress,
+            ..RunOptions::default()
+        },
+    )
+    .await
+}
+
+/// What a run can do besides the spec.
+#[derive(Clone, Default)]
+pub struct RunOptions {
+    pub progress: Option<Progress>,
+    /// At most this many requests on the wire at once, whatever the
+    /// concurrency, as HTTP client libraries cap their connections
+    /// (aiohttp's and httpx's default is 100). A client waits for a free
+    /// one before its clock starts; the wait is reported apart.
+    pub max_connections: Option<usize>,
+    /// Name every answer after this studio (a direct probe) instead of
+    /// reading Baton's `x-baton-worker` header.
+    pub worker: Option<String>,
+    /// A live count of requests on the wire, for whoever samples it.
+    pub in_flight: Option<Arc<AtomicU64>>,
+}
+
+/// [`run_observed`] with every option.
+pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOptions) -> LoadReport {
+    let progress = opts.progress.clone();
+    let gate = opts
+        .max_connections
+        .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
+    let named = opts.worker.clone();
+    let live = opts.in_flight.clone().unwrap_or_default();
+    let ok = Arc::new(AtomicU64::new(0));
+    let failed = Arc::new(AtomicU64::new(0));
+    let tokens = Arc::new(AtomicU64::new(0));
+    let issued = Arc::new(AtomicU64::new(0));
+    let window_tokens = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let window = spec.duration.map(|d| (spec.warmup.min(d), d));
+    let bodies = Arc::new(bodies(spec));
+    let seq = Arc::new(AtomicU64::new(0));
+    let stream = spec
+        .body
+        .get("stream")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    // Parsed once: reqwest takes a Url as is.
+    let url = match reqwest::Url::parse(&spec.url) {
+        Ok(u) => u,
+        Err(e) => {
+            let mut s = Tally::new();
+            s.errors.push(format!("bad URL {}: {e}", spec.url));
+            return report(start, &ok, &failed, &tokens, &window_tokens, window, s);
+        }
+    };
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..spec.concurrency.max(1) {
+        let (client, spec, url) = (client.clone(), spec.clone(), url.clone());
+        let (ok, failed, tokens, issued, bodies, seq, progress) = (
+            ok.clone(),
+            failed.clone(),
+            tokens.clone(),
+            issued.clone(),
+            bodies.clone(),
+            seq.clone(),
+            progress.clone(),
+        );
+        let (gate, named, live) = (gate.clone(), named.clone(), live.clone());
+        let counter = WindowCounter {
+            start,
+            window,
+            tokens: window_tokens.clone(),
+        };
+        tasks.spawn(async move {
+            let mut s = Tally::new();
+            loop {
+                if spec.duration.is_some_and(|d| start.elapsed() >= d) {
+                    break;
+                }
+                if let Some(n) = spec.requests
+                    && issued.fetch_add(1, Ordering::Relaxed) >= n
+                {
+                    break;
+                }
+                let body =
+                    bodies[seq.fetch_add(1, Ordering::Relaxed) as usize % bodies.len()].clone();
+                let waited = Instant::now();
+                let _permit = match &gate {
+                    Some(g) => g.clone().acquire_owned().await.ok(),
+                    None => None,
+                };
+                let t0 = Instant::now();
+                if gate.is_some() {
+                    s.evidence.waited(t0 - waited);
+                }
+                let sent_s = (t0 - start).as_secs_f64();
+                live.fetch_add(1, Ordering::Relaxed);
+                let result = request::one(&client, &spec, &url, body, stream, t0, &counter).await;
+                live.fetch_sub(1, Ordering::Relaxed);
+                let took = t0.elapsed();
+                s.evidence.record(&result, named.as_deref(), sent_s, took);
+                match result {
+                    Ok(o) => {
+                        ok.fetch_add(1, Ordering::Relaxed);
+                        tokens.fetch_add(o.tokens, Ordering::Relaxed);
+                        let latency = t0.elapsed();
+                        let in_window = counter.share(t0, latency);
+                        s.answered(o, latency, in_window, named.as_deref());
+                    }
+                    Err(f) => {
+                        failed.fetch_add(1, Ordering::Relaxed);
+                        s.failed(f, named.as_deref());
+                    }
+                }
+                if let Some(p) = &progress {
+                    p(ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+                }
+            }
+            s
+        });
+    }
+    let mut all = Tally::new();
+    while let Some(r) = tasks.join_next().await {
+        if let Ok(s) = r {
+            all.merge(s);
+        }
+    }
+    report(start, &ok, &failed, &tokens, &window_tokens, window, all)
+}
+
+fn report(
+    start: Instant,
+    ok: &AtomicU64,
+    failed: &AtomicU64,
+    tokens: &AtomicU64,
+    window_tokens: &AtomicU64,
+    window: Option<(Duration, Duration)>,
+    s: Tally,
+) -> LoadReport {
+    LoadReport {
+        elapsed: start.elapsed(),
+        ok: ok.load(Ordering::Relaxed),
+        failed: failed.load(Ordering::Relaxed),
+        tokens: tokens.load(Ordering::Relaxed),
+        latency_us: s.latency,
+        ttft_us: s.ttft,
+        tpot_us: s.tpot,
+        per_worker: s.per_worker,
+        per_worker_failed: s.per_worker_failed,
+        approximate_tokens: s.approximate,
+        window_ok: s.window_ok,
+        errors: s.errors,
+        window: window.map(|(a, b)| b - a).unwrap_or_default(),
+        window_tokens: window_tokens.load(Ordering::Relaxed),
+        evidence: s.evidence.ended(start.elapsed().as_secs_f64()),
+    }
+}
+
+/// Counts tokens that arrive inside the measurement window.
+struct WindowCounter {
+    start: Instant,
+    window: Option<(Duration, Duration)>,
+    tokens: Arc<AtomicU64>,
+}
+
+impl WindowCounter {
+    /// The fraction of a request (sent at `t0`, lasting `d`) inside the window.
+    fn share(&self, t0: Instant, d: Duration) -> f64 {
+        let Some((from, to)) = self.window else {
+            return 1.0;
+        };
+        let begin = t0.saturating_duration_since(self.start);
+        let end = begin + d;
+        let overlap = end.min(to).saturating_sub(begin.max(from));
+        if d.is_zero() {
+            f64::from(u8::from(begin >= from && begin < to))
+        } else {
+            overlap.as_secs_f64() / d.as_secs_f64()
+        }
+    }
+
+    fn token(&self) {
+        if let Some((from, to)) = self.window {
+            let t = self.start.elapsed();
+            if t >= from && t < to {
+                self.tokens.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
