@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 
-use baton_macros::omit_none;
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use super::TimeSplit;
 
@@ -61,7 +61,7 @@ impl Severity {
 }
 
 /// One thing found.
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Finding {
     pub cause: Cause,
@@ -78,7 +78,7 @@ pub struct Finding {
 }
 
 /// One step of the waterfall from the studios' sum to the pool.
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct WaterfallStep {
     pub label: String,
@@ -91,7 +91,7 @@ pub struct WaterfallStep {
 }
 
 /// The verdict on a run.
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Diagnosis {
     /// `no problem found`, or how many problems and which.

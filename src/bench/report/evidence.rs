@@ -3,8 +3,8 @@
 
 use std::collections::BTreeMap;
 
-use baton_macros::omit_none;
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use super::{HostUsage, TimeSplit};
 
@@ -14,7 +14,7 @@ fn is_zero(n: &u64) -> bool {
 
 /// Everything measured for the diagnosis, kept small: aggregates per studio
 /// and level, and a bounded sample of single requests.
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Evidence {
     /// Every studio of the pool, as configured and as preflight saw it
@@ -36,7 +36,7 @@ pub struct Evidence {
 }
 
 /// One studio as configured, and what preflight measured of it.
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StudioFacts {
     pub worker: String,
@@ -52,7 +52,7 @@ pub struct StudioFacts {
 }
 
 /// The figures of a studio's preflight the diagnosis uses.
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct PreflightFacts {
     /// `pass`, `warn` or `fail`.
@@ -80,7 +80,7 @@ pub struct PreflightFacts {
 /// A studio measured alone and directly, on the API that reports its own
 /// timings (LM Studio's `/api/v0`, Ollama's `/api/chat`, llama.cpp's
 /// `timings`, vLLM's `/metrics`).
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct StudioProbe {
     pub worker: String,
@@ -131,7 +131,7 @@ pub struct Stat {
 
 /// One studio's part of a run, from the client's side, with the studio's
 /// own timings where it reports them.
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct WorkerEvidence {
     pub ok: u64,
@@ -164,7 +164,7 @@ pub struct WorkerEvidence {
 }
 
 /// One request, as the load runner saw it (a bounded sample is kept).
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct RequestSample {
     pub worker: String,
@@ -182,7 +182,7 @@ pub struct RequestSample {
 }
 
 /// One concurrency level's evidence.
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LevelEvidence {
     pub concurrency: usize,
@@ -226,7 +226,7 @@ pub struct BatonSample {
 }
 
 /// One studio's balancer counters over a level.
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct BalancerDelta {
     pub requests: u64,

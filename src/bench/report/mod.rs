@@ -7,7 +7,7 @@
 //! This folder is the file's schema and nothing else: the types as they
 //! are written and read, for the runner to fill in and the diagnosis to
 //! read (neither is imported here). An absent figure is an absent key,
-//! never `null` ([`omit_none`]); old files must keep parsing, and key names
+//! never `null` ([`skip_serializing_none`]); old files must keep parsing, and key names
 //! and their order are kept byte for byte (see the tests in `split`).
 //!
 //! - this file: the run, its settings, and the two tables
@@ -18,8 +18,8 @@
 
 use std::collections::BTreeMap;
 
-use baton_macros::omit_none;
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 mod diagnosis;
 mod evidence;
@@ -33,7 +33,7 @@ pub use evidence::{
 pub use split::TimeSplit;
 
 /// A whole benchmark run.
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BenchResult {
     pub baton_version: String,
@@ -66,7 +66,7 @@ pub struct BenchResult {
     pub diagnosis: Option<Diagnosis>,
 }
 
-#[omit_none]
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct Settings {
     pub model: String,
