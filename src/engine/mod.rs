@@ -10,12 +10,14 @@
 //! - `jobs`: preflight, discover, bench and batch as cancellable jobs
 //! - `run`: what each job does, reporting through the bus
 //! - `live`: live figures and their one-minute history
+//! - `watch`: studios' state changes and live figures onto the bus
 //! - `workers`: editing the workers file (validated, atomic, hot-reloaded)
 
 pub mod events;
 pub mod jobs;
 pub mod live;
 mod run;
+mod watch;
 mod workers;
 
 use std::net::SocketAddr;
@@ -496,9 +498,9 @@ impl Engine {
             }
         };
         let watcher = CancellationToken::new();
-        tokio::spawn(watch(
+        tokio::spawn(watch::watch(
             self.inner.clone(),
-            balancer.subscribe_changes(),
+            balancer.subscribe_transitions(),
             balancer.stats_source(),
             watcher.clone(),
         ));
@@ -774,45 +776,4 @@ async fn simulated_pool(
         source: Source::Simulated { path },
         sims,
     })
-}
-
-/// While the balancer runs: publish worker state changes at once and live
-/// figures when they change (at most every [`live::TICK`]).
-async fn watch(
-    inner: Arc<Inner>,
-    mut changes: tokio::sync::watch::Receiver<u64>,
-    stats: balancer::StatsSource,
-    stop: CancellationToken,
-) {
-    let mut states: std::collections::HashMap<String, State> = Default::default();
-    let mut tick = tokio::time::interval(live::TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            r = changes.changed() => if r.is_err() { return },
-        }
-        let snap = stats.snapshot();
-        let mut state_changed = false;
-        for w in &snap.workers {
-            let previous = states.insert(w.id.clone(), w.state);
-            if let Some(p) = previous
-                && p != w.state
-            {
-                state_changed = true;
-                inner.bus.publish(Event::WorkerState {
-                    id: w.id.clone(),
-                    state: w.state,
-                    previous: p,
-                    reason: w.ejected_for,
-                    detail: w.last_error.clone(),
-                });
-            }
-        }
-        if let Some(s) = inner.live.observe(&snap) {
-            inner.bus.publish(Event::Stats(s));
-        }
-        let _ = state_changed;
-    }
 }
