@@ -11,6 +11,7 @@
 //! an error after it would never be seen).
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -193,6 +194,7 @@ impl Relay {
         };
         let mut out: Option<BytesMut> = None;
         let mut start = 0;
+        let events_before = self.events;
         for end in event_ends(&whole, delim) {
             let event = &whole[start..end];
             if self.framing == Framing::Sse && answer::is_done(event) {
@@ -217,6 +219,15 @@ impl Relay {
                 }
             }
             start = end;
+        }
+        // Counted as they stream, so live rates move with the answer (a
+        // complete answer takes back its role, finish and usage events).
+        let new = self.events - events_before;
+        if new > 0 {
+            self.worker()
+                .counters
+                .tokens
+                .fetch_add(new, Ordering::Relaxed);
         }
         self.learn_rate();
         let bytes = match out {
@@ -306,5 +317,64 @@ impl Drop for Relay {
             // the generation) and the slot frees now.
             attempt.settle(Ending::Cancelled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use crate::balancer::Balancer;
+    use crate::config::Config;
+    use crate::sim::{self, SimConfig};
+
+    /// The per-studio token counter (`/stats`, the live tokens/s) rises
+    /// while an answer streams, and a complete answer counts its tokens
+    /// once: its role and finish events are not tokens.
+    #[tokio::test]
+    async fn a_streamed_answer_counts_its_tokens_as_they_stream_and_once() {
+        let studio = sim::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SimConfig {
+                ttft: Duration::from_millis(20),
+                tokens_per_second: 100.0,
+                ..SimConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let config = Config {
+            workers: vec![sim::worker_for("s", &studio)],
+            ..Default::default()
+        };
+        let b = Balancer::start(&config, Some("127.0.0.1:0".parse().unwrap()), None)
+            .await
+            .unwrap();
+        assert!(b.wait_ready(Duration::from_secs(5)).await);
+        let tokens = || b.stats().workers[0].tokens;
+        let body = serde_json::json!({
+            "model": sim::DEFAULT_MODEL, "stream": true, "max_tokens": 40,
+            "messages": [{"role": "user", "content": "count"}],
+        });
+        let mut resp = reqwest::Client::new()
+            .post(format!("{}/chat/completions", b.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        // Events are counted before they are passed on: what the client
+        // has seen midway is counted already.
+        let mut seen = 0;
+        while seen < 8 {
+            let chunk = resp.chunk().await.unwrap().expect("the answer goes on");
+            seen += chunk.windows(5).filter(|w| w == b"data:").count() as u64;
+        }
+        let midway = tokens();
+        assert!(midway >= seen, "{midway} counted after {seen} events");
+        while resp.chunk().await.unwrap().is_some() {}
+        // Role + 40 tokens + finish, less the 3 events that may not be tokens.
+        assert_eq!(tokens(), 39);
     }
 }
