@@ -389,3 +389,101 @@ pub(crate) fn apply(w: &WorkerEntry, change: Change<'_>, signal: &Signal) -> Opt
     }
     Some(t)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::balancer::pool::{Pool, QueueSettings};
+    use crate::config::{Slots, Strategy, Worker};
+    use crate::studio::StudioKind;
+
+    fn pool_with_one() -> (Arc<Pool>, Arc<WorkerEntry>) {
+        let pool = Pool::new(QueueSettings {
+            limit: 10,
+            timeout: Duration::from_secs(1),
+            strategy: Strategy::LeastTime,
+        });
+        let w = Arc::new(WorkerEntry::new(
+            Worker {
+                id: "s1".into(),
+                host: "127.0.0.1".into(),
+                port: 1,
+                kind: StudioKind::Openai,
+                model: "m".into(),
+                max_concurrent_requests: Slots::Max(1),
+                enabled: true,
+                weight: 1.0,
+                api_key: None,
+                members: vec![],
+            },
+            None,
+        ));
+        pool.add(w.clone());
+        (pool, w)
+    }
+
+    fn eject(dead: bool) -> Change<'static> {
+        Change::Eject {
+            reason: Failure::Connect,
+            detail: "connection refused",
+            dead,
+        }
+    }
+
+    #[test]
+    fn every_change_is_announced_in_order_even_a_quick_one_and_back() {
+        let (pool, w) = pool_with_one();
+        let mut rx = pool.signal().transitions();
+        pool.transition(&w, Change::Admit);
+        pool.transition(&w, eject(false));
+        pool.transition(&w, Change::Probe);
+        pool.transition(&w, Change::Admit);
+        let seen: Vec<Transition> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        let steps: Vec<(State, State)> = seen.iter().map(|t| (t.from, t.to)).collect();
+        assert_eq!(
+            steps,
+            [
+                (State::Starting, State::Ready),
+                (State::Ready, State::Ejected),
+                (State::Ejected, State::Probing),
+                (State::Probing, State::Ready),
+            ]
+        );
+        // Out: why, and what was seen; back in: nothing held against it.
+        assert_eq!(seen[1].reason, Some(Failure::Connect));
+        assert_eq!(seen[1].detail.as_deref(), Some("connection refused"));
+        assert_eq!(seen[2].reason, Some(Failure::Connect));
+        assert_eq!((seen[3].reason, seen[3].detail.clone()), (None, None));
+        assert!(seen.iter().all(|t| t.id == "s1"));
+    }
+
+    #[test]
+    fn a_change_the_state_no_longer_allows_is_refused_and_not_announced() {
+        let (pool, w) = pool_with_one();
+        pool.transition(&w, Change::Admit);
+        pool.transition(&w, Change::Remove);
+        let mut rx = pool.signal().transitions();
+        // A request that failed on it a moment ago does not bring it back.
+        assert_eq!(pool.transition(&w, eject(true)), None);
+        assert_eq!(pool.transition(&w, Change::Admit), None);
+        assert_eq!(pool.transition(&w, Change::Drain(false)), None);
+        assert_eq!(w.state(), State::Removed);
+        assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_studio_found_dead_while_out_frees_its_waiters_without_a_new_transition() {
+        let (pool, w) = pool_with_one();
+        pool.transition(&w, Change::Admit);
+        let dead = w.health.dead.subscribe();
+        pool.transition(&w, eject(false));
+        assert!(!dead.has_changed().unwrap(), "slow is not dead");
+        let mut rx = pool.signal().transitions();
+        assert_eq!(pool.transition(&w, eject(true)), None);
+        assert!(dead.has_changed().unwrap());
+        assert!(rx.try_recv().is_err());
+        assert_eq!(w.counters.ejections(Failure::Connect), 1);
+    }
+}
