@@ -8,9 +8,9 @@
 //! - the end ([`Attempt::settle`], the one place an end is settled, for
 //!   whole answers in `proxy` and streamed ones in `relay` alike): the
 //!   studio's health, its learned speed, the metrics, the connection (back
-//!   to the pool only after a whole exchange; closed otherwise, which also
-//!   ends a generation nobody reads) and, last, the slot, so the request it
-//!   goes to next is routed on what this one taught.
+//!   to the pool only after a whole exchange, discarded otherwise) and,
+//!   last, the slot, so the request it goes to next is routed on what this
+//!   one taught.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -189,9 +189,9 @@ impl Attempt {
     /// when it was answered (or its client left).
     pub fn settle(mut self, ending: Ending) -> Option<Verdict> {
         let w = self.slot.worker.clone();
-        // The connection goes back only after a whole exchange; otherwise
-        // it closes now, before the slot frees, so a one-at-a-time studio
-        // stops generating for nobody before it gets the next request.
+        // The connection goes back to the pool only after a whole exchange:
+        // any other ending leaves it mid-answer, so it is discarded (and
+        // closes once the answer's body is dropped too).
         let conn = self.conn.take();
         match (&ending, conn) {
             (Ending::Complete(_) | Ending::ClientError | Ending::Lacks(_), Some(c)) => {
