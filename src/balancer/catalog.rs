@@ -13,7 +13,8 @@ use serde_json::{Value, json};
 
 use super::Shared;
 use super::answer::Family;
-use super::health::{self, State as WState};
+use super::probe;
+use super::state::State as WState;
 use super::worker::WorkerEntry;
 
 type St = State<Arc<Shared>>;
@@ -22,7 +23,7 @@ type St = State<Arc<Shared>>;
 const LIST_TIMEOUT: Duration = Duration::from_secs(2);
 
 fn ready(s: &Shared) -> Vec<Arc<WorkerEntry>> {
-    s.pool
+    s.pool()
         .workers()
         .into_iter()
         .filter(|w| w.state() == WState::Ready)
@@ -32,7 +33,7 @@ fn ready(s: &Shared) -> Vec<Arc<WorkerEntry>> {
 /// Every model any live worker serves, and the aliases, sorted.
 pub(super) fn known_models(s: &Shared) -> Vec<String> {
     let mut all: Vec<String> = s
-        .pool
+        .pool()
         .workers()
         .iter()
         .filter(|w| w.state().is_live())
@@ -83,9 +84,9 @@ async fn ask_all(s: &Shared, path: &str) -> Vec<(Arc<WorkerEntry>, Value)> {
         .into_iter()
         .filter(|w| w.capable(api))
         // Never a request of Baton's own inside a busy one-at-a-time server.
-        .filter(|w| w.serves_http_concurrently() || s.pool.busy_at(w) == 0)
+        .filter(|w| w.serves_http_concurrently() || s.pool().busy_at(w) == 0)
         .map(|w| async move {
-            let r = health::fetch(s, &w, Method::GET, path, Bytes::new(), LIST_TIMEOUT).await;
+            let r = probe::fetch(&s.core, &w, Method::GET, path, Bytes::new(), LIST_TIMEOUT).await;
             match r {
                 Ok((status, body)) if status.is_success() => serde_json::from_slice::<Value>(&body)
                     .ok()

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::health::{Failure, State};
 use super::pool::Pool;
+use super::state::{Failure, State};
 use super::worker::WorkerEntry;
 
 /// Upper bounds of the latency buckets, in seconds.

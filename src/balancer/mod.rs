@@ -2,13 +2,19 @@
 //!
 //! - [`pool`]: slots and the FIFO queue (the scheduler) and its invariant
 //! - `worker`: one studio's entry: configuration, counters, learned speed
-//! - `health`: a studio's state and the one policy for ejection and
-//!   readmission (real traffic first, probes only while idle or stalled)
+//! - `state`: a studio's state, and the one place it changes (announced
+//!   as typed transitions the engine follows)
+//! - `health`: the one policy for ejection and readmission (real traffic
+//!   first, probes only while idle or stalled); `probe`: the probes
+//! - `liveness`: whether a busy studio is alive, judged below HTTP
 //! - `upstream`: connections to a studio (keep-alive that never outlives
 //!   the studio's, stale connections retried fresh, bounded connects)
-//! - `proxy`: the HTTP server and request forwarding with retries
+//! - `proxy`: the HTTP server and request forwarding with retries;
+//!   `attempt`: one try on one studio, step by step
 //! - `relay` and `answer`: streaming an answer through, and telling a
 //!   complete answer from a cut one
+//! - `outcome`: how an attempt on a studio ends, settled in one place for
+//!   whole and streamed answers alike
 //! - [`metrics`]: Prometheus text and the JSON stats snapshot
 //!
 //! A dead studio costs at most one connect timeout (hundreds of ms) once:
@@ -18,16 +24,20 @@
 
 mod affinity;
 mod answer;
+mod attempt;
 mod catalog;
 mod health;
 mod limit;
 mod liveness;
 mod metrics;
 mod origin;
+mod outcome;
 mod pool;
+mod probe;
 mod proxy;
 mod relay;
 mod request;
+mod state;
 mod upstream;
 mod worker;
 
@@ -37,7 +47,7 @@ use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{BalancerSettings, Config, Worker};
@@ -45,8 +55,8 @@ use pool::{Pool, QueueSettings};
 use worker::WorkerEntry;
 
 pub use crate::studio::{AUTO_CEILING, health_path};
-pub use health::{Failure, State};
 pub use metrics::{Snapshot, WorkerStats};
+pub use state::{Failure, State, Transition};
 pub use worker::Capability;
 
 /// Response header naming the worker that served a request.
@@ -115,11 +125,29 @@ fn check_self_loop(config: &Config, addr: SocketAddr) -> Result<(), Error> {
     }
 }
 
-/// State shared by the server, the probers and every request.
-pub(crate) struct Shared {
+/// What every part of the balancer works with, and all that the health
+/// policy and its probers get: the pool (whose `transition` is the only way
+/// a studio's state changes), the settings of the moment, and the hop name
+/// Baton's requests carry.
+pub(crate) struct Core {
     pool: Arc<Pool>,
     /// Replaced whole on reload; each request takes one snapshot.
     settings: RwLock<Arc<BalancerSettings>>,
+    /// `Via` value this balancer adds to what it sends studios: a request
+    /// that comes back carrying it went round in a loop.
+    via: axum::http::HeaderValue,
+}
+
+impl Core {
+    fn settings(&self) -> Arc<BalancerSettings> {
+        self.settings.read().expect("settings lock").clone()
+    }
+}
+
+/// State shared by the server and every request: the core, and what only
+/// serving requests needs.
+pub(crate) struct Shared {
+    core: Arc<Core>,
     aliases: RwLock<Arc<crate::config::Aliases>>,
     affinity: affinity::Affinity,
     metrics: metrics::Metrics,
@@ -127,11 +155,6 @@ pub(crate) struct Shared {
     started: Instant,
     probers: Mutex<HashMap<usize, CancellationToken>>,
     shutdown: CancellationToken,
-    /// Bumped whenever a worker's state changes, for subscribers that show it.
-    changes: watch::Sender<u64>,
-    /// `Via` value this balancer adds to what it sends studios: a request
-    /// that comes back carrying it went round in a loop.
-    via: axum::http::HeaderValue,
 }
 
 /// This balancer's own hop name for `Via`: random, so one Baton in front
@@ -144,17 +167,16 @@ fn hop_name() -> axum::http::HeaderValue {
 }
 
 impl Shared {
+    fn pool(&self) -> &Arc<Pool> {
+        &self.core.pool
+    }
+
     fn settings(&self) -> Arc<BalancerSettings> {
-        self.settings.read().expect("settings lock").clone()
+        self.core.settings()
     }
 
     fn aliases(&self) -> Arc<crate::config::Aliases> {
         self.aliases.read().expect("aliases lock").clone()
-    }
-
-    /// A worker's state changed: wake whoever shows it.
-    fn changed(&self) {
-        self.changes.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn start_worker(self: &Arc<Self>, w: Arc<WorkerEntry>) {
@@ -163,12 +185,14 @@ impl Shared {
             .lock()
             .expect("probers lock")
             .insert(Arc::as_ptr(&w) as usize, stop.clone());
-        self.pool.add(w.clone());
-        tokio::spawn(health::run(self.clone(), w, stop));
+        self.pool().add(w.clone());
+        tokio::spawn(health::run(self.core.clone(), w, stop));
     }
 
     fn remove_worker(&self, w: &Arc<WorkerEntry>) {
-        w.set_state(State::Removed);
+        // Waiters only this worker could serve get a clear error now (the
+        // transition dispatches).
+        self.pool().transition(w, state::Change::Remove);
         if let Some(t) = self
             .probers
             .lock()
@@ -177,11 +201,8 @@ impl Shared {
         {
             t.cancel();
         }
-        // Waiters only this worker could serve get a clear error now.
-        self.pool.dispatch();
-        self.pool.prune();
+        self.pool().prune();
         self.affinity.forget(w.id());
-        self.changed();
     }
 }
 
@@ -220,7 +241,7 @@ pub struct StatsSource(Arc<Shared>);
 
 impl StatsSource {
     pub fn snapshot(&self) -> Snapshot {
-        metrics::snapshot(&self.0.pool, self.0.started.elapsed())
+        metrics::snapshot(self.0.pool(), self.0.started.elapsed())
     }
 }
 
@@ -245,7 +266,7 @@ impl Quiet {
         loop {
             let Some(w) = self
                 .0
-                .pool
+                .pool()
                 .workers()
                 .into_iter()
                 .find(|w| w.id() == id && w.state().is_live())
@@ -256,7 +277,7 @@ impl Quiet {
             {
                 return Ok(QuietHold { _slot: None });
             }
-            if let Some(slot) = self.0.pool.try_claim_idle(&w) {
+            if let Some(slot) = self.0.pool().try_claim_idle(&w) {
                 return Ok(QuietHold { _slot: Some(slot) });
             }
             if tokio::time::Instant::now() >= deadline {
@@ -305,8 +326,11 @@ impl Balancer {
             .map_err(|source| Error::Bind { addr, source })?;
         check_self_loop(config, addr)?;
         let shared = Arc::new(Shared {
-            pool: Pool::new(queue_settings(&settings)),
-            settings: RwLock::new(Arc::new(settings)),
+            core: Arc::new(Core {
+                pool: Pool::new(queue_settings(&settings)),
+                settings: RwLock::new(Arc::new(settings)),
+                via: hop_name(),
+            }),
             aliases: RwLock::new(Arc::new(config.aliases.clone())),
             affinity: affinity::Affinity::new(),
             metrics: metrics::Metrics::default(),
@@ -314,8 +338,6 @@ impl Balancer {
             started: Instant::now(),
             probers: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
-            changes: watch::channel(0).0,
-            via: hop_name(),
         });
         for w in entries {
             shared.start_worker(Arc::new(w));
@@ -358,7 +380,7 @@ impl Balancer {
     pub async fn wait_all_ready(&self, timeout: Duration) -> bool {
         let all = self
             .shared
-            .pool
+            .pool()
             .workers()
             .iter()
             .filter(|w| w.state().is_live())
@@ -369,7 +391,7 @@ impl Balancer {
     async fn wait_ready_count(&self, n: usize, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
         // Subscribed before looking, so no change is missed.
-        let mut changes = self.shared.changes.subscribe();
+        let mut changes = self.shared.pool().signal().changes();
         loop {
             if self.ready_workers() >= n {
                 return true;
@@ -385,7 +407,7 @@ impl Balancer {
 
     pub fn ready_workers(&self) -> usize {
         self.shared
-            .pool
+            .pool()
             .workers()
             .iter()
             .filter(|w| w.state() == State::Ready)
@@ -394,7 +416,7 @@ impl Balancer {
 
     /// Per-worker statistics, as served at `GET /stats`.
     pub fn stats(&self) -> Snapshot {
-        metrics::snapshot(&self.shared.pool, self.shared.started.elapsed())
+        metrics::snapshot(self.shared.pool(), self.shared.started.elapsed())
     }
 
     /// Apply a new configuration without dropping requests: new workers
@@ -406,12 +428,12 @@ impl Balancer {
         let entries = resolve_workers(config)?;
         let s = &self.shared;
         let settings = config.balancer.clone();
-        s.pool.set_settings(queue_settings(&settings));
-        *s.settings.write().expect("settings lock") = Arc::new(settings);
+        s.pool().set_settings(queue_settings(&settings));
+        *s.core.settings.write().expect("settings lock") = Arc::new(settings);
         *s.aliases.write().expect("aliases lock") = Arc::new(config.aliases.clone());
 
         let current: Vec<Arc<WorkerEntry>> = s
-            .pool
+            .pool()
             .workers()
             .into_iter()
             .filter(|w| w.state().is_live())
@@ -451,18 +473,13 @@ impl Balancer {
     pub fn drain(&self, id: &str, on: bool) -> Result<(), Error> {
         let w = self
             .shared
-            .pool
+            .pool()
             .workers()
             .into_iter()
             .find(|w| w.id() == id && w.state().is_live())
             .ok_or_else(|| Error::UnknownWorker(id.to_string()))?;
-        match (on, w.state()) {
-            (true, State::Ready) => w.set_state(State::Draining),
-            (false, State::Draining) => w.set_state(State::Ready),
-            _ => {}
-        }
-        self.shared.pool.dispatch();
-        self.shared.changed();
+        // Only ready <-> draining: an ejected studio stays out either way.
+        self.shared.pool().transition(&w, state::Change::Drain(on));
         Ok(())
     }
 
@@ -479,7 +496,13 @@ impl Balancer {
 
     /// A receiver that changes whenever a worker's state changes.
     pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
-        self.shared.changes.subscribe()
+        self.shared.pool().signal().changes()
+    }
+
+    /// Every change of a worker's state from now on, in order (a receiver
+    /// that falls far behind is told it lagged).
+    pub fn subscribe_transitions(&self) -> broadcast::Receiver<Transition> {
+        self.shared.pool().signal().transitions()
     }
 
     /// Stop accepting, let the server task end.

@@ -20,7 +20,11 @@
 //! released, a worker ready or readmitted, ejected, drained or removed, a
 //! speed learned, and a request enqueued. [`Pool::check_invariant`] states
 //! the same rule independently; the randomized tests below check it after
-//! every step.
+//! every step. A studio's state changes only through [`Pool::transition`],
+//! so no change of state can forget to call it.
+//!
+//! One concept, so one file past the usual size: the scheduler with its
+//! invariant and the randomized schedules that check it.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -31,7 +35,7 @@ use tokio::sync::oneshot;
 
 use super::affinity::Hit;
 use super::answer::Api;
-use super::health::State;
+use super::state::{self, Change, Signal, State, Transition};
 use super::worker::{EWMA_ALPHA, WorkerEntry};
 use crate::config::Strategy;
 
@@ -106,6 +110,8 @@ pub struct Pool {
     /// when a request sets no `max_tokens`.
     typical_tokens: Mutex<f64>,
     settings: Mutex<QueueSettings>,
+    /// Where every change of a studio's state is announced.
+    signal: Signal,
     pub retries: AtomicU64,
     pub rejected_queue_full: AtomicU64,
     pub rejected_queue_timeout: AtomicU64,
@@ -166,10 +172,25 @@ impl Pool {
             }),
             typical_tokens: Mutex::new(DEFAULT_TOKENS),
             settings: Mutex::new(settings),
+            signal: Signal::new(),
             retries: AtomicU64::new(0),
             rejected_queue_full: AtomicU64::new(0),
             rejected_queue_timeout: AtomicU64::new(0),
         })
+    }
+
+    /// The one way a studio's state changes (see [`state::apply`]): the
+    /// change, if its state allows it, announced; then the queue looked at
+    /// again, since a state decides who may take slots.
+    pub(crate) fn transition(&self, w: &WorkerEntry, change: Change<'_>) -> Option<Transition> {
+        let t = state::apply(w, change, &self.signal)?;
+        self.dispatch();
+        Some(t)
+    }
+
+    /// Where state changes are announced.
+    pub(crate) fn signal(&self) -> &Signal {
+        &self.signal
     }
 
     /// Record the length of a finished streamed answer.
@@ -673,7 +694,8 @@ mod tests {
         }
     }
 
-    fn worker(i: usize, slots: u32, model: &str) -> Arc<WorkerEntry> {
+    /// A ready worker (ready through the pool, as the prober makes it).
+    fn worker(pool: &Pool, i: usize, slots: u32, model: &str) -> Arc<WorkerEntry> {
         let w = WorkerEntry::new(
             Worker {
                 id: format!("w{i}"),
@@ -689,7 +711,7 @@ mod tests {
             },
             None,
         );
-        w.set_state(State::Ready);
+        pool.transition(&w, Change::Admit);
         Arc::new(w)
     }
 
@@ -706,7 +728,7 @@ mod tests {
         // worker 50x slower than another *idle* one, and the hold-back rule
         // then parked the request with nothing in flight to wake it.
         let pool = Pool::new(settings());
-        let ws: Vec<_> = (0..3).map(|i| worker(i, 4, "m")).collect();
+        let ws: Vec<_> = (0..3).map(|i| worker(&pool, i, 4, "m")).collect();
         for w in &ws {
             pool.add(w.clone());
         }
@@ -771,7 +793,7 @@ mod tests {
         let pool = Pool::new(settings());
         let mut ws: Vec<Arc<WorkerEntry>> = Vec::new();
         for (i, (slots, m)) in initial.into_iter().enumerate() {
-            let w = worker(i, slots, MODELS[m]);
+            let w = worker(&pool, i, slots, MODELS[m]);
             pool.add(w.clone());
             ws.push(w);
         }
@@ -801,8 +823,14 @@ mod tests {
                     if let Some(w) = ws.get(k % ws.len().max(1))
                         && matches!(w.state(), State::Ready | State::Draining)
                     {
-                        w.set_state(State::Ejected);
-                        pool.dispatch();
+                        pool.transition(
+                            w,
+                            Change::Eject {
+                                reason: crate::balancer::Failure::Timeout,
+                                detail: "ejected by the schedule",
+                                dead: false,
+                            },
+                        );
                     }
                 }
                 Op::Readmit(k) => {
@@ -810,16 +838,14 @@ mod tests {
                         && matches!(w.state(), State::Ejected | State::Starting)
                     {
                         w.forget_speed();
-                        w.set_state(State::Ready);
-                        pool.dispatch();
+                        pool.transition(w, Change::Admit);
                     }
                 }
                 Op::Drain(k) => {
                     if let Some(w) = ws.get(k % ws.len().max(1))
                         && w.state() == State::Ready
                     {
-                        w.set_state(State::Draining);
-                        pool.dispatch();
+                        pool.transition(w, Change::Drain(true));
                     }
                 }
                 Op::Learn {
@@ -842,13 +868,12 @@ mod tests {
                 Op::Remove(k) => {
                     if !ws.is_empty() {
                         let w = ws.remove(k % ws.len());
-                        w.set_state(State::Removed);
-                        pool.dispatch();
+                        pool.transition(&w, Change::Remove);
                         pool.prune();
                     }
                 }
                 Op::Add { slots, model } => {
-                    let w = worker(100 + step, slots, MODELS[model]);
+                    let w = worker(&pool, 100 + step, slots, MODELS[model]);
                     pool.add(w.clone());
                     pool.dispatch();
                     ws.push(w);

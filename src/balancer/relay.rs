@@ -1,7 +1,9 @@
 //! Relays a streamed answer (SSE, or Ollama's NDJSON) to the client event
-//! by event, unbuffered, holds the slot until the end, and makes sure every
-//! answer ends either complete or with an error event: never looking
-//! complete when it was cut.
+//! by event, unbuffered, holds the attempt (its slot and connection) until
+//! the end, and makes sure every answer ends either complete or with an
+//! error event: never looking complete when it was cut. How it ended is
+//! settled by the attempt's one outcome function (`outcome`), as for whole
+//! answers; a client that leaves mid-stream is settled as cancelled.
 //!
 //! OpenAI's `[DONE]` is held back until the studio's body has ended cleanly
 //! and an event said the answer finished; otherwise the client gets an
@@ -10,18 +12,16 @@
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Stream;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
-use super::Shared;
 use super::answer::{self, Api};
-use super::health::{self, Failure};
-use super::pool::SlotGuard;
-use super::upstream::Conn;
+use super::outcome::{Answer, Attempt, Ending};
+use super::state::Failure;
 use super::worker::WorkerEntry;
 
 /// How long a stream from a studio found dead may stall before it is ended.
@@ -52,22 +52,16 @@ impl Framing {
 
 /// A streamed answer in flight.
 pub(crate) struct Relay {
-    pub shared: Arc<Shared>,
-    pub slot: Option<SlotGuard>,
-    pub conn: Option<Conn>,
-    pub body: Incoming,
-    pub api: Api,
-    pub framing: Framing,
+    /// The attempt, until it is settled (at the end, or when the client
+    /// leaves).
+    attempt: Option<Attempt>,
+    body: Incoming,
+    api: Api,
+    framing: Framing,
     /// The first chunk, already read while choosing the worker.
-    pub first: Option<Bytes>,
-    /// When the request reached Baton.
-    pub started: Instant,
-    /// When the studio's first byte arrived.
-    pub first_byte_at: Instant,
-    pub idle: Duration,
-    pub dead: tokio::sync::watch::Receiver<u64>,
-    /// When the studio's response head arrived (its health clock, ms).
-    head_ms: u64,
+    first: Option<Bytes>,
+    idle: Duration,
+    dead: tokio::sync::watch::Receiver<u64>,
     /// SSE `data:` events seen: a token count good enough for tokens/s.
     events: u64,
     next_rate_at: u64,
@@ -76,7 +70,6 @@ pub(crate) struct Relay {
     saw_finish: bool,
     saw_done: bool,
     saw_error: bool,
-    finished: bool,
     ended: bool,
 }
 
@@ -88,46 +81,32 @@ enum End {
 }
 
 impl Relay {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        shared: Arc<Shared>,
-        slot: SlotGuard,
-        conn: Conn,
-        body: Incoming,
-        api: Api,
-        framing: Framing,
-        first: Option<Bytes>,
-        started: Instant,
-        head_ms: u64,
-        idle: Duration,
-    ) -> Relay {
-        let dead = slot.worker.health.dead.subscribe();
+    pub fn new(attempt: Attempt, body: Incoming, framing: Framing, first: Option<Bytes>) -> Relay {
+        let dead = attempt.worker().health.dead.subscribe();
         Relay {
-            shared,
-            slot: Some(slot),
-            conn: Some(conn),
+            api: attempt.job().api,
+            idle: attempt.settings().idle_timeout,
+            attempt: Some(attempt),
             body,
-            api,
             framing,
             first,
-            started,
-            first_byte_at: Instant::now(),
-            idle,
             dead,
-            head_ms,
             events: 0,
             next_rate_at: RATE_FIRST_AT,
             pending: BytesMut::new(),
             saw_finish: false,
             saw_done: false,
             saw_error: false,
-            finished: false,
             ended: false,
         }
     }
 
+    fn attempt(&self) -> &Attempt {
+        self.attempt.as_ref().expect("attempt held until the end")
+    }
+
     fn worker(&self) -> &Arc<WorkerEntry> {
-        &self.slot.as_ref().expect("slot held until the end").worker
+        self.attempt().worker()
     }
 
     pub fn into_stream(self) -> impl Stream<Item = Result<Bytes, std::io::Error>> + Send {
@@ -215,6 +194,7 @@ impl Relay {
         };
         let mut out: Option<BytesMut> = None;
         let mut start = 0;
+        let events_before = self.events;
         for end in event_ends(&whole, delim) {
             let event = &whole[start..end];
             if self.framing == Framing::Sse && answer::is_done(event) {
@@ -240,6 +220,15 @@ impl Relay {
             }
             start = end;
         }
+        // Counted as they stream, so live rates move with the answer (a
+        // complete answer takes back its role, finish and usage events).
+        let new = self.events - events_before;
+        if new > 0 {
+            self.worker()
+                .counters
+                .tokens
+                .fetch_add(new, Ordering::Relaxed);
+        }
         self.learn_rate();
         let bytes = match out {
             Some(o) => o.freeze(),
@@ -258,22 +247,21 @@ impl Relay {
         }
         // Learn the studio's streaming rate mid-answer, so a new studio's
         // speed is known long before its first answer ends.
-        let streaming = self.first_byte_at.elapsed().as_secs_f64();
+        let streaming = self.attempt().first_byte_at().elapsed().as_secs_f64();
         if streaming > 0.0 {
             self.worker()
                 .learn_rate(self.events.saturating_sub(2) as f64 / streaming);
             // A studio whose speed just became known may take more now.
-            self.shared.pool.dispatch();
+            self.attempt().shared().pool().dispatch();
         }
         self.next_rate_at = self.events * 4;
     }
 
-    /// The upstream body ended: decide how the client's stream ends, and
-    /// return its last bytes.
+    /// The upstream body ended: decide how the client's stream ends,
+    /// settle the attempt, and return the stream's last bytes.
     fn finish(&mut self, end: End) -> Bytes {
         self.ended = true;
-        self.finished = true;
-        let w = self.worker().clone();
+        let attempt = self.attempt.take().expect("settled once");
         let outcome = match end {
             End::Clean if self.saw_error => Err((
                 Failure::Stream,
@@ -289,7 +277,8 @@ impl Relay {
         };
         match outcome {
             Ok(()) => {
-                self.succeed(&w);
+                let events = self.events;
+                attempt.settle(Ending::Complete(Answer::Streamed { events }));
                 // Whatever trailed the last boundary (a studio that omits
                 // the final blank line) still goes out, then `[DONE]`.
                 let mut last = BytesMut::from(&std::mem::take(&mut self.pending)[..]);
@@ -301,36 +290,18 @@ impl Relay {
             Err((reason, detail)) => {
                 // An incomplete event is dropped, so the error event stands alone.
                 self.pending.clear();
-                self.conn.take();
-                health::on_cut_answer(&self.shared, &w, reason, &detail);
-                self.slot.take();
+                let message = format!(
+                    "worker `{}` failed mid-response: {detail}",
+                    attempt.worker().id()
+                );
+                attempt.settle(Ending::Cut(reason, detail));
                 if self.saw_error {
                     // The studio's own error event already told the client.
                     return Bytes::new();
                 }
-                let message = format!("worker `{}` failed mid-response: {detail}", w.id());
                 Bytes::from(self.api.family().stream_error(&message))
             }
         }
-    }
-
-    fn succeed(&mut self, w: &Arc<WorkerEntry>) {
-        w.counters.successes.fetch_add(1, Ordering::Relaxed);
-        health::on_good_answer(w);
-        let total = self.started.elapsed();
-        self.shared.metrics.request_duration.observe(total);
-        // Role, finish and usage events are not tokens.
-        let tokens = self.events.saturating_sub(3);
-        w.counters
-            .tokens
-            .fetch_sub(self.events - tokens, Ordering::Relaxed);
-        self.shared.pool.learn_tokens(tokens);
-        w.learn(total, Some(self.first_byte_at.elapsed()), tokens);
-        w.note_streamed(self.head_ms);
-        if let Some(c) = self.conn.take() {
-            w.upstream.put_back(c, true);
-        }
-        self.slot.take();
     }
 }
 
@@ -341,16 +312,69 @@ fn event_ends<'a>(b: &'a [u8], delim: &'a [u8]) -> impl Iterator<Item = usize> +
 
 impl Drop for Relay {
     fn drop(&mut self) {
-        if !self.finished
-            && let Some(slot) = &self.slot
-        {
-            // Client went away: dropping the body and connection closes the
-            // studio connection (cancelling the generation) and the slot
-            // frees now.
-            slot.worker
-                .counters
-                .cancelled
-                .fetch_add(1, Ordering::Relaxed);
+        if let Some(attempt) = self.attempt.take() {
+            // The client went away: the connection closes (which cancels
+            // the generation) and the slot frees now.
+            attempt.settle(Ending::Cancelled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    use crate::balancer::Balancer;
+    use crate::config::Config;
+    use crate::sim::{self, SimConfig};
+
+    /// The per-studio token counter (`/stats`, the live tokens/s) rises
+    /// while an answer streams, and a complete answer counts its tokens
+    /// once: its role and finish events are not tokens.
+    #[tokio::test]
+    async fn a_streamed_answer_counts_its_tokens_as_they_stream_and_once() {
+        let studio = sim::start(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            SimConfig {
+                ttft: Duration::from_millis(20),
+                tokens_per_second: 100.0,
+                ..SimConfig::default()
+            },
+        )
+        .await
+        .unwrap();
+        let config = Config {
+            workers: vec![sim::worker_for("s", &studio)],
+            ..Default::default()
+        };
+        let b = Balancer::start(&config, Some("127.0.0.1:0".parse().unwrap()), None)
+            .await
+            .unwrap();
+        assert!(b.wait_ready(Duration::from_secs(5)).await);
+        let tokens = || b.stats().workers[0].tokens;
+        let body = serde_json::json!({
+            "model": sim::DEFAULT_MODEL, "stream": true, "max_tokens": 40,
+            "messages": [{"role": "user", "content": "count"}],
+        });
+        let mut resp = reqwest::Client::new()
+            .post(format!("{}/chat/completions", b.url()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        // Events are counted before they are passed on: what the client
+        // has seen midway is counted already.
+        let mut seen = 0;
+        while seen < 8 {
+            let chunk = resp.chunk().await.unwrap().expect("the answer goes on");
+            seen += chunk.windows(5).filter(|w| w == b"data:").count() as u64;
+        }
+        let midway = tokens();
+        assert!(midway >= seen, "{midway} counted after {seen} events");
+        while resp.chunk().await.unwrap().is_some() {}
+        // Role + 40 tokens + finish, less the 3 events that may not be tokens.
+        assert_eq!(tokens(), 39);
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderValue;
 
 use super::answer::Api;
-use super::health::{Failure, Health, State};
+use super::state::{Failure, Health, State};
 use super::upstream::Upstream;
 use crate::config::Worker;
 
@@ -155,10 +155,6 @@ impl WorkerEntry {
 
     pub fn state(&self) -> State {
         self.health.state()
-    }
-
-    pub(crate) fn set_state(&self, s: State) {
-        self.health.set_state(s);
     }
 
     pub fn in_flight(&self) -> u64 {

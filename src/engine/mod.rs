@@ -10,6 +10,7 @@
 //! - `jobs`: preflight, discover, bench and batch as cancellable jobs
 //! - `run`: what each job does, reporting through the bus
 //! - `live`: live figures and their one-minute history
+//! - `watch`: studios' state changes and live figures onto the bus
 //! - `workers`: editing the workers file (validated, atomic, hot-reloaded)
 //! - `view`: what the UI is shown (the balancer, studios, all of it at once)
 //! - `simulated`: the built-in simulated pool
@@ -25,6 +26,7 @@ pub mod live;
 mod run;
 mod simulated;
 mod view;
+mod watch;
 mod workers;
 
 use std::net::SocketAddr;
@@ -34,7 +36,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::balancer::{self, Balancer, State};
+use crate::balancer::{self, Balancer};
 use crate::config::Config;
 use crate::preflight::Report;
 use crate::sim::SimHandle;
@@ -344,9 +346,9 @@ impl Engine {
             }
         };
         let watcher = CancellationToken::new();
-        tokio::spawn(watch(
+        tokio::spawn(watch::watch(
             self.inner.clone(),
-            balancer.subscribe_changes(),
+            balancer.subscribe_transitions(),
             balancer.stats_source(),
             watcher.clone(),
         ));
@@ -579,46 +581,5 @@ fn empty_pool(path: PathBuf) -> Pool {
         },
         source: Source::FirstRun(path),
         sims: Vec::new(),
-    }
-}
-
-/// While the balancer runs: publish worker state changes at once and live
-/// figures when they change (at most every [`live::TICK`]).
-async fn watch(
-    inner: Arc<Inner>,
-    mut changes: tokio::sync::watch::Receiver<u64>,
-    stats: balancer::StatsSource,
-    stop: CancellationToken,
-) {
-    let mut states: std::collections::HashMap<String, State> = Default::default();
-    let mut tick = tokio::time::interval(live::TICK);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
-            r = changes.changed() => if r.is_err() { return },
-        }
-        let snap = stats.snapshot();
-        let mut state_changed = false;
-        for w in &snap.workers {
-            let previous = states.insert(w.id.clone(), w.state);
-            if let Some(p) = previous
-                && p != w.state
-            {
-                state_changed = true;
-                inner.bus.publish(Event::WorkerState {
-                    id: w.id.clone(),
-                    state: w.state,
-                    previous: p,
-                    reason: w.ejected_for,
-                    detail: w.last_error.clone(),
-                });
-            }
-        }
-        if let Some(s) = inner.live.observe(&snap) {
-            inner.bus.publish(Event::Stats(s));
-        }
-        let _ = state_changed;
     }
 }
