@@ -214,7 +214,11 @@ impl Default for BalancerSettings {
             first_token_timeout: Duration::from_secs(120),
             idle_timeout: Duration::from_secs(30),
             queue_limit: 1024,
-            queue_timeout: Duration::from_secs(60),
+            // As long as an OpenAI client waits by default (10 min): one
+            // studio alone would keep a request waiting in its own queue,
+            // so the pool must not give up sooner (answers of 30-60 s on a
+            // one-at-a-time server make a short queue wait minutes).
+            queue_timeout: Duration::from_secs(600),
             // With the probe timeout, a dead studio is noticed within ~2 s
             // even when no request touches it (requests notice at once).
             probe_interval: Duration::from_secs(1),
