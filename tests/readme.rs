@@ -166,7 +166,7 @@ impl Scratch {
 
     /// `text` run by `sh`, inside network namespace `ns` when given.
     fn command_in(&self, ns: Option<&str>, text: &str) -> Command {
-        let bin_dir = Path::new(env!("CARGO_BIN_EXE_baton")).parent().unwrap();
+        let bin_dir = Path::new(support::cmd::BATON).parent().unwrap();
         let path = format!(
             "{}:{}",
             bin_dir.display(),
@@ -428,7 +428,10 @@ async fn every_command_in_the_readme_runs_as_written() {
                 s.line,
                 s.text
             );
-            eprintln!("README line {}: `{}`: run by the macOS workflow", s.line, s.text);
+            eprintln!(
+                "README line {}: `{}`: run by the macOS workflow",
+                s.line, s.text
+            );
             continue;
         }
         match how(s.command()) {
@@ -451,7 +454,10 @@ async fn every_command_in_the_readme_runs_as_written() {
                     s.text,
                     suite.display()
                 );
-                eprintln!("README line {}: `{}`: run by the app's tests", s.line, s.text);
+                eprintln!(
+                    "README line {}: `{}`: run by the app's tests",
+                    s.line, s.text
+                );
                 continue;
             }
             How::Serves { ready } => match s.background() {
@@ -461,7 +467,10 @@ async fn every_command_in_the_readme_runs_as_written() {
                 }
                 None => {
                     let r = start_server(scratch.command(s.command()), ready, s);
-                    let served = r.seen.iter().any(|l| l.contains("http://127.0.0.1:8421/v1"))
+                    let served = r
+                        .seen
+                        .iter()
+                        .any(|l| l.contains("http://127.0.0.1:8421/v1"))
                         || s.text.contains("dashboard");
                     if served {
                         use_balancer(s, &r.seen).await;
@@ -470,10 +479,9 @@ async fn every_command_in_the_readme_runs_as_written() {
                 }
             },
             How::InNamespace => {
-                if let Some(why) = support::netlab::unavailable() {
-                    assert!(!ci, "README line {}: namespaces are required under CI=true: {why}", s.line);
+                let part = format!("README line {}: `{}`", s.line, s.text);
+                if !support::skip::can_run_part(&part, support::netlab::unavailable()) {
                     skipped.push(s.line);
-                    eprintln!("SKIPPED: README line {}: `{}`: {why}", s.line, s.text);
                     continue;
                 }
                 // A host of its own with no route anywhere: nothing it
@@ -483,27 +491,53 @@ async fn every_command_in_the_readme_runs_as_written() {
                     scratch.command_in(Some(&host.ns), &s.text),
                     Duration::from_secs(120),
                 );
-                assert_eq!(code, Some(0), "README line {}: `{}`:\n{out}", s.line, s.text);
+                assert_eq!(
+                    code,
+                    Some(0),
+                    "README line {}: `{}`:\n{out}",
+                    s.line,
+                    s.text
+                );
             }
             How::Keychain => {
+                // Under CI=true it runs whatever is stored (CI's keyring
+                // holds nothing of a user's).
                 let has_key = baton::secrets::balancer_key().ok().flatten().is_some();
-                if has_key && !ci {
+                let part = format!("README line {}: `{}`", s.line, s.text);
+                let stored = (has_key && !ci).then(|| {
+                    "it would replace the balancer key stored on this machine".to_string()
+                });
+                if !support::skip::can_run_part(&part, stored) {
                     skipped.push(s.line);
-                    eprintln!(
-                        "SKIPPED: README line {}: `{}` would replace the balancer key stored on this machine",
-                        s.line, s.text
-                    );
                     continue;
                 }
                 let (code, out) = run_to_end(scratch.command(&s.text), Duration::from_secs(60));
-                assert_eq!(code, Some(0), "README line {}: `{}`:\n{out}", s.line, s.text);
+                assert_eq!(
+                    code,
+                    Some(0),
+                    "README line {}: `{}`:\n{out}",
+                    s.line,
+                    s.text
+                );
             }
             How::Completes => {
-                let (code, out) = run_to_end(scratch.command(&s.text), Duration::from_secs(30 * 60));
-                assert_eq!(code, Some(0), "README line {}: `{}`:\n{out}", s.line, s.text);
+                let (code, out) =
+                    run_to_end(scratch.command(&s.text), Duration::from_secs(30 * 60));
+                assert_eq!(
+                    code,
+                    Some(0),
+                    "README line {}: `{}`:\n{out}",
+                    s.line,
+                    s.text
+                );
             }
         }
-        eprintln!("README line {}: `{}` ({:.1?})", s.line, s.text, t0.elapsed());
+        eprintln!(
+            "README line {}: `{}` ({:.1?})",
+            s.line,
+            s.text,
+            t0.elapsed()
+        );
     }
     for (r, b) in background.drain(..) {
         stop(r, &b);
