@@ -113,7 +113,7 @@ enum How {
     /// CI's own command: `.ci/run` must run it.
     CiItself,
     /// The menu-bar app: run as written by the app's own tests, under a
-    /// display (`src-tauri/tests/readme.rs`).
+    /// display (`src-tauri/tests/app/readme.rs`).
     AppSuite,
 }
 
@@ -446,7 +446,7 @@ async fn every_command_in_the_readme_runs_as_written() {
                 continue;
             }
             How::AppSuite => {
-                let suite = Path::new(REPO).join("src-tauri/tests/readme.rs");
+                let suite = Path::new(REPO).join("src-tauri/tests/app/readme.rs");
                 assert!(
                     std::fs::read_to_string(&suite).is_ok_and(|t| t.contains("-p baton-app")),
                     "README line {}: `{}` must be run by the app's tests ({})",
