@@ -24,7 +24,7 @@ use baton::bench::load::{self, LoadReport, LoadSpec};
 use baton::config::{BalancerSettings, Config, Slots, Strategy, Worker};
 use baton::sim::{self, Faults, SimConfig, SimHandle};
 use serde_json::{Value, json};
-use support::{Served, free_port, sim_cfg, start_sim};
+use support::{Lab, Served, SimCfgExt, free_port, sim_cfg, start_sim};
 
 struct Opts {
     sections: Vec<u32>,
@@ -123,6 +123,14 @@ async fn requests_by_worker(baton: &Served) -> BTreeMap<String, u64> {
             )
         })
         .collect()
+}
+
+/// The default settings with the `least_time` strategy.
+fn least_time() -> BalancerSettings {
+    BalancerSettings {
+        strategy: Strategy::LeastTime,
+        ..Default::default()
+    }
 }
 
 fn config_for(sims: &[&SimHandle], strategy: Strategy) -> Config {
@@ -704,15 +712,15 @@ async fn one_slow_studio(opts: &Opts) -> Vec<Verdict> {
 
 async fn memory(opts: &Opts) -> Vec<Verdict> {
     println!("\n5. Memory of the balancer process (RSS)");
-    let sims = [
-        start_sim(sim_cfg(400, 100, 5.0)).await,
-        start_sim(sim_cfg(400, 100, 5.0)).await,
-        start_sim(sim_cfg(400, 100, 5.0)).await,
-    ];
-    let refs: Vec<&SimHandle> = sims.iter().collect();
-    let baton = serve(&config_for(&refs, Strategy::LeastTime));
+    let lab = Lab::builder()
+        .studios((0..3).map(|_| sim_cfg(400, 100, 5.0)))
+        .ids(["studio-1", "studio-2", "studio-3"])
+        .settings(least_time())
+        .serve()
+        .await;
+    let baton = &lab.balancer;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = rss_mb(&baton);
+    let idle = rss_mb(baton);
     println!("  idle: {idle:.1} MB");
     let c = client();
     let url = baton.at("/v1/chat/completions");
@@ -730,7 +738,7 @@ async fn memory(opts: &Opts) -> Vec<Verdict> {
     let t0 = Instant::now();
     let mut in_flight = 0;
     while t0.elapsed() < Duration::from_secs(30) {
-        let st = stats(&baton).await;
+        let st = stats(baton).await;
         in_flight = st["workers"]
             .as_array()
             .unwrap()
@@ -744,7 +752,7 @@ async fn memory(opts: &Opts) -> Vec<Verdict> {
     }
     // Let every stream get going before reading RSS.
     tokio::time::sleep(secs(opts, 2.0)).await;
-    let busy = rss_mb(&baton);
+    let busy = rss_mb(baton);
     println!("  with {in_flight} streaming requests in flight: {busy:.1} MB");
     for t in &tasks {
         t.abort();
@@ -761,24 +769,24 @@ async fn memory(opts: &Opts) -> Vec<Verdict> {
 /// Two studios of the same kind at twice their slots: pooled answers per
 /// second against the sum of what they can give, and ejections.
 async fn mode_pool(name: &str, slots: usize, faults: Faults, d: Duration) -> Verdict {
-    let mk = |seed| SimConfig {
-        slots,
-        ttft: Duration::from_millis(100),
-        tokens_per_second: 50.0,
-        faults: faults.clone(),
-        seed,
-        ..SimConfig::default()
-    };
-    let sims = [start_sim(mk(1)).await, start_sim(mk(2)).await];
-    let refs: Vec<&SimHandle> = sims.iter().collect();
-    let baton = serve(&config_for(&refs, Strategy::LeastTime));
+    let lab = Lab::builder()
+        .studios((1..=2).map(|seed| {
+            sim_cfg(slots, 100, 50.0)
+                .with_faults(faults.clone())
+                .with_seed(seed)
+        }))
+        .ids(["studio-1", "studio-2"])
+        .settings(least_time())
+        .serve()
+        .await;
     let tokens = 24u32;
-    let r = drive(baton.at("/v1/chat/completions"), 4 * slots, d, tokens).await;
+    let url = format!("{}/chat/completions", lab.url());
+    let r = drive(url, 4 * slots, d, tokens).await;
     let answer_s = 0.1 + f64::from(tokens - 1) / 50.0;
     let capacity = 2.0 * slots as f64 / answer_s;
     let rate = r.window_ok / r.window.as_secs_f64().max(1e-9);
     let ratio = rate / capacity;
-    let stats = stats(&baton).await;
+    let stats = stats(&lab.balancer).await;
     let ejections: u64 = stats["workers"]
         .as_array()
         .unwrap()
