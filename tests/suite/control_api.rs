@@ -1183,7 +1183,9 @@ async fn a_worker_can_never_read_or_replace_batons_own_secrets() {
     assert_eq!(cfg.workers.len(), 2);
 }
 
-/// The property test's model of the workers file and its steps.
+/// The property test's model of the workers file and its steps (the test
+/// needs a throwaway keyring, so Linux only).
+#[cfg(target_os = "linux")]
 mod edits {
     use super::*;
     use proptest::prelude::*;
