@@ -11,9 +11,11 @@
 //! and CPU are its own; simulated studios and the load generator share this
 //! process.
 
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -21,10 +23,8 @@ use std::time::{Duration, Instant};
 use baton::bench::load::{self, LoadReport, LoadSpec};
 use baton::config::{BalancerSettings, Config, Slots, Strategy, Worker};
 use baton::sim::{self, Faults, SimConfig, SimHandle};
-use baton::studio::StudioKind;
 use serde_json::{Value, json};
-
-const BATON: &str = env!("CARGO_BIN_EXE_baton");
+use support::{Lab, Served, SimCfgExt, free_port, sim_cfg, start_sim};
 
 struct Opts {
     sections: Vec<u32>,
@@ -94,122 +94,42 @@ fn secs(opts: &Opts, s: f64) -> Duration {
     Duration::from_secs_f64(s * opts.scale)
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
+/// `baton serve` as its own process (its RSS and CPU its own), errors on
+/// this process's stderr.
+fn serve(config: &Config) -> Served {
+    Served::start(config, Stdio::inherit())
+}
+
+/// `GET /stats` of a running `baton serve`.
+async fn stats(baton: &Served) -> Value {
+    baton.stats().await.expect("baton serve answers /stats")
+}
+
+fn rss_mb(baton: &Served) -> f64 {
+    baton.rss_kb() as f64 / 1024.0
+}
+
+/// User requests each worker has received so far.
+async fn requests_by_worker(baton: &Served) -> BTreeMap<String, u64> {
+    let s = stats(baton).await;
+    s["workers"]
+        .as_array()
         .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+        .iter()
+        .map(|w| {
+            (
+                w["id"].as_str().unwrap().to_string(),
+                w["requests"].as_u64().unwrap(),
+            )
+        })
+        .collect()
 }
 
-/// `baton serve` as a child process over `config`.
-struct BatonProc {
-    child: Child,
-    addr: SocketAddr,
-    _dir: tempfile::TempDir,
-}
-
-impl BatonProc {
-    fn start(config: &Config) -> BatonProc {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("workers.json");
-        let mut json = config.to_json();
-        json["balancer"] = settings_json(&config.balancer);
-        std::fs::write(&file, json.to_string()).unwrap();
-        let port = free_port();
-        let mut child = Command::new(BATON)
-            .args(["serve", "-c"])
-            .arg(&file)
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .env("BATON_LOG", "error")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start baton serve");
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        for line in lines.by_ref() {
-            if line.unwrap().contains("Press Ctrl-C") {
-                break;
-            }
-        }
-        std::thread::spawn(move || for _ in lines {});
-        BatonProc {
-            child,
-            addr: SocketAddr::from(([127, 0, 0, 1], port)),
-            _dir: dir,
-        }
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
-    }
-
-    fn rss_mb(&self) -> f64 {
-        rss_mb(self.child.id())
-    }
-
-    async fn stats(&self) -> Value {
-        reqwest::get(self.url("/stats"))
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
-    }
-
-    /// User requests each worker has received so far.
-    async fn requests_by_worker(&self) -> BTreeMap<String, u64> {
-        let s = self.stats().await;
-        s["workers"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|w| {
-                (
-                    w["id"].as_str().unwrap().to_string(),
-                    w["requests"].as_u64().unwrap(),
-                )
-            })
-            .collect()
-    }
-}
-
-impl Drop for BatonProc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn settings_json(s: &BalancerSettings) -> Value {
-    // The workers file's own serialization of the section.
-    s.to_json()
-}
-
-fn rss_mb(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map(|kb| kb / 1024.0)
-        .unwrap_or(f64::NAN)
-}
-
-/// A worker entry for a backend that is not a simulated studio (nginx).
-fn worker(id: &str, addr: SocketAddr, slots: u32) -> Worker {
-    Worker {
-        id: id.to_string(),
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        kind: StudioKind::LmStudio,
-        model: sim::DEFAULT_MODEL.to_string(),
-        max_concurrent_requests: Slots::Max(slots),
-        enabled: true,
-        weight: 1.0,
-        api_key: None,
-        members: Vec::new(),
+/// The default settings with the `least_time` strategy.
+fn least_time() -> BalancerSettings {
+    BalancerSettings {
+        strategy: Strategy::LeastTime,
+        ..Default::default()
     }
 }
 
@@ -227,18 +147,6 @@ fn config_for(sims: &[&SimHandle], strategy: Strategy) -> Config {
         },
         ..Default::default()
     }
-}
-
-async fn start_sim(slots: usize, tps: f64, ttft_ms: u64) -> SimHandle {
-    let cfg = SimConfig {
-        slots,
-        tokens_per_second: tps,
-        ttft: Duration::from_millis(ttft_ms),
-        ..SimConfig::default()
-    };
-    sim::start("127.0.0.1:0".parse().unwrap(), cfg)
-        .await
-        .unwrap()
 }
 
 fn chat(max_tokens: u32) -> Value {
@@ -428,17 +336,16 @@ async fn proxy_overhead(opts: &Opts) -> Vec<Verdict> {
     );
     wait_port(SocketAddr::from(([127, 0, 0, 1], backend_port))).await;
     wait_port(SocketAddr::from(([127, 0, 0, 1], proxy_port))).await;
-    let mut cfg = Config {
-        workers: vec![worker(
-            "instant",
-            SocketAddr::from(([127, 0, 0, 1], backend_port)),
-            1024,
-        )],
+    let cfg = Config {
+        workers: vec![Worker {
+            model: "m".into(),
+            max_concurrent_requests: Slots::Max(1024),
+            ..support::worker("instant", "127.0.0.1", backend_port)
+        }],
         balancer: BalancerSettings::default(),
         ..Default::default()
     };
-    cfg.workers[0].model = "m".into();
-    let baton = BatonProc::start(&cfg);
+    let baton = serve(&cfg);
     let script = dir.path().join("post.lua");
     std::fs::write(
         &script,
@@ -450,7 +357,7 @@ wrk.body = '{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi
     .unwrap();
     let d = secs(opts, 8.0);
     // Warm every path once, then measure each in turn.
-    for port in [backend_port, proxy_port, baton.addr.port()] {
+    for port in [backend_port, proxy_port, baton.addr().port()] {
         wrk(
             &format!("http://127.0.0.1:{port}/v1/chat/completions"),
             &script,
@@ -471,7 +378,7 @@ wrk.body = '{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi
         };
         let direct = run(backend_port);
         let nginx = run(proxy_port);
-        let bat = run(baton.addr.port());
+        let bat = run(baton.addr().port());
         println!("  {c} connection(s)");
         println!(
             "  {:<14} {:>10} {:>9} {:>9} {:>10}",
@@ -495,7 +402,7 @@ wrk.body = '{"model":"m","max_tokens":1,"messages":[{"role":"user","content":"hi
         let added_baton = bat.p50_ms - direct.p50_ms;
         println!(
             "  added p50: nginx {added_nginx:+.3} ms, baton {added_baton:+.3} ms; baton RSS {:.1} MB",
-            baton.rss_mb()
+            rss_mb(&baton)
         );
         verdicts.push((
             format!("proxy throughput >= nginx, {c} connection(s)"),
@@ -586,9 +493,9 @@ async fn client_speed(opts: &Opts) -> Vec<Verdict> {
 async fn pool_efficiency(opts: &Opts) -> Vec<Verdict> {
     println!("\n2. Pool efficiency: studios with slots 4/4/2 and tps 40/40/20, 64-token streams");
     let sims = [
-        start_sim(4, 40.0, 100).await,
-        start_sim(4, 40.0, 100).await,
-        start_sim(2, 20.0, 100).await,
+        start_sim(sim_cfg(4, 100, 40.0)).await,
+        start_sim(sim_cfg(4, 100, 40.0)).await,
+        start_sim(sim_cfg(2, 100, 20.0)).await,
     ];
     let d = secs(opts, 12.0);
     let mut alone_sum = 0.0;
@@ -625,11 +532,11 @@ async fn pool_efficiency(opts: &Opts) -> Vec<Verdict> {
                 w.max_concurrent_requests = sl;
             }
         }
-        let baton = BatonProc::start(&cfg);
-        let r = drive(baton.url("/v1/chat/completions"), 20, d, 64).await;
+        let baton = serve(&cfg);
+        let r = drive(baton.at("/v1/chat/completions"), 20, d, 64).await;
         line(&format!("{name}, concurrency 20"), &r);
         let ratio = r.window_tokens_per_second() / alone_sum;
-        let learned: Vec<String> = baton.stats().await["workers"]
+        let learned: Vec<String> = stats(&baton).await["workers"]
             .as_array()
             .unwrap()
             .iter()
@@ -684,24 +591,27 @@ async fn one_bad_studio(opts: &Opts) -> Vec<Verdict> {
     );
     let d = secs(opts, 12.0);
     let turn_at = Duration::from_secs(2);
-    let healthy = [start_sim(4, 40.0, 100).await, start_sim(4, 40.0, 100).await];
+    let healthy = [
+        start_sim(sim_cfg(4, 100, 40.0)).await,
+        start_sim(sim_cfg(4, 100, 40.0)).await,
+    ];
     let reference = {
         let refs: Vec<&SimHandle> = healthy.iter().collect();
-        let baton = BatonProc::start(&config_for(&refs, Strategy::LeastTime));
-        let r = drive(baton.url("/v1/chat/completions"), 16, d, 64).await;
+        let baton = serve(&config_for(&refs, Strategy::LeastTime));
+        let r = drive(baton.at("/v1/chat/completions"), 16, d, 64).await;
         line("reference: the two healthy only", &r);
         r.window_tokens_per_second()
     };
     let mut out = Vec::new();
     for how in [Bad::Refuses, Bad::Hangs, Bad::Fast503] {
         for late in [false, true] {
-            let bad = start_sim(4, 40.0, 100).await;
+            let bad = start_sim(sim_cfg(4, 100, 40.0)).await;
             let refs: Vec<&SimHandle> = vec![&healthy[0], &healthy[1], &bad];
             if !late {
                 break_studio(&bad, how);
             }
-            let baton = BatonProc::start(&config_for(&refs, Strategy::LeastTime));
-            let url = baton.url("/v1/chat/completions");
+            let baton = serve(&config_for(&refs, Strategy::LeastTime));
+            let url = baton.at("/v1/chat/completions");
             let run = tokio::spawn(drive(url, 16, d, 64));
             let broke_at = if late { turn_at } else { Duration::ZERO };
             tokio::time::sleep(broke_at).await;
@@ -712,7 +622,7 @@ async fn one_bad_studio(opts: &Opts) -> Vec<Verdict> {
             // breaks mid-answer still finishes (or fails) what it streams.
             let seen_bad = Instant::now();
             while seen_bad.elapsed() < d {
-                let st = baton.stats().await;
+                let st = stats(&baton).await;
                 let w = &st["workers"].as_array().unwrap()[2];
                 let failures: u64 = w["failures"]
                     .as_object()
@@ -726,9 +636,9 @@ async fn one_bad_studio(opts: &Opts) -> Vec<Verdict> {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
-            let after_1s = baton.requests_by_worker().await["studio-3"];
+            let after_1s = requests_by_worker(&baton).await["studio-3"];
             let r = run.await.unwrap();
-            let end = baton.requests_by_worker().await["studio-3"];
+            let end = requests_by_worker(&baton).await["studio-3"];
             let name = format!(
                 "{how:?}{}",
                 if late {
@@ -762,9 +672,9 @@ async fn one_slow_studio(opts: &Opts) -> Vec<Verdict> {
     );
     let d = secs(opts, 15.0);
     let sims = [
-        start_sim(4, 40.0, 100).await,
-        start_sim(4, 40.0, 100).await,
-        start_sim(4, 4.0, 100).await,
+        start_sim(sim_cfg(4, 100, 40.0)).await,
+        start_sim(sim_cfg(4, 100, 40.0)).await,
+        start_sim(sim_cfg(4, 100, 4.0)).await,
     ];
     let mut sum = 0.0;
     for (i, s) in sims.iter().enumerate() {
@@ -774,14 +684,14 @@ async fn one_slow_studio(opts: &Opts) -> Vec<Verdict> {
     }
     let fast: Vec<&SimHandle> = sims.iter().take(2).collect();
     let without = {
-        let baton = BatonProc::start(&config_for(&fast, Strategy::LeastTime));
-        let r = drive(baton.url("/v1/chat/completions"), 12, d, 64).await;
+        let baton = serve(&config_for(&fast, Strategy::LeastTime));
+        let r = drive(baton.at("/v1/chat/completions"), 12, d, 64).await;
         line("pool without the slow studio", &r);
         r
     };
     let all: Vec<&SimHandle> = sims.iter().collect();
-    let baton = BatonProc::start(&config_for(&all, Strategy::LeastTime));
-    let with = drive(baton.url("/v1/chat/completions"), 12, d, 64).await;
+    let baton = serve(&config_for(&all, Strategy::LeastTime));
+    let with = drive(baton.at("/v1/chat/completions"), 12, d, 64).await;
     line("pool with the slow studio", &with);
     let ratio = with.window_tokens_per_second() / sum;
     let p95 = with.latency_ms(0.95) / without.latency_ms(0.95);
@@ -802,18 +712,18 @@ async fn one_slow_studio(opts: &Opts) -> Vec<Verdict> {
 
 async fn memory(opts: &Opts) -> Vec<Verdict> {
     println!("\n5. Memory of the balancer process (RSS)");
-    let sims = [
-        start_sim(400, 5.0, 100).await,
-        start_sim(400, 5.0, 100).await,
-        start_sim(400, 5.0, 100).await,
-    ];
-    let refs: Vec<&SimHandle> = sims.iter().collect();
-    let baton = BatonProc::start(&config_for(&refs, Strategy::LeastTime));
+    let lab = Lab::builder()
+        .studios((0..3).map(|_| sim_cfg(400, 100, 5.0)))
+        .ids(["studio-1", "studio-2", "studio-3"])
+        .settings(least_time())
+        .serve()
+        .await;
+    let baton = &lab.balancer;
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let idle = baton.rss_mb();
+    let idle = rss_mb(baton);
     println!("  idle: {idle:.1} MB");
     let c = client();
-    let url = baton.url("/v1/chat/completions");
+    let url = baton.at("/v1/chat/completions");
     let body = chat(1000);
     let mut tasks = Vec::new();
     for _ in 0..1000 {
@@ -828,7 +738,7 @@ async fn memory(opts: &Opts) -> Vec<Verdict> {
     let t0 = Instant::now();
     let mut in_flight = 0;
     while t0.elapsed() < Duration::from_secs(30) {
-        let st = baton.stats().await;
+        let st = stats(baton).await;
         in_flight = st["workers"]
             .as_array()
             .unwrap()
@@ -842,7 +752,7 @@ async fn memory(opts: &Opts) -> Vec<Verdict> {
     }
     // Let every stream get going before reading RSS.
     tokio::time::sleep(secs(opts, 2.0)).await;
-    let busy = baton.rss_mb();
+    let busy = rss_mb(baton);
     println!("  with {in_flight} streaming requests in flight: {busy:.1} MB");
     for t in &tasks {
         t.abort();
@@ -859,31 +769,24 @@ async fn memory(opts: &Opts) -> Vec<Verdict> {
 /// Two studios of the same kind at twice their slots: pooled answers per
 /// second against the sum of what they can give, and ejections.
 async fn mode_pool(name: &str, slots: usize, faults: Faults, d: Duration) -> Verdict {
-    let mk = |seed| SimConfig {
-        slots,
-        ttft: Duration::from_millis(100),
-        tokens_per_second: 50.0,
-        faults: faults.clone(),
-        seed,
-        ..SimConfig::default()
-    };
-    let sims = [
-        sim::start("127.0.0.1:0".parse().unwrap(), mk(1))
-            .await
-            .unwrap(),
-        sim::start("127.0.0.1:0".parse().unwrap(), mk(2))
-            .await
-            .unwrap(),
-    ];
-    let refs: Vec<&SimHandle> = sims.iter().collect();
-    let baton = BatonProc::start(&config_for(&refs, Strategy::LeastTime));
+    let lab = Lab::builder()
+        .studios((1..=2).map(|seed| {
+            sim_cfg(slots, 100, 50.0)
+                .with_faults(faults.clone())
+                .with_seed(seed)
+        }))
+        .ids(["studio-1", "studio-2"])
+        .settings(least_time())
+        .serve()
+        .await;
     let tokens = 24u32;
-    let r = drive(baton.url("/v1/chat/completions"), 4 * slots, d, tokens).await;
+    let url = format!("{}/chat/completions", lab.url());
+    let r = drive(url, 4 * slots, d, tokens).await;
     let answer_s = 0.1 + f64::from(tokens - 1) / 50.0;
     let capacity = 2.0 * slots as f64 / answer_s;
     let rate = r.window_ok / r.window.as_secs_f64().max(1e-9);
     let ratio = rate / capacity;
-    let stats = baton.stats().await;
+    let stats = stats(&lab.balancer).await;
     let ejections: u64 = stats["workers"]
         .as_array()
         .unwrap()
@@ -1045,11 +948,7 @@ async fn conversations(opts: &Opts) -> Vec<Verdict> {
     let pool = || async {
         let mut v = Vec::new();
         for seed in 1..=4 {
-            v.push(
-                sim::start("127.0.0.1:0".parse().unwrap(), studio(seed))
-                    .await
-                    .unwrap(),
-            );
+            v.push(start_sim(studio(seed)).await);
         }
         v
     };
@@ -1058,9 +957,9 @@ async fn conversations(opts: &Opts) -> Vec<Verdict> {
     for strategy in [Strategy::LeastTime, Strategy::CacheAffinity] {
         let sims = pool().await;
         let refs: Vec<&SimHandle> = sims.iter().collect();
-        let baton = BatonProc::start(&config_for(&refs, strategy));
+        let baton = serve(&config_for(&refs, strategy));
         let t0 = Instant::now();
-        let r = conversation_load(baton.url("/v1/chat/completions"), 24, 8, words).await;
+        let r = conversation_load(baton.at("/v1/chat/completions"), 24, 8, words).await;
         let wall = t0.elapsed();
         let name = match strategy {
             Strategy::LeastTime => "least_time",
@@ -1090,8 +989,8 @@ async fn conversations(opts: &Opts) -> Vec<Verdict> {
     for strategy in [Strategy::LeastTime, Strategy::CacheAffinity] {
         let sims = pool().await;
         let refs: Vec<&SimHandle> = sims.iter().collect();
-        let baton = BatonProc::start(&config_for(&refs, strategy));
-        let r = drive(baton.url("/v1/chat/completions"), 24, secs(opts, 10.0), 32).await;
+        let baton = serve(&config_for(&refs, strategy));
+        let r = drive(baton.at("/v1/chat/completions"), 24, secs(opts, 10.0), 32).await;
         line(&format!("single-turn, {strategy:?}"), &r);
         single.push(r.window_tokens_per_second());
     }

@@ -5,17 +5,17 @@
 //! The preflight part builds black-holed hosts in network namespaces and
 //! needs root; without it that part says so and is skipped.
 
-#[path = "../tests/support/netlab.rs"]
-mod netlab;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use baton::config::{BalancerSettings, Config, Worker};
+use baton::config::{BalancerSettings, Config};
 use baton::discover::{self, Options};
 use baton::preflight::{self, Status, Thresholds};
-use baton::sim::{self, SimConfig};
+use baton::sim::SimConfig;
 use baton::studio::StudioKind;
+use support::{SimCfgExt, netlab, start_sim_at};
 
 fn main() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
@@ -47,15 +47,8 @@ async fn scan() {
     .into_iter()
     .enumerate()
     {
-        let cfg = SimConfig {
-            kind,
-            ..SimConfig::default()
-        };
-        studios.push(
-            sim::start(SocketAddr::from(([127, 0, 4, 10 + i as u8], port)), cfg)
-                .await
-                .unwrap(),
-        );
+        let cfg = SimConfig::default().with_kind(kind);
+        studios.push(start_sim_at(([127, 0, 4, 10 + i as u8], port), cfg).await);
     }
     let opts = Options {
         cidrs: vec!["127.0.4.0/24".parse().unwrap()],
@@ -134,30 +127,22 @@ async fn preflight_with_black_holes() {
     let mut workers = Vec::new();
     for i in 0..10 {
         let h = netlab::Host::new().unwrap();
-        let s = sim::start_on(
+        let s = start_sim_at(
             h.listen(1234),
             SimConfig {
                 ttft: Duration::from_millis(20),
                 ..SimConfig::default()
             },
         )
-        .await
-        .unwrap();
+        .await;
         if i >= 7 {
             h.black_hole().unwrap();
         }
-        workers.push(Worker {
-            id: format!("studio-{}", i + 1),
-            host: h.ip.to_string(),
-            port: 1234,
-            kind: StudioKind::LmStudio,
-            model: sim::DEFAULT_MODEL.into(),
-            max_concurrent_requests: baton::config::Slots::Max(4),
-            enabled: true,
-            weight: 1.0,
-            api_key: None,
-            members: Vec::new(),
-        });
+        workers.push(support::worker(
+            &format!("studio-{}", i + 1),
+            &h.ip.to_string(),
+            1234,
+        ));
         hosts.push(h);
         sims.push(s);
     }

@@ -4,10 +4,10 @@
 //!
 //!   cargo bench --bench reliability [-- SECONDS_PER_LEVEL]
 
-#[path = "../tests/support/netlab.rs"]
-mod netlab;
-#[path = "../tests/support/seed000.rs"]
-mod seed000;
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::{netlab, seed000};
 
 fn main() {
     let secs: f64 = std::env::args()

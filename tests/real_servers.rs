@@ -7,8 +7,9 @@
 //! prompts longer than a slot's context.
 //!
 //! Needs the binary and the model (see `support::real`); without them the
-//! tests print `SKIPPED` (and fail under `CI=true`). The two servers use
-//! both cores, so the tests take turns.
+//! tests say SKIPPED and are counted (and fail under `CI=true`). The two
+//! servers use both cores, so the tests take turns, in a test binary of
+//! their own: nothing else may run beside them.
 
 mod support;
 
@@ -17,7 +18,8 @@ use std::time::Duration;
 use baton::balancer::Balancer;
 use futures_util::StreamExt;
 use serde_json::json;
-use support::real::{self, Kit, Load, Report};
+use support::Lab;
+use support::real::{self, Flavor, Kit, Load, Report};
 
 /// One scenario at a time: two servers with one thread each fill the machine.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -114,20 +116,30 @@ fn report(label: &str, r: &Report, b: Option<&Balancer>) {
     }
 }
 
-/// Start the servers and Baton, or say why not (`None` = skipped).
-async fn lab() -> Option<(Kit, Vec<real::LlamaServer>, Balancer)> {
+/// Start two llama-servers and Baton, or say why not (`None` = skipped).
+async fn lab() -> Option<(Kit, Lab)> {
     let kit = real::kit_or_skip()?;
     baton::logging::init();
-    let servers = real::start_servers(&kit, 2).await;
-    let baton = real::balancer_over(&servers).await;
-    Some((kit, servers, baton))
+    let lab = Lab::builder()
+        .real_servers(&kit, Flavor::Cpp, 2)
+        .start()
+        .await;
+    Some((kit, lab))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_openai_client_streams_every_answer_complete_through_two_real_servers_without_ejections()
  {
     let _turn = SERIAL.lock().await;
-    let Some((kit, _servers, baton)) = lab().await else {
+    let Some((
+        kit,
+        Lab {
+            balancer: baton,
+            servers: _servers,
+            ..
+        },
+    )) = lab().await
+    else {
         return;
     };
     let r = real::run_client(&kit, &baton.url(), &Load::streamed(24, 8)).await;
@@ -151,12 +163,18 @@ async fn the_openai_client_streams_every_answer_complete_through_two_real_server
 /// answers on 4 threads, with a short or a long prompt.
 async fn single_threaded_real_servers(context_words: usize, label: &str) {
     let _turn = SERIAL.lock().await;
-    let Some(kit) = real::kit_for_or_skip(real::Flavor::Python) else {
+    let Some(kit) = real::kit_for_or_skip(Flavor::Python) else {
         return;
     };
     baton::logging::init();
-    let servers = real::start_servers_of(&kit, real::Flavor::Python, 2).await;
-    let baton = real::balancer_over(&servers).await;
+    let Lab {
+        balancer: baton,
+        servers: _servers,
+        ..
+    } = Lab::builder()
+        .real_servers(&kit, Flavor::Python, 2)
+        .start()
+        .await;
     // A ~1,300-token prompt takes 7-15 s on one busy core here: each request
     // may wait for one other in Baton's queue, so allow the client 5 minutes
     // per request and the run 10.
@@ -243,7 +261,15 @@ async fn two_real_servers_behind_baton_are_faster_than_one_alone() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn answers_stay_complete_after_idle_gaps_longer_than_the_servers_keep_alive() {
     let _turn = SERIAL.lock().await;
-    let Some((kit, _servers, baton)) = lab().await else {
+    let Some((
+        kit,
+        Lab {
+            balancer: baton,
+            servers: _servers,
+            ..
+        },
+    )) = lab().await
+    else {
         return;
     };
     // llama-server closes a connection idle for 5 s: 6 s gaps let it close
@@ -267,7 +293,15 @@ async fn answers_stay_complete_after_idle_gaps_longer_than_the_servers_keep_aliv
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_client_sending_streamed_requests_back_to_back_gets_every_answer_complete() {
     let _turn = SERIAL.lock().await;
-    let Some((kit, _servers, baton)) = lab().await else {
+    let Some((
+        kit,
+        Lab {
+            balancer: baton,
+            servers: _servers,
+            ..
+        },
+    )) = lab().await
+    else {
         return;
     };
     // One thread: each request starts the moment the previous answer ended,
@@ -282,7 +316,15 @@ async fn one_client_sending_streamed_requests_back_to_back_gets_every_answer_com
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_streamed_answers_handed_straight_to_queued_requests_all_complete() {
     let _turn = SERIAL.lock().await;
-    let Some((kit, _servers, baton)) = lab().await else {
+    let Some((
+        kit,
+        Lab {
+            balancer: baton,
+            servers: _servers,
+            ..
+        },
+    )) = lab().await
+    else {
         return;
     };
     // 8 threads on 4 slots keep a queue, so every slot goes to a waiting
@@ -299,7 +341,15 @@ async fn short_streamed_answers_handed_straight_to_queued_requests_all_complete(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_and_plain_answers_mixed_all_complete_without_ejections() {
     let _turn = SERIAL.lock().await;
-    let Some((kit, _servers, baton)) = lab().await else {
+    let Some((
+        kit,
+        Lab {
+            balancer: baton,
+            servers: _servers,
+            ..
+        },
+    )) = lab().await
+    else {
         return;
     };
     // Plain answers keep their connection alive, streamed ones close it: a
@@ -318,7 +368,15 @@ async fn streamed_and_plain_answers_mixed_all_complete_without_ejections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streamed_answers_with_include_usage_carry_usage_and_a_finish_reason() {
     let _turn = SERIAL.lock().await;
-    let Some((kit, _servers, baton)) = lab().await else {
+    let Some((
+        kit,
+        Lab {
+            balancer: baton,
+            servers: _servers,
+            ..
+        },
+    )) = lab().await
+    else {
         return;
     };
     let r = real::run_client(
@@ -350,7 +408,15 @@ async fn streamed_answers_with_include_usage_carry_usage_and_a_finish_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_prompt_longer_than_a_slots_context_is_the_clients_error_and_ejects_nothing() {
     let _turn = SERIAL.lock().await;
-    let Some((kit, _servers, baton)) = lab().await else {
+    let Some((
+        kit,
+        Lab {
+            balancer: baton,
+            servers: _servers,
+            ..
+        },
+    )) = lab().await
+    else {
         return;
     };
     // -c 4096 over -np 2 leaves 2048 tokens per slot; this prompt is ~3000.
@@ -387,7 +453,15 @@ async fn a_prompt_longer_than_a_slots_context_is_the_clients_error_and_ejects_no
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streams_a_client_abandons_free_their_slots_and_eject_nothing() {
     let _turn = SERIAL.lock().await;
-    let Some((kit, _servers, baton)) = lab().await else {
+    let Some((
+        kit,
+        Lab {
+            balancer: baton,
+            servers: _servers,
+            ..
+        },
+    )) = lab().await
+    else {
         return;
     };
     // Four clients (every slot) read the first chunk of a long answer and

@@ -3,20 +3,23 @@
 //! and the balancer must end as lean as it started.
 //!
 //! About 60 s by default; `BATON_SOAK_SECS=600 cargo test --test soak` for
-//! a longer run. Needs root (network namespaces).
+//! a longer run. Needs root (network namespaces). A test binary of its own:
+//! a minute of sixteen clients and chaos loads the whole machine, which
+//! would skew the timing of any test run beside it.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use baton::config::{Config, Worker};
+use baton::config::{BalancerSettings, Config, Worker};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
+use support::Served;
 use support::netlab::{self, DelayRelay, Host, StudioProcess};
 
 const TOKENS: u64 = 40;
@@ -99,15 +102,6 @@ async fn one(c: &reqwest::Client, url: &str) -> (Outcome, String) {
     }
 }
 
-fn rss_kb(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        .unwrap_or(0)
-}
-
 fn fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
         .map(|d| d.count())
@@ -143,8 +137,7 @@ fn apply(s: &mut Studio, f: Fault, on: bool) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_under_chaos_loses_nothing_and_leaks_nothing() {
-    if let Some(why) = netlab::unavailable() {
-        eprintln!("SKIPPED (network namespaces): {why}");
+    if !support::skip::can_run(netlab::unavailable()) {
         return;
     }
     let secs: u64 = std::env::var("BATON_SOAK_SECS")
@@ -172,77 +165,31 @@ async fn soak_under_chaos_loses_nothing_and_leaks_nothing() {
     let workers: Vec<Worker> = studios
         .iter()
         .enumerate()
-        .map(|(i, s)| Worker {
-            id: format!("studio-{}", i + 1),
-            host: s.host.ip.to_string(),
-            port: 1234,
-            kind: baton::studio::StudioKind::LmStudio,
-            model: baton::sim::DEFAULT_MODEL.into(),
-            max_concurrent_requests: baton::config::Slots::Max(4),
-            enabled: true,
-            weight: 1.0,
-            api_key: None,
-            members: vec![],
-        })
+        .map(|(i, s)| support::worker(&format!("studio-{}", i + 1), &s.host.ip.to_string(), 1234))
         .collect();
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("workers.json");
-    let mut cfg = Config {
+    let config = Config {
         workers,
-        balancer: Default::default(),
+        balancer: BalancerSettings {
+            connect_timeout: Duration::from_millis(300),
+            first_token_timeout: Duration::from_millis(10000),
+            idle_timeout: Duration::from_millis(5000),
+            probe_interval: Duration::from_millis(500),
+            probe_timeout: Duration::from_millis(800),
+            queue_timeout: Duration::from_millis(20000),
+            ..Default::default()
+        },
         ..Default::default()
-    }
-    .to_json();
-    cfg["balancer"] = json!({"connect_timeout_ms": 300, "first_token_timeout_ms": 10000, "idle_timeout_ms": 5000,
-                             "probe_interval_ms": 500, "probe_timeout_ms": 800, "queue_timeout_ms": 20000});
-    std::fs::write(&file, cfg.to_string()).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut baton = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "-c"])
-        .arg(&file)
-        .args(["--listen", &format!("127.0.0.1:{port}")])
-        .env("BATON_LOG", "error")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let pid = baton.id();
-    let base = format!("http://127.0.0.1:{port}");
-    let url = format!("{base}/v1/chat/completions");
-    let stats = || async {
-        reqwest::get(format!("{base}/stats"))
-            .await
-            .ok()?
-            .json::<Value>()
-            .await
-            .ok()
     };
-    let t0 = Instant::now();
-    loop {
-        if let Some(s) = stats().await
-            && s["workers"]
-                .as_array()
-                .is_some_and(|w| w.iter().all(|w| w["state"] == "ready"))
-        {
-            break;
-        }
-        assert!(
-            t0.elapsed() < Duration::from_secs(10),
-            "studios never became ready"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-
+    let baton = Served::start(&config, Stdio::null());
+    baton.wait_all_ready(Duration::from_secs(10)).await;
+    let pid = baton.pid();
+    let url = baton.at("/v1/chat/completions");
     // Warm-up, then the baseline (clients gone, pools warm).
     let client = baton::bench::load::client();
     let warm: Vec<_> = (0..CLIENTS).map(|_| one(&client, &url)).collect();
     futures_util::future::join_all(warm).await;
     tokio::time::sleep(Duration::from_secs(1)).await;
-    let (rss0, fds0) = (rss_kb(pid), fds(pid));
+    let (rss0, fds0) = (baton.rss_kb(), fds(pid));
 
     // The soak: clients loop while the chaos loop flaps studios.
     let stop = Arc::new(AtomicBool::new(false));
@@ -291,8 +238,8 @@ async fn soak_under_chaos_loses_nothing_and_leaks_nothing() {
         assert!(s.process.is_running());
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let end = stats().await.expect("balancer alive after the soak");
-    let (rss1, fds1) = (rss_kb(pid), fds(pid));
+    let end = baton.stats().await.expect("balancer alive after the soak");
+    let (rss1, fds1) = (baton.rss_kb(), fds(pid));
 
     let mut counts: BTreeMap<Outcome, usize> = BTreeMap::new();
     for (o, _) in &all {
@@ -335,6 +282,4 @@ async fn soak_under_chaos_loses_nothing_and_leaks_nothing() {
         "RSS grew from {rss0} kB to {rss1} kB"
     );
     assert!(fds1 <= fds0 + 8, "open files grew from {fds0} to {fds1}");
-    let _ = baton.kill();
-    let _ = baton.wait();
 }

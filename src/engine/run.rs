@@ -521,12 +521,7 @@ pub(super) struct QuietGate(crate::balancer::Quiet);
 const QUIET_PATIENCE: std::time::Duration = std::time::Duration::from_secs(30);
 
 impl preflight::HttpGate for QuietGate {
-    fn enter<'a>(
-        &'a self,
-        worker: &'a str,
-    ) -> std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<Box<dyn Send + 'a>, String>> + Send + 'a>,
-    > {
+    fn enter<'a>(&'a self, worker: &'a str) -> preflight::GateEntry<'a> {
         Box::pin(async move {
             self.0
                 .hold(worker, QUIET_PATIENCE)

@@ -176,11 +176,12 @@ pub async fn run(config: &Config, t: &Thresholds) -> Report {
 /// answers one request at a time (it would wait behind the generation, or
 /// end it). `enter` resolves to a guard to keep while asking, or why not.
 pub trait HttpGate: Sync {
-    fn enter<'a>(
-        &'a self,
-        worker: &'a str,
-    ) -> std::pin::Pin<Box<dyn Future<Output = Result<Box<dyn Send + 'a>, String>> + Send + 'a>>;
+    fn enter<'a>(&'a self, worker: &'a str) -> GateEntry<'a>;
 }
+
+/// What [`HttpGate::enter`] resolves to: a guard to hold, or why not.
+pub type GateEntry<'a> =
+    std::pin::Pin<Box<dyn Future<Output = Result<Box<dyn Send + 'a>, String>> + Send + 'a>>;
 
 /// [`run`], telling `on_host` about each host as soon as its checks are
 /// done (a black-holed studio does not hold back the others' results), and

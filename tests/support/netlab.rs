@@ -1,4 +1,3 @@
-#![allow(dead_code)] // shared by several test binaries and a bench, each using a part
 //! Studio hosts in network namespaces the tests create (and always remove).
 //!
 //! Each host is a namespace joined to the root namespace by a veth pair, on
@@ -14,6 +13,8 @@ use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
+
+use super::cmd::{BatonCmd, BatonProcess};
 
 const PREFIX: &str = "btn";
 
@@ -92,8 +93,9 @@ impl Host {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let ns = format!("{PREFIX}{pid}x{n}");
         // /30 subnets from 198.18.0.0/15, spread by pid so parallel test
-        // processes do not collide.
-        let index = ((pid % 2048) * 16 + n) % 32768;
+        // processes do not collide: 64 per process (a test binary holds
+        // several suites' hosts, a few alive at once).
+        let index = ((pid % 512) * 64 + n % 64) % 32768;
         let base = u32::from(Ipv4Addr::new(198, 18, 0, 0)) + index * 4;
         let (gateway, ip) = (Ipv4Addr::from(base + 1), Ipv4Addr::from(base + 2));
         let tag = format!("{:x}", (pid % 65536) * 64 + n % 64);
@@ -324,7 +326,7 @@ impl Host {
 pub struct StudioProcess {
     ns: String,
     args: Vec<String>,
-    child: Option<std::process::Child>,
+    process: Option<BatonProcess>,
 }
 
 impl StudioProcess {
@@ -341,36 +343,21 @@ impl StudioProcess {
         let mut p = StudioProcess {
             ns: host.ns.clone(),
             args,
-            child: None,
+            process: None,
         };
         p.spawn();
         p
     }
 
     fn spawn(&mut self) {
-        let child = Command::new("ip")
-            .args(["netns", "exec", &self.ns, env!("CARGO_BIN_EXE_baton")])
-            .args(&self.args)
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start baton sim in the namespace");
-        self.child = Some(child);
-    }
-
-    fn signal(&self, sig: &str) {
-        if let Some(c) = &self.child {
-            let _ = Command::new("kill")
-                .args([sig, &c.id().to_string()])
-                .status();
-        }
+        let process = BatonCmd::in_namespace(&self.ns, &self.args).quiet().spawn();
+        self.process = Some(process);
     }
 
     /// Kill -9, as a crashed server.
     pub fn kill(&mut self) {
-        self.signal("-KILL");
-        if let Some(mut c) = self.child.take() {
-            let _ = c.wait();
+        if let Some(mut p) = self.process.take() {
+            p.kill();
         }
     }
 
@@ -380,16 +367,20 @@ impl StudioProcess {
     }
 
     pub fn is_running(&self) -> bool {
-        self.child.is_some()
+        self.process.is_some()
     }
 
     /// SIGSTOP: the process keeps its sockets but answers nothing.
     pub fn pause(&self) {
-        self.signal("-STOP");
+        if let Some(p) = &self.process {
+            p.signal(libc::SIGSTOP);
+        }
     }
 
     pub fn resume(&self) {
-        self.signal("-CONT");
+        if let Some(p) = &self.process {
+            p.signal(libc::SIGCONT);
+        }
     }
 }
 

@@ -6,8 +6,9 @@
 //! The binary and the model come from `BATON_LLAMA_SERVER` and
 //! `BATON_LLAMA_MODEL`, llama-cpp-python's interpreter from
 //! `BATON_LLAMA_CPP_PYTHON`, else from `~/.cache/baton-real` (where
-//! `.ci/run` builds them). Missing pieces skip the tests with
-//! `SKIPPED: ...`, except under `CI=true`, where they fail.
+//! `.ci/run` builds them). Missing pieces skip the tests (they say
+//! SKIPPED and are counted, see `support::skip`), except under `CI=true`,
+//! where they fail.
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom};
@@ -123,29 +124,23 @@ fn locate_llama_cpp_python() -> Result<PathBuf, String> {
     }
 }
 
-/// The kit, or `None` after printing `SKIPPED: ...`; under `CI=true` a
-/// missing kit is a failure, so CI can never go green by skipping.
+/// The kit, or `None` after saying SKIPPED (see [`super::skip`]); under
+/// `CI=true` a missing kit is a failure, so CI can never go green by skipping.
 pub fn kit_or_skip() -> Option<Kit> {
     kit_for_or_skip(Flavor::Cpp)
 }
 
-/// The kit with what `flavor` needs, or `None` after `SKIPPED: ...` (a
+/// The kit with what `flavor` needs, or `None` after saying SKIPPED (a
 /// failure under `CI=true`).
 pub fn kit_for_or_skip(flavor: Flavor) -> Option<Kit> {
-    // libtest names each test's thread after the test.
-    let current = std::thread::current();
-    let test = current.name().unwrap_or("real_servers");
     let kit = locate().and_then(|k| match (&k.llama_cpp_python, flavor) {
         (Err(why), Flavor::Python) => Err(why.clone()),
         _ => Ok(k),
     });
     match kit {
         Ok(k) => Some(k),
-        Err(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test}: real servers are required under CI=true: {why}")
-        }
         Err(why) => {
-            eprintln!("SKIPPED: {test}: {why}");
+            super::skip::skip_test(format!("real servers: {why}"));
             None
         }
     }
@@ -383,7 +378,7 @@ pub fn production_settings() -> baton::config::BalancerSettings {
 }
 
 /// Baton in front of `servers` (workers `llama0`, `llama1`, ...), every
-/// worker ready.
+/// worker ready: the lab's balancer in this process.
 pub async fn balancer_over(servers: &[LlamaServer]) -> baton::balancer::Balancer {
     let config = baton::config::Config {
         workers: servers
@@ -394,15 +389,7 @@ pub async fn balancer_over(servers: &[LlamaServer]) -> baton::balancer::Balancer
         balancer: production_settings(),
         ..Default::default()
     };
-    let b = baton::balancer::Balancer::start(&config, None, None)
-        .await
-        .expect("balancer starts");
-    assert!(
-        b.wait_all_ready(Duration::from_secs(30)).await,
-        "workers not ready behind Baton: {:?}",
-        b.stats()
-    );
-    b
+    super::lab::in_process(&config, None, Duration::from_secs(30)).await
 }
 
 /// What the client is asked to do.

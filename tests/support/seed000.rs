@@ -2,7 +2,6 @@
 //! studios, one black-holed after Baton has seen it healthy. Shared by the
 //! reliability test (which asserts) and `cargo bench --bench reliability`
 //! (which prints the table).
-#![allow(dead_code)]
 
 use std::time::{Duration, Instant};
 
@@ -25,7 +24,7 @@ pub fn studio() -> SimConfig {
 }
 
 pub async fn studio_in(h: &Host) -> SimHandle {
-    sim::start_on(h.listen(1234), studio()).await.unwrap()
+    super::studios::start_sim_at(h.listen(1234), studio()).await
 }
 
 pub async fn drive(b: &Balancer, concurrency: usize, secs: f64) -> LoadReport {
@@ -44,18 +43,15 @@ pub async fn drive(b: &Balancer, concurrency: usize, secs: f64) -> LoadReport {
     load::run(&load::client(), &spec).await
 }
 
+/// Baton (production settings, in this process) in front of `sims`, every
+/// worker ready.
 pub async fn start(sims: &[(&str, &SimHandle)]) -> Balancer {
     let cfg = Config {
         workers: sims.iter().map(|(id, s)| sim::worker_for(id, s)).collect(),
         balancer: BalancerSettings::default(),
         ..Default::default()
     };
-    let b = Balancer::start(&cfg, Some("127.0.0.1:0".parse().unwrap()), None)
-        .await
-        .unwrap();
-    let all = b.wait_all_ready(Duration::from_secs(5)).await;
-    assert!(all, "{:?}", b.stats());
-    b
+    super::lab::in_process(&cfg, None, Duration::from_secs(5)).await
 }
 
 pub fn state(b: &Balancer, id: &str) -> Option<baton::balancer::State> {

@@ -1,7 +1,7 @@
 //! Property test of the request path: whatever a client sends, the
 //! balancer answers with a well-formed status and keeps serving.
 
-mod support;
+use crate::support;
 
 use proptest::prelude::*;
 use serde_json::{Value, json};

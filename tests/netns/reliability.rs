@@ -3,20 +3,20 @@
 //! must stay as fast as the healthy studio alone, lose nothing, and take
 //! the studio back when its link returns.
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
 use baton::balancer::State;
+use baton::config::BalancerSettings;
 use baton::sim::{self, SimConfig};
 use serde_json::json;
 use support::netlab::{self, Host};
-use support::seed000;
+use support::{Lab, seed000};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn seed_000_a_black_holed_studio_costs_nothing() {
-    if let Some(why) = netlab::unavailable() {
-        eprintln!("SKIPPED (network namespaces): {why}");
+    if !support::skip::can_run(netlab::unavailable()) {
         return;
     }
     let o = seed000::run(3.0).await;
@@ -64,21 +64,20 @@ async fn seed_000_a_black_holed_studio_costs_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_studio_going_dark_mid_stream_ends_its_streams_within_seconds() {
-    if let Some(why) = netlab::unavailable() {
-        eprintln!("SKIPPED (network namespaces): {why}");
+    if !support::skip::can_run(netlab::unavailable()) {
         return;
     }
-    let h = Host::new().unwrap();
-    let s = sim::start_on(
-        h.listen(1234),
-        SimConfig {
+    let lab = Lab::builder()
+        .studio(SimConfig {
             tokens_per_second: 5.0,
             ..seed000::studio()
-        },
-    )
-    .await
-    .unwrap();
-    let b = seed000::start(&[("dark", &s)]).await;
+        })
+        .ids(["dark"])
+        .settings(BalancerSettings::default())
+        .in_namespaces()
+        .start()
+        .await;
+    let (b, h) = (&lab.balancer, &lab.hosts[0]);
     let c = baton::bench::load::client();
     let r = c
         .post(format!("{}/chat/completions", b.url()))
@@ -102,19 +101,14 @@ async fn a_studio_going_dark_mid_stream_ends_its_streams_within_seconds() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn random_loss_and_tcp_resets_are_seen_for_what_they_are() {
-    if let Some(why) = netlab::unavailable() {
-        eprintln!("SKIPPED (network namespaces): {why}");
+    if !support::skip::can_run(netlab::unavailable()) {
         return;
     }
     use baton::preflight::{self, Status, Thresholds};
     let lossy = Host::new().unwrap();
     let resetting = Host::new().unwrap();
-    let _a = sim::start_on(lossy.listen(1234), seed000::studio())
-        .await
-        .unwrap();
-    let b = sim::start_on(resetting.listen(1234), seed000::studio())
-        .await
-        .unwrap();
+    let _a = support::start_sim_at(lossy.listen(1234), seed000::studio()).await;
+    let b = support::start_sim_at(resetting.listen(1234), seed000::studio()).await;
     lossy.loss(40).unwrap();
     resetting.reset_tcp(1234).unwrap();
     let mut wa = sim::worker_for("lossy", &b);
@@ -161,17 +155,14 @@ async fn random_loss_and_tcp_resets_are_seen_for_what_they_are() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_busy_single_threaded_studio_that_goes_dark_is_ejected_within_two_seconds() {
-    if let Some(why) = netlab::unavailable() {
-        eprintln!("SKIPPED (network namespaces): {why}");
+    if !support::skip::can_run(netlab::unavailable()) {
         return;
     }
     // A studio that serves HTTP one request at a time: while it streams, a
     // probe would wait. Baton must leave it alone while it is busy, and
     // still drop it fast when it really goes dark.
-    let h = Host::new().unwrap();
-    let s = sim::start_on(
-        h.listen(1234),
-        SimConfig {
+    let lab = Lab::builder()
+        .studio(SimConfig {
             slots: 1,
             tokens_per_second: 10.0,
             faults: sim::Faults {
@@ -179,11 +170,13 @@ async fn a_busy_single_threaded_studio_that_goes_dark_is_ejected_within_two_seco
                 ..Default::default()
             },
             ..seed000::studio()
-        },
-    )
-    .await
-    .unwrap();
-    let b = seed000::start(&[("serial", &s)]).await;
+        })
+        .ids(["serial"])
+        .settings(BalancerSettings::default())
+        .in_namespaces()
+        .start()
+        .await;
+    let (b, h) = (&lab.balancer, &lab.hosts[0]);
     let c = baton::bench::load::client();
     let url = format!("{}/chat/completions", b.url());
     let body = json!({"model": sim::DEFAULT_MODEL, "stream": true, "max_tokens": 400,
@@ -191,11 +184,11 @@ async fn a_busy_single_threaded_studio_that_goes_dark_is_ejected_within_two_seco
     let r = c.post(&url).json(&body).send().await.unwrap();
     // Busy for a while first: serving, never ejected.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert_eq!(seed000::state(&b, "serial"), Some(State::Ready));
+    assert_eq!(seed000::state(b, "serial"), Some(State::Ready));
     let t0 = std::time::Instant::now();
     h.black_hole().unwrap();
     let ejected = support::wait_until(Duration::from_secs(5), || {
-        seed000::state(&b, "serial") != Some(State::Ready)
+        seed000::state(b, "serial") != Some(State::Ready)
     })
     .await;
     let took = t0.elapsed();

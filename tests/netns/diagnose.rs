@@ -5,7 +5,7 @@
 //! seeds and orders), the three at once: they share no studio, and the
 //! studios' timing is their own clock, not the CPU.
 
-mod support;
+use crate::support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -13,39 +13,22 @@ use std::time::{Duration, Instant};
 
 use baton::bench::diagnose::{Cause, Severity, render};
 use baton::bench::report::BenchResult;
-use baton::bench::run::{self, Gate, Mode, Observer, Plan, Target};
+use baton::bench::run::{self, Gate, Plan};
 use baton::config::Config;
 use baton::sim::{self, SimConfig, SimHandle};
 use baton::studio::StudioKind;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use support::netlab::{self, DelayRelay, Host};
+use support::{BatonCmd, SimCfgExt, start_sim, start_sim_at};
 use tokio_util::sync::CancellationToken;
-
-struct Quiet;
-
-impl Observer for Quiet {
-    fn note(&self, _: &str) {}
-    fn level_started(&self, _: &str, _: Option<u64>, _: Option<Duration>) {}
-    fn progress(&self, _: u64, _: u64) {}
-    fn level_finished(&self, _: &str, _: &str) {}
-}
 
 /// A quick studio: 80 ms to first token, 200 tokens/s, so a 16-token
 /// answer takes about 155 ms.
 fn studio(kind: StudioKind, slots: usize, seed: u64) -> SimConfig {
-    SimConfig {
-        kind,
-        slots,
-        ttft: Duration::from_millis(80),
-        tokens_per_second: 200.0,
-        seed,
-        ..SimConfig::default()
-    }
-}
-
-async fn start(cfg: SimConfig) -> SimHandle {
-    support::start_sims([cfg]).await.remove(0)
+    support::sim_cfg(slots, 80, 200.0)
+        .with_kind(kind)
+        .with_seed(seed)
 }
 
 /// One workers-file entry, as the user writes it.
@@ -70,27 +53,18 @@ fn config(entries: Vec<Value>) -> Config {
     Config::parse(&text, Path::new("workers.json")).unwrap()
 }
 
+/// 16-token answers, 1.5 s per level, each studio probed alone first.
 fn plan(cfg: Config, levels: Vec<usize>, gate: Gate) -> Plan {
     Plan {
-        mode: Mode::Concurrency,
-        target: Target::Balancer(cfg),
-        model: sim::DEFAULT_MODEL.into(),
         max_tokens: 16,
-        prompts: vec![],
-        requests: None,
-        duration: Some(Duration::from_secs_f64(1.5)),
-        warmup_requests: 1,
-        repeat: 1,
-        concurrency_levels: levels,
-        worker_counts: vec![],
         gate,
         probe_studios: true,
-        max_connections: None,
+        ..support::plan(cfg, &levels, 1.5)
     }
 }
 
 async fn bench(p: Plan) -> BenchResult {
-    run::run(&p, Arc::new(Quiet), CancellationToken::new())
+    run::run(&p, Arc::new(support::Quiet), CancellationToken::new())
         .await
         .unwrap()
 }
@@ -147,16 +121,6 @@ fn expect(name: &str, r: &BenchResult, cause: Option<Cause>, worker: Option<&str
     assert!(v["diagnosis"]["findings"].is_array());
 }
 
-fn lab_unavailable() -> bool {
-    match netlab::unavailable() {
-        Some(why) => {
-            eprintln!("SKIPPED (network namespaces): {why}");
-            true
-        }
-        None => false,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_healthy_pool_has_no_problem() {
     let t0 = Instant::now();
@@ -172,7 +136,7 @@ async fn a_healthy_pool_has_no_problem() {
     let results = join_all(runs.iter().enumerate().map(|(i, kinds)| async move {
         let mut sims = Vec::new();
         for (j, k) in kinds.iter().enumerate() {
-            sims.push(start(studio(*k, 2, (i * 10 + j) as u64 + 1)).await);
+            sims.push(start_sim(studio(*k, 2, (i * 10 + j) as u64 + 1)).await);
         }
         let entries = sims
             .iter()
@@ -209,7 +173,7 @@ async fn a_healthy_pool_has_no_problem() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_studio_is_dead() {
-    if lab_unavailable() {
+    if !support::skip::can_run(netlab::unavailable()) {
         return;
     }
     // (gate, position of the dead studio, its kind)
@@ -223,12 +187,10 @@ async fn a_black_holed_studio_is_dead() {
             .enumerate()
             .map(|(i, (gate, at, kind))| async move {
                 let h = Host::new().unwrap();
-                let dark = sim::start_on(h.listen(1234), studio(*kind, 2, i as u64))
-                    .await
-                    .unwrap();
+                let dark = start_sim_at(h.listen(1234), studio(*kind, 2, i as u64)).await;
                 h.black_hole().unwrap();
-                let a = start(studio(*kind, 2, 10 + i as u64)).await;
-                let b = start(studio(*kind, 2, 20 + i as u64)).await;
+                let a = start_sim(studio(*kind, 2, 10 + i as u64)).await;
+                let b = start_sim(studio(*kind, 2, 20 + i as u64)).await;
                 let mut entries = vec![entry_for("a", &a, 2), entry_for("b", &b, 2)];
                 entries.insert(*at, entry("dark", &h.ip.to_string(), 1234, *kind, 2));
                 let r = bench(plan(config(entries), vec![1, 4], *gate)).await;
@@ -256,7 +218,7 @@ async fn a_black_holed_studio_is_dead() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_studio_behind_40_ms_of_delay_is_network_bound() {
-    if lab_unavailable() {
+    if !support::skip::can_run(netlab::unavailable()) {
         return;
     }
     let runs = [
@@ -269,10 +231,10 @@ async fn a_studio_behind_40_ms_of_delay_is_network_bound() {
             .enumerate()
             .map(|(i, (kind, far_first))| async move {
                 let h = Host::new().unwrap();
-                let behind = start(studio(*kind, 2, i as u64 + 1)).await;
+                let behind = start_sim(studio(*kind, 2, i as u64 + 1)).await;
                 let relay = DelayRelay::start(&h, 1234, behind.addr());
                 relay.set_delay(40);
-                let near = start(studio(*kind, 2, i as u64 + 7)).await;
+                let near = start_sim(studio(*kind, 2, i as u64 + 7)).await;
                 let far = entry("far", &h.ip.to_string(), 1234, *kind, 2);
                 let mut entries = vec![entry_for("near", &near, 2)];
                 if *far_first {
@@ -314,8 +276,8 @@ async fn a_one_slot_studio_declared_with_four_is_serialized() {
         (StudioKind::Ollama, 0),
     ];
     let results = join_all(runs.iter().enumerate().map(|(i, (kind, at))| async move {
-        let one = start(studio(*kind, 1, i as u64 + 1)).await;
-        let four = start(studio(*kind, 4, i as u64 + 5)).await;
+        let one = start_sim(studio(*kind, 1, i as u64 + 1)).await;
+        let four = start_sim(studio(*kind, 4, i as u64 + 5)).await;
         let mut entries = vec![entry_for("parallel", &four, 4)];
         entries.insert(*at, entry_for("serial", &one, 4));
         let r = bench(plan(config(entries), vec![1, 8], Gate::Require)).await;
@@ -352,8 +314,8 @@ async fn a_one_slot_studio_declared_with_four_is_serialized() {
 async fn a_pool_driven_far_past_its_slots_is_saturated() {
     let runs = [StudioKind::LmStudio, StudioKind::LlamaCpp, StudioKind::Vllm];
     let results = join_all(runs.iter().enumerate().map(|(i, kind)| async move {
-        let a = start(studio(*kind, 2, i as u64 + 1)).await;
-        let b = start(studio(*kind, 2, i as u64 + 9)).await;
+        let a = start_sim(studio(*kind, 2, i as u64 + 1)).await;
+        let b = start_sim(studio(*kind, 2, i as u64 + 9)).await;
         let entries = vec![entry_for("a", &a, 2), entry_for("b", &b, 2)];
         let r = bench(plan(config(entries), vec![2, 4, 8, 16], Gate::Require)).await;
         (a, b, r)
@@ -387,12 +349,12 @@ async fn a_five_second_model_load_is_a_cold_model() {
         (Gate::Skip, StudioKind::Ollama),
     ];
     let results = join_all(runs.iter().enumerate().map(|(i, (gate, kind))| async move {
-        let cold = start(SimConfig {
+        let cold = start_sim(SimConfig {
             load_ms: 5000,
             ..studio(*kind, 2, i as u64 + 1)
         })
         .await;
-        let warm = start(studio(*kind, 2, i as u64 + 3)).await;
+        let warm = start_sim(studio(*kind, 2, i as u64 + 3)).await;
         let entries = vec![entry_for("warm", &warm, 2), entry_for("cold", &cold, 2)];
         let r = bench(plan(config(entries), vec![1, 4], *gate)).await;
         (cold, warm, r)
@@ -430,14 +392,14 @@ async fn a_studio_four_times_slower_is_slow() {
         (StudioKind::Ollama, 1),
     ];
     let results = join_all(runs.iter().enumerate().map(|(i, (kind, at))| async move {
-        let slow = start(SimConfig {
+        let slow = start_sim(SimConfig {
             ttft: Duration::from_millis(320),
             tokens_per_second: 50.0,
             ..studio(*kind, 2, i as u64 + 1)
         })
         .await;
-        let a = start(studio(*kind, 2, i as u64 + 2)).await;
-        let b = start(studio(*kind, 2, i as u64 + 3)).await;
+        let a = start_sim(studio(*kind, 2, i as u64 + 2)).await;
+        let b = start_sim(studio(*kind, 2, i as u64 + 3)).await;
         let mut entries = vec![entry_for("a", &a, 2), entry_for("b", &b, 2)];
         entries.insert(*at, entry_for("slow", &slow, 2));
         let r = bench(plan(config(entries), vec![1, 6], Gate::Require)).await;
@@ -475,8 +437,8 @@ async fn a_client_limited_on_purpose_is_client_bound() {
         (StudioKind::Ollama, 2),
     ];
     let results = join_all(runs.iter().enumerate().map(|(i, (kind, cap))| async move {
-        let a = start(studio(*kind, 4, i as u64 + 1)).await;
-        let b = start(studio(*kind, 4, i as u64 + 2)).await;
+        let a = start_sim(studio(*kind, 4, i as u64 + 1)).await;
+        let b = start_sim(studio(*kind, 4, i as u64 + 2)).await;
         let entries = vec![entry_for("a", &a, 4), entry_for("b", &b, 4)];
         let mut p = plan(config(entries), vec![1, 8], Gate::Require);
         p.max_connections = Some(*cap);
@@ -510,9 +472,9 @@ async fn a_studio_failing_one_answer_in_five_is_flaky() {
     let results = join_all(runs.iter().enumerate().map(|(i, (kind, at))| async move {
         let mut cfg = studio(*kind, 2, i as u64 + 11);
         cfg.faults.error_rate = 0.2;
-        let bad = start(cfg).await;
-        let a = start(studio(*kind, 2, i as u64 + 1)).await;
-        let b = start(studio(*kind, 2, i as u64 + 2)).await;
+        let bad = start_sim(cfg).await;
+        let a = start_sim(studio(*kind, 2, i as u64 + 1)).await;
+        let b = start_sim(studio(*kind, 2, i as u64 + 2)).await;
         let mut entries = vec![entry_for("a", &a, 2), entry_for("b", &b, 2)];
         entries.insert(*at, entry_for("flaky", &bad, 2));
         let r = bench(plan(config(entries), vec![1, 6], Gate::Require)).await;
@@ -538,7 +500,7 @@ async fn a_studio_failing_one_answer_in_five_is_flaky() {
 /// and runs them one after another inside the studio.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_slot_declared_as_four_queues_inside_the_studio() {
-    let s = start(studio(StudioKind::LmStudio, 1, 1)).await;
+    let s = start_sim(studio(StudioKind::LmStudio, 1, 1)).await;
     let c = support::client();
     let url = format!("{}/v1/chat/completions", s.url());
     let t0 = Instant::now();
@@ -556,10 +518,7 @@ async fn one_slot_declared_as_four_queues_inside_the_studio() {
     // Through Baton with the workers file declaring 4 slots.
     s.reset_stats();
     let cfg = config(vec![entry_for("s", &s, 4)]);
-    let b = baton::balancer::Balancer::start(&cfg, Some("127.0.0.1:0".parse().unwrap()), None)
-        .await
-        .unwrap();
-    assert!(b.wait_all_ready(Duration::from_secs(5)).await);
+    let b = support::lab::in_process(&cfg, None, Duration::from_secs(5)).await;
     let url = b.url();
     let answers = join_all((0..4).map(|_| support::stream_chat(&c, &url, 16))).await;
     for (status, worker, sse) in answers {
@@ -580,29 +539,25 @@ async fn one_slot_declared_as_four_queues_inside_the_studio() {
 fn the_cli_prints_the_verdict_and_diagnoses_a_stored_run() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.json");
-    let bench = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args([
-            "bench",
-            "--simulate",
-            "2",
-            "--mode",
-            "concurrency",
-            "--concurrency-levels",
-            "1",
-            "8",
-            "--duration",
-            "1.5",
-            "--max-tokens",
-            "8",
-            "--no-charts",
-            "-o",
-        ])
-        .arg(&out)
-        .env("HOME", dir.path())
-        .env("XDG_DATA_HOME", dir.path().join("data"))
-        .env("XDG_CONFIG_HOME", dir.path().join("config"))
-        .output()
-        .unwrap();
+    let bench = BatonCmd::new([
+        "bench",
+        "--simulate",
+        "2",
+        "--mode",
+        "concurrency",
+        "--concurrency-levels",
+        "1",
+        "8",
+        "--duration",
+        "1.5",
+        "--max-tokens",
+        "8",
+        "--no-charts",
+        "-o",
+    ])
+    .arg(&out)
+    .home(dir.path())
+    .output();
     let stdout = String::from_utf8_lossy(&bench.stdout);
     assert!(
         bench.status.success(),
@@ -616,11 +571,7 @@ fn the_cli_prints_the_verdict_and_diagnoses_a_stored_run() {
     assert_eq!(r.evidence.as_ref().unwrap().probes.len(), 2);
 
     // Again from the file: the same verdict, as text and JSON.
-    let again = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["diagnose", "--json"])
-        .arg(&out)
-        .output()
-        .unwrap();
+    let again = BatonCmd::new(["diagnose", "--json"]).arg(&out).output();
     let v: baton::bench::diagnose::Diagnosis = serde_json::from_slice(&again.stdout).unwrap();
     // (Figures may differ in the last bit: JSON does not round-trip every float.)
     assert_eq!(
@@ -636,11 +587,7 @@ fn the_cli_prints_the_verdict_and_diagnoses_a_stored_run() {
     old.as_object_mut().unwrap().remove("diagnosis");
     let old_path = dir.path().join("old.json");
     std::fs::write(&old_path, old.to_string()).unwrap();
-    let text = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .arg("diagnose")
-        .arg(&old_path)
-        .output()
-        .unwrap();
+    let text = BatonCmd::new(["diagnose"]).arg(&old_path).output();
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(
         text.contains("tables only") && text.contains("Diagnosis: "),

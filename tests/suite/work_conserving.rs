@@ -2,7 +2,7 @@
 //! back-to-back clients on one keep-alive connection, instant answers, every
 //! endpoint; and a request sent the instant `baton serve` listens.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -13,12 +13,8 @@ use support::*;
 /// Studios that answer at once: the pattern that used to stall the queue.
 fn instant_studio(seed: u64) -> SimConfig {
     SimConfig {
-        slots: 4,
-        ttft: Duration::ZERO,
-        tokens_per_second: 1_000_000.0,
         default_tokens: 4,
-        seed,
-        ..SimConfig::default()
+        ..sim_cfg(4, 0, 1_000_000.0).with_seed(seed)
     }
 }
 
@@ -136,26 +132,11 @@ async fn four_clients_back_to_back_over_one_studio_never_stall() {
 #[test]
 fn a_request_sent_the_instant_baton_serve_listens_succeeds() {
     // A free port, then `baton serve` on it over simulated studios.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["serve", "--simulate", "2", "--listen"])
+    let port = free_port();
+    let _serve = BatonCmd::new(["serve", "--simulate", "2", "--listen"])
         .arg(format!("127.0.0.1:{port}"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    struct Kill(std::process::Child);
-    impl Drop for Kill {
-        fn drop(&mut self) {
-            let _ = self.0.kill();
-            let _ = self.0.wait();
-        }
-    }
-    let _guard = Kill(child);
+        .quiet()
+        .spawn();
     // Connect the moment the port accepts: before any studio was probed.
     let t0 = Instant::now();
     let mut stream = loop {

@@ -1,22 +1,21 @@
 //! Discovery on loopback: simulated studios of every kind on 127.0.1.x.
 
-mod support;
+use crate::support;
 
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::Ipv4Addr;
 
 use baton::config::Config;
 use baton::discover::{self, Options};
 use baton::sim::{self, SimConfig};
 use baton::studio::StudioKind;
+use support::{BatonCmd, SimCfgExt};
 
 async fn studio(ip: [u8; 4], port: u16, kind: StudioKind, models: &[&str]) -> sim::SimHandle {
     let cfg = SimConfig {
-        kind,
-        models: models.iter().map(|m| m.to_string()).collect(),
         slots: 3,
         ..SimConfig::default()
     };
-    sim::start(SocketAddr::from((ip, port)), cfg).await.unwrap()
+    support::start_sim_at((ip, port), cfg.with_kind(kind).with_models(models)).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -205,26 +204,20 @@ async fn unique_ids_when_one_host_serves_twice() {
 
 #[test]
 fn cli_discover_json_and_refusals() {
-    let bin = env!("CARGO_BIN_EXE_baton");
-    let out = std::process::Command::new(bin)
-        .args(["discover", "--cidr", "10.0.0.0/16", "--no-mdns"])
-        .output()
-        .unwrap();
+    let out = BatonCmd::new(["discover", "--cidr", "10.0.0.0/16", "--no-mdns"]).output();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--force") && err.contains("/22"), "{err}");
-    let out = std::process::Command::new(bin)
-        .args([
-            "discover",
-            "--cidr",
-            "127.0.1.96/30",
-            "--no-mdns",
-            "--json",
-            "--timeout-ms",
-            "200",
-        ])
-        .output()
-        .unwrap();
+    let out = BatonCmd::new([
+        "discover",
+        "--cidr",
+        "127.0.1.96/30",
+        "--no-mdns",
+        "--json",
+        "--timeout-ms",
+        "200",
+    ])
+    .output();
     assert!(
         out.status.success(),
         "{}",

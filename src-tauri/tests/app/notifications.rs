@@ -2,7 +2,7 @@
 //! here): one when a studio goes down and one when it comes back, none at
 //! start-up; and why the app cannot start, when its workers file is broken.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -11,8 +11,7 @@ use common::{App, Home};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_notification_when_a_studio_goes_down_and_when_it_comes_back() {
-    if let Some(why) = common::missing(false) {
-        println!("SKIPPED: {why}");
+    if !common::can_run(false) {
         return;
     }
     let _one = common::serial().await;
@@ -90,8 +89,7 @@ async fn a_notification_when_a_studio_goes_down_and_when_it_comes_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broken_workers_file_is_reported_with_its_fix_and_the_app_exits_1() {
-    if let Some(why) = common::missing(false) {
-        println!("SKIPPED: {why}");
+    if !common::can_run(false) {
         return;
     }
     let _one = common::serial().await;

@@ -1,7 +1,7 @@
 //! The control API over real sockets: who may call it, workers-file edits
 //! that never lose anything, jobs, runs, and the event stream.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,11 +28,13 @@ impl Dash {
     async fn start(sims: usize) -> Dash {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("workers.json");
-        let handles = start_sims((0..sims).map(|i| baton::sim::SimConfig {
-            ttft: Duration::from_millis(20),
-            tokens_per_second: 500.0,
-            seed: i as u64 + 1,
-            ..Default::default()
+        let handles = start_sims((0..sims).map(|i| {
+            baton::sim::SimConfig {
+                ttft: Duration::from_millis(20),
+                tokens_per_second: 500.0,
+                ..Default::default()
+            }
+            .with_seed(i as u64 + 1)
         }))
         .await;
         let workers: Vec<_> = workers_for(&handles, |i| format!("studio-{i}"))
@@ -623,23 +625,20 @@ fn a_kill_9_during_edits_leaves_the_old_or_the_new_file_never_a_partial_one() {
     .unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     for round in 0..5u64 {
-        let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-            .args([
-                "dashboard",
-                "--no-open",
-                "--no-balancer",
-                "--control-port",
-                "0",
-                "-c",
-            ])
-            .arg(&file)
-            .env("XDG_DATA_HOME", dir.path().join("data"))
-            .env("XDG_CONFIG_HOME", dir.path().join("config"))
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .unwrap();
-        let url = first_line_with(&mut child, "dashboard: ");
+        let mut child = BatonCmd::new([
+            "dashboard",
+            "--no-open",
+            "--no-balancer",
+            "--control-port",
+            "0",
+            "-c",
+        ])
+        .arg(&file)
+        .home(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn();
+        let url = child.stdout_after("dashboard: ");
         let (base, token) = url.split_once("/#token=").unwrap();
         let (base, token) = (base.to_string(), token.to_string());
         rt.block_on(async {
@@ -658,30 +657,10 @@ fn a_kill_9_during_edits_leaves_the_old_or_the_new_file_never_a_partial_one() {
             };
             let _ = tokio::time::timeout(Duration::from_millis(150 + round * 70), hammer).await;
         });
-        unsafe {
-            libc::kill(child.id() as i32, libc::SIGKILL);
-        }
-        let _ = child.wait();
+        child.kill();
         let cfg = baton::config::Config::load(&file)
             .unwrap_or_else(|e| panic!("round {round}: the file is broken: {e}"));
         assert!(cfg.workers.iter().any(|w| w.id == "a"));
-    }
-}
-
-fn first_line_with(child: &mut std::process::Child, needle: &str) -> String {
-    use std::io::BufRead;
-    let out = child.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(out).lines();
-    loop {
-        let line = lines
-            .next()
-            .expect("the dashboard printed its address")
-            .unwrap();
-        if let Some((_, rest)) = line.split_once(needle) {
-            // Keep reading stdout in the background so the child never blocks.
-            std::thread::spawn(move || for _ in lines {});
-            return rest.trim().to_string();
-        }
     }
 }
 
@@ -695,12 +674,10 @@ async fn the_cli_prints_the_same_structs_the_api_serves_for_a_preflight_and_a_ru
     let api = d.job(v["job"].as_u64().unwrap()).await["result"].clone();
     // The CLI's, over the same workers file.
     let dir = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["preflight", "--json", "-c"])
+    let out = BatonCmd::new(["preflight", "--json", "-c"])
         .arg(&d.file)
         .env("XDG_DATA_HOME", dir.path())
-        .output()
-        .unwrap();
+        .output();
     let cli: Value = serde_json::from_slice(&out.stdout).unwrap();
     let keys = |v: &Value| -> Vec<String> {
         let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
@@ -725,11 +702,9 @@ async fn the_cli_prints_the_same_structs_the_api_serves_for_a_preflight_and_a_ru
     let id = job["result"]["run_id"].as_i64().unwrap();
     let (_, api_run) = d.get(&format!("/api/runs/{id}")).await;
     let data_home = d.engine.store_path().parent().unwrap().parent().unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["runs", "show", &id.to_string()])
+    let out = BatonCmd::new(["runs", "show", &id.to_string()])
         .env("XDG_DATA_HOME", data_home)
-        .output()
-        .unwrap();
+        .output();
     assert!(
         out.status.success(),
         "{}",

@@ -4,7 +4,7 @@
 //! without a finish. Busy must never look dead, and a cut answer must never
 //! look complete.
 
-mod support;
+use crate::support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -30,14 +30,9 @@ const TPS: f64 = 50.0;
 const TOKENS: u32 = 24;
 
 fn studio(slots: usize, faults: Faults, seed: u64) -> SimConfig {
-    SimConfig {
-        slots,
-        ttft: Duration::from_millis(TTFT_MS),
-        tokens_per_second: TPS,
-        faults,
-        seed,
-        ..SimConfig::default()
-    }
+    sim_cfg(slots, TTFT_MS, TPS)
+        .with_faults(faults)
+        .with_seed(seed)
 }
 
 /// Answers per second a studio can give: `slots` at a time, each taking

@@ -1,6 +1,6 @@
 //! The balancer over simulated studios on 127.0.0.x, real HTTP throughout.
 
-mod support;
+use crate::support;
 
 use std::time::{Duration, Instant};
 
@@ -432,9 +432,7 @@ async fn reload_adds_and_removes_studios_under_load() {
         test_settings(),
     )
     .await;
-    let extra = baton::sim::start("127.0.0.1:0".parse().unwrap(), sim_cfg(2, 5, 200.0))
-        .await
-        .unwrap();
+    let extra = start_sim(sim_cfg(2, 5, 200.0)).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let c = client();
     let mut clients = Vec::new();
@@ -626,12 +624,11 @@ async fn stats_metrics_and_health_describe_the_pool() {
 
 #[tokio::test]
 async fn api_key_is_required_when_set_and_lan_bind_needs_one() {
-    let lab = Lab::start_with_key(
-        vec![sim_cfg(1, 1, 1000.0)],
-        test_settings(),
-        Some("s3cret-key".into()),
-    )
-    .await;
+    let lab = Lab::builder()
+        .studio(sim_cfg(1, 1, 1000.0))
+        .key(Some("s3cret-key".into()))
+        .start()
+        .await;
     let c = client();
     let r = lab.chat(&c, &chat_body(1, false)).await;
     assert_eq!(r.status(), 401);
@@ -845,12 +842,7 @@ async fn a_failure_after_half_an_event_still_ends_with_well_formed_sse() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    let mut w = support::worker_for(
-        "x",
-        &baton::sim::start("127.0.0.1:0".parse().unwrap(), sim_cfg(1, 1, 1000.0))
-            .await
-            .unwrap(),
-    );
+    let mut w = support::worker_for("x", &start_sim(sim_cfg(1, 1, 1000.0)).await);
     w.port = addr.port();
     w.model = "m".into();
     let cfg = baton::config::Config {
@@ -882,27 +874,10 @@ async fn a_failure_after_half_an_event_still_ends_with_well_formed_sse() {
     );
 }
 
-/// A port nothing listens on right now.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn worker_at(id: &str, host: &str, port: u16) -> baton::config::Worker {
     baton::config::Worker {
-        id: id.into(),
-        host: host.into(),
-        port,
-        kind: baton::studio::StudioKind::LmStudio,
-        model: baton::sim::DEFAULT_MODEL.into(),
         max_concurrent_requests: baton::config::Slots::Max(2),
-        enabled: true,
-        weight: 1.0,
-        api_key: None,
-        members: vec![],
+        ..worker(id, host, port)
     }
 }
 

@@ -1,17 +1,15 @@
 //! The `baton` binary as a user runs it.
 
-mod support;
+use crate::support;
 
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::Value;
-
-const BIN: &str = env!("CARGO_BIN_EXE_baton");
+use support::{BatonCmd, BatonProcess, start_sim};
 
 #[test]
 fn help_lists_every_subcommand_with_one_line() {
-    let out = Command::new(BIN).arg("--help").output().unwrap();
+    let out = BatonCmd::new(["--help"]).output();
     assert!(out.status.success());
     let text = String::from_utf8(out.stdout).unwrap();
     let section = text
@@ -31,7 +29,7 @@ fn help_lists_every_subcommand_with_one_line() {
             continue;
         }
         // Every listed subcommand exists and has its own help.
-        let o = Command::new(BIN).args([sub, "--help"]).output().unwrap();
+        let o = BatonCmd::new([sub, "--help"]).output();
         assert!(o.status.success(), "{sub} --help failed");
     }
     assert!(
@@ -48,7 +46,7 @@ fn help_lists_every_subcommand_with_one_line() {
 
 #[test]
 fn version_is_printed() {
-    let out = Command::new(BIN).arg("--version").output().unwrap();
+    let out = BatonCmd::new(["--version"]).output();
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(
         text.starts_with(&format!("baton {}", env!("CARGO_PKG_VERSION"))),
@@ -61,11 +59,7 @@ fn config_check_reports_errors_with_exit_code_2() {
     let dir = tempfile::tempdir().unwrap();
     let f = dir.path().join("w.json");
     std::fs::write(&f, r#"{"workers":[{"id":"a","host":"h","port":70000,"type":"lm_studio","model":"m","max_concurrent_requests":1}]}"#).unwrap();
-    let out = Command::new(BIN)
-        .args(["config", "check", "-c"])
-        .arg(&f)
-        .output()
-        .unwrap();
+    let out = BatonCmd::new(["config", "check", "-c"]).arg(&f).output();
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8(out.stderr).unwrap();
     assert!(
@@ -78,41 +72,34 @@ fn config_check_reports_errors_with_exit_code_2() {
 async fn sim_command_starts_studios_a_client_can_use() {
     let dir = tempfile::tempdir().unwrap();
     let cfg = dir.path().join("workers.json");
-    let mut child = Command::new(BIN)
-        .args([
-            "sim",
-            "--count",
-            "2",
-            "--base",
-            "127.0.0.70",
-            "--port",
-            "0",
-            "--tps",
-            "500",
-            "--ttft-ms",
-            "5",
-            "--write-config",
-        ])
-        .arg(&cfg)
-        .env("BATON_LOG", "debug")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut urls = Vec::new();
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if let Some(u) = line
-            .split_whitespace()
-            .find(|w| w.starts_with("http://") && w.ends_with("/v1"))
-        {
-            urls.push(u.to_string());
-        }
-        if line.contains("Press Ctrl-C") {
-            break;
-        }
-    }
+    let mut child = BatonCmd::new([
+        "sim",
+        "--count",
+        "2",
+        "--base",
+        "127.0.0.70",
+        "--port",
+        "0",
+        "--tps",
+        "500",
+        "--ttft-ms",
+        "5",
+        "--write-config",
+    ])
+    .arg(&cfg)
+    .env("BATON_LOG", "debug")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn();
+    let urls: Vec<String> = child
+        .stdout_until("Press Ctrl-C")
+        .iter()
+        .filter_map(|line| {
+            line.split_whitespace()
+                .find(|w| w.starts_with("http://") && w.ends_with("/v1"))
+                .map(str::to_string)
+        })
+        .collect();
     assert_eq!(urls.len(), 2);
     let c = support::client();
     for u in &urls {
@@ -130,32 +117,21 @@ async fn sim_command_starts_studios_a_client_can_use() {
     // Port 0: both on the base address, each on a port of its own.
     assert_eq!(loaded.workers[1].host, "127.0.0.70");
     assert_ne!(loaded.workers[0].port, loaded.workers[1].port);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
-/// Start `baton serve` with the given args; returns the child and its `/v1` URL.
-fn spawn_serve(args: &[&str]) -> (std::process::Child, String) {
-    let mut child = Command::new(BIN)
-        .arg("serve")
+/// Start `baton serve` with the given args; returns the process and its `/v1` URL.
+fn spawn_serve(args: &[&str]) -> (BatonProcess, String) {
+    let mut child = BatonCmd::new(["serve"])
         .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut url = None;
-    for line in lines.by_ref() {
-        let line = line.unwrap();
-        if line.contains("is serving") {
-            url = line.split_whitespace().last().map(str::to_string);
-        }
-        if line.contains("Press Ctrl-C") {
-            break;
-        }
-    }
-    // Keep draining stdout so the child never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
+        .spawn();
+    let url = child
+        .stdout_until("Press Ctrl-C")
+        .iter()
+        .filter(|l| l.contains("is serving"))
+        .find_map(|l| l.split_whitespace().last().map(str::to_string));
     (child, url.expect("serve printed its URL"))
 }
 
@@ -167,24 +143,13 @@ async fn serve_without_config_runs_simulated_studios() {
     assert_eq!(status, 200);
     assert!(worker.starts_with("sim-studio-"), "{worker}");
     assert_eq!(sse.unwrap().content_events(), 5);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }
 
 #[tokio::test]
 async fn sighup_reloads_the_workers_file() {
-    let a = baton::sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        support::sim_cfg(2, 1, 1000.0),
-    )
-    .await
-    .unwrap();
-    let b = baton::sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        support::sim_cfg(2, 1, 1000.0),
-    )
-    .await
-    .unwrap();
+    let a = start_sim(support::sim_cfg(2, 1, 1000.0)).await;
+    let b = start_sim(support::sim_cfg(2, 1, 1000.0)).await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("workers.json");
     let write = |workers: Vec<baton::config::Worker>| {
@@ -218,11 +183,7 @@ async fn sighup_reloads_the_workers_file() {
     assert_eq!(ids(st), ["a"]);
 
     write(vec![support::worker_for("b", &b)]);
-    let kill = Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    child.hang_up();
     let mut now = Vec::new();
     for _ in 0..100 {
         let st: Value = c
@@ -245,13 +206,9 @@ async fn sighup_reloads_the_workers_file() {
 
     // A broken file keeps the running workers.
     std::fs::write(&file, "{ broken").unwrap();
-    Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
+    child.hang_up();
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     let (status, worker, _) = support::stream_chat(&c, &url, 2).await;
     assert_eq!((status, worker.as_str()), (200, "b"));
-    child.kill().unwrap();
-    child.wait().unwrap();
+    child.kill();
 }

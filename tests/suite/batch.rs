@@ -1,25 +1,18 @@
 //! `baton batch` against simulated studios: complete, resumable, lossless.
 
-mod support;
+use crate::support;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use baton::batch::{self, LongDocs, Observer, Options};
+use baton::batch::{self, LongDocs, Options};
 use baton::bench::run::Target;
-use baton::config::{BalancerSettings, Config};
-use baton::sim::{self, SimConfig, SimHandle};
+use baton::sim::{self, SimHandle};
 use serde_json::{Value, json};
+use support::{BatonCmd, SimCfgExt};
 use tokio_util::sync::CancellationToken;
-
-struct Quiet;
-impl Observer for Quiet {
-    fn note(&self, _: &str) {}
-    fn started(&self, _: u64, _: u64) {}
-    fn progress(&self, _: u64, _: u64) {}
-}
 
 fn docs(dir: &Path, n: usize) {
     std::fs::create_dir_all(dir).unwrap();
@@ -49,22 +42,17 @@ fn options(input: &Path, out: &Path) -> Options {
 }
 
 async fn studios(slots: &[usize], tps: f64) -> Vec<SimHandle> {
-    support::start_sims(slots.iter().enumerate().map(|(i, s)| SimConfig {
-        slots: *s,
-        tokens_per_second: tps,
-        ttft: Duration::from_millis(20),
-        seed: i as u64 + 1,
-        ..SimConfig::default()
-    }))
+    support::start_sims(
+        slots
+            .iter()
+            .enumerate()
+            .map(|(i, s)| support::sim_cfg(*s, 20, tps).with_seed(i as u64 + 1)),
+    )
     .await
 }
 
 fn pool(sims: &[SimHandle]) -> Target {
-    Target::Balancer(Config {
-        workers: support::workers_for(sims, |i| format!("studio-{}", i + 1)),
-        balancer: BalancerSettings::default(),
-        ..Default::default()
-    })
+    Target::Balancer(support::pool(sims))
 }
 
 async fn run(o: &Options, t: &Target, store: &Path) -> anyhow::Result<batch::Summary> {
@@ -72,7 +60,7 @@ async fn run(o: &Options, t: &Target, store: &Path) -> anyhow::Result<batch::Sum
         o,
         t,
         store,
-        Arc::new(Quiet),
+        Arc::new(support::Quiet),
         CancellationToken::new(),
         CancellationToken::new(),
     )
@@ -188,21 +176,17 @@ async fn kill_9_part_way_then_rerun_loses_and_repeats_nothing() {
     };
     std::fs::write(&cfg, c.to_json().to_string()).unwrap();
     let cmd = || {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
-        c.args(["batch", "--input"])
+        BatonCmd::new(["batch", "--input"])
             .arg(&input)
             .arg("-o")
             .arg(&out)
             .arg("-c")
             .arg(&cfg)
             .args(["--max-tokens", "16"])
-            .env("XDG_DATA_HOME", dir.path().join("data"))
-            .env("HOME", dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        c
+            .home(dir.path())
+            .quiet()
     };
-    let mut child = cmd().spawn().unwrap();
+    let mut child = cmd().spawn();
     let tasks_dir = out.join(".baton").join("tasks");
     let some_done = support::wait_until(Duration::from_secs(30), || {
         std::fs::read_dir(&tasks_dir)
@@ -211,11 +195,10 @@ async fn kill_9_part_way_then_rerun_loses_and_repeats_nothing() {
     })
     .await;
     assert!(some_done, "no progress before the kill");
-    child.kill().unwrap(); // SIGKILL
-    child.wait().unwrap();
+    child.kill(); // SIGKILL
     let done_before = std::fs::read_dir(&tasks_dir).unwrap().count();
     assert!(done_before < 100, "the kill came too late to test anything");
-    let status = cmd().status().unwrap();
+    let status = cmd().status();
     assert!(status.success(), "{status:?}");
     let r = results(&out);
     assert_eq!(r.len(), 100);
@@ -441,16 +424,12 @@ async fn ctrl_c_stops_cleanly_and_resume_finishes_the_job() {
     };
     std::fs::write(&cfg, c.to_json().to_string()).unwrap();
     let baton = |args: &[&str]| {
-        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_baton"));
-        c.arg("batch")
+        BatonCmd::new(["batch"])
             .args(args)
             .arg("-c")
             .arg(&cfg)
-            .env("XDG_DATA_HOME", dir.path().join("data"))
-            .env("HOME", dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        c
+            .home(dir.path())
+            .quiet()
     };
     let (i, o) = (input.to_str().unwrap(), out.to_str().unwrap());
     let mut child = baton(&[
@@ -463,8 +442,7 @@ async fn ctrl_c_stops_cleanly_and_resume_finishes_the_job() {
         "--max-chars",
         "500",
     ])
-    .spawn()
-    .unwrap();
+    .spawn();
     let tasks_dir = out.join(".baton").join("tasks");
     assert!(
         support::wait_until(Duration::from_secs(30), || std::fs::read_dir(&tasks_dir)
@@ -472,11 +450,8 @@ async fn ctrl_c_stops_cleanly_and_resume_finishes_the_job() {
             .unwrap_or(false))
         .await
     );
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    let status = child.wait().unwrap();
+    child.interrupt();
+    let status = child.wait();
     assert_eq!(status.code(), Some(130), "interrupted runs say so");
     let partial = results(&out);
     assert_eq!(partial.len(), 105, "every task listed, finished or not");
@@ -489,7 +464,7 @@ async fn ctrl_c_stops_cleanly_and_resume_finishes_the_job() {
     );
     no_temp_files(&out);
     // --resume with the job's saved settings finishes the rest.
-    let status = baton(&["--resume", "1"]).status().unwrap();
+    let status = baton(&["--resume", "1"]).status();
     assert!(status.success(), "{status:?}");
     let r = results(&out);
     assert!(r.iter().all(|x| x["status"] == "done"));

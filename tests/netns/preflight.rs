@@ -1,7 +1,7 @@
 //! Preflight: loopback checks everywhere, and real network faults in
 //! namespaces the tests create (as root).
 
-mod support;
+use crate::support;
 
 use std::time::Duration;
 
@@ -13,16 +13,9 @@ use support::netlab::{self, Host};
 
 fn worker(id: &str, host: &str, port: u16, model: &str) -> Worker {
     Worker {
-        id: id.into(),
-        host: host.into(),
-        port,
-        kind: StudioKind::LmStudio,
         model: model.into(),
         max_concurrent_requests: baton::config::Slots::Max(2),
-        enabled: true,
-        weight: 1.0,
-        api_key: None,
-        members: Vec::new(),
+        ..support::worker(id, host, port)
     }
 }
 
@@ -52,8 +45,7 @@ fn fast() -> SimConfig {
 
 macro_rules! need_netns {
     () => {
-        if let Some(why) = netlab::unavailable() {
-            eprintln!("SKIPPED (network namespaces): {why}");
+        if !support::skip::can_run(netlab::unavailable()) {
             return;
         }
     };
@@ -61,9 +53,7 @@ macro_rules! need_netns {
 
 #[tokio::test]
 async fn loopback_studio_passes_and_problems_are_explained() {
-    let s = sim::start("127.0.0.1:0".parse().unwrap(), fast())
-        .await
-        .unwrap();
+    let s = support::start_sim(fast()).await;
     let dead_port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -125,15 +115,11 @@ async fn loopback_studio_passes_and_problems_are_explained() {
 async fn lm_studio_model_present_but_not_loaded_is_a_warning_not_pass() {
     // A generic OpenAI server that lists the model passes on the list alone;
     // an LM Studio one is asked for its load state.
-    let s = sim::start(
-        "127.0.0.1:0".parse().unwrap(),
-        SimConfig {
-            kind: StudioKind::Openai,
-            ..fast()
-        },
-    )
-    .await
-    .unwrap();
+    let s = support::start_sim(SimConfig {
+        kind: StudioKind::Openai,
+        ..fast()
+    })
+    .await;
     let mut w = worker("plain", "127.0.0.1", s.addr().port(), sim::DEFAULT_MODEL);
     w.kind = StudioKind::Openai;
     let r = preflight::run(&config(vec![w]), &Thresholds::default()).await;
@@ -145,7 +131,7 @@ async fn lm_studio_model_present_but_not_loaded_is_a_warning_not_pass() {
 async fn netns_healthy_studio_passes_every_check_with_real_icmp() {
     need_netns!();
     let h = Host::new().unwrap();
-    let s = sim::start_on(h.listen(1234), fast()).await.unwrap();
+    let s = support::start_sim_at(h.listen(1234), fast()).await;
     let cfg = config(vec![worker(
         "ns-good",
         &h.ip.to_string(),
@@ -175,7 +161,7 @@ async fn netns_healthy_studio_passes_every_check_with_real_icmp() {
 async fn netns_black_hole_shows_total_loss_and_a_timed_out_connect_within_bounds() {
     need_netns!();
     let h = Host::new().unwrap();
-    let _s = sim::start_on(h.listen(1234), fast()).await.unwrap();
+    let _s = support::start_sim_at(h.listen(1234), fast()).await;
     h.black_hole().unwrap();
     let cfg = config(vec![worker(
         "ns-hole",
@@ -246,15 +232,14 @@ async fn netns_live_host_without_a_server_is_refused() {
 async fn netns_studio_without_the_model_fails_the_model_check() {
     need_netns!();
     let h = Host::new().unwrap();
-    let _s = sim::start_on(
+    let _s = support::start_sim_at(
         h.listen(1234),
         SimConfig {
             models: vec!["qwen-7b".into()],
             ..fast()
         },
     )
-    .await
-    .unwrap();
+    .await;
     let cfg = config(vec![worker(
         "ns-model",
         &h.ip.to_string(),
@@ -272,7 +257,7 @@ async fn netns_studio_without_the_model_fails_the_model_check() {
 async fn netns_added_latency_fails_the_rtt_threshold() {
     need_netns!();
     let mut h = Host::new().unwrap();
-    let _s = sim::start_on(h.listen(1234), fast()).await.unwrap();
+    let _s = support::start_sim_at(h.listen(1234), fast()).await;
     h.delay_icmp(Duration::from_millis(25)).unwrap();
     let cfg = config(vec![worker(
         "ns-slow",
@@ -303,7 +288,7 @@ async fn cluster_members_are_checked_too() {
     need_netns!();
     let head = Host::new().unwrap();
     let member = Host::new().unwrap();
-    let _s = sim::start_on(head.listen(1234), fast()).await.unwrap();
+    let _s = support::start_sim_at(head.listen(1234), fast()).await;
     let mut w = worker("cluster", &head.ip.to_string(), 1234, sim::DEFAULT_MODEL);
     w.kind = StudioKind::Exo;
     w.members = vec![head.ip.to_string(), member.ip.to_string()];

@@ -1,73 +1,26 @@
 //! `baton bench` against simulated studios with known capacity.
 
-mod support;
+use crate::support;
 
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::process::Stdio;
+use std::sync::Arc;
 
 use baton::bench::compare;
 use baton::bench::report::BenchResult;
-use baton::bench::run::{self, BenchError, Gate, Mode, Observer, Plan, Target};
-use baton::config::{BalancerSettings, Config};
-use baton::sim::{self, SimConfig, SimHandle};
+use baton::bench::run::{self, BenchError, Gate, Mode, Plan};
+use baton::sim::SimHandle;
 use serde_json::Value;
+use support::{BatonCmd, SimCfgExt, plan, pool};
 use tokio_util::sync::CancellationToken;
-
-#[derive(Default)]
-struct Quiet(Mutex<Vec<String>>);
-
-impl Observer for Quiet {
-    fn note(&self, line: &str) {
-        self.0.lock().unwrap().push(line.to_string());
-    }
-    fn level_started(&self, _: &str, _: Option<u64>, _: Option<Duration>) {}
-    fn progress(&self, _: u64, _: u64) {}
-    fn level_finished(&self, label: &str, summary: &str) {
-        self.0.lock().unwrap().push(format!("{label}: {summary}"));
-    }
-}
 
 /// Studios whose answer takes 200 ms + 19 x 10 ms = 390 ms for 20 tokens.
 async fn studios(n: usize) -> Vec<SimHandle> {
-    support::start_sims((0..n).map(|i| SimConfig {
-        slots: 2,
-        ttft: Duration::from_millis(200),
-        tokens_per_second: 100.0,
-        seed: i as u64 + 1,
-        ..SimConfig::default()
-    }))
-    .await
-}
-
-fn pool(sims: &[SimHandle]) -> Config {
-    Config {
-        workers: support::workers_for(sims, |i| format!("studio-{}", i + 1)),
-        balancer: BalancerSettings::default(),
-        ..Default::default()
-    }
-}
-
-fn plan(cfg: Config, mode: Mode, levels: Vec<usize>, counts: Vec<usize>, secs: f64) -> Plan {
-    Plan {
-        mode,
-        target: Target::Balancer(cfg),
-        model: sim::DEFAULT_MODEL.into(),
-        max_tokens: 20,
-        prompts: vec![],
-        requests: None,
-        duration: Some(Duration::from_secs_f64(secs)),
-        warmup_requests: 1,
-        repeat: 1,
-        concurrency_levels: levels,
-        worker_counts: counts,
-        gate: Gate::Require,
-        probe_studios: false,
-        max_connections: None,
-    }
+    support::start_sims((0..n).map(|i| support::sim_cfg(2, 200, 100.0).with_seed(i as u64 + 1)))
+        .await
 }
 
 async fn bench(p: &Plan) -> Result<BenchResult, BenchError> {
-    run::run(p, Arc::new(Quiet::default()), CancellationToken::new()).await
+    run::run(p, Arc::new(support::Quiet), CancellationToken::new()).await
 }
 
 fn within(measured: f64, expected: f64, tolerance: f64) -> bool {
@@ -77,15 +30,7 @@ fn within(measured: f64, expected: f64, tolerance: f64) -> bool {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn throughput_latency_and_tokens_match_the_pools_capacity() {
     let sims = studios(2).await;
-    let r = bench(&plan(
-        pool(&sims),
-        Mode::Concurrency,
-        vec![4, 16],
-        vec![],
-        3.0,
-    ))
-    .await
-    .unwrap();
+    let r = bench(&plan(pool(&sims), &[4, 16], 3.0)).await.unwrap();
     let (at4, at16) = (&r.concurrency_benchmark[0], &r.concurrency_benchmark[1]);
     // 4 slots, 390 ms per answer: 10.3 requests/s at saturation.
     let capacity = 4.0 / 0.39;
@@ -120,13 +65,11 @@ async fn throughput_latency_and_tokens_match_the_pools_capacity() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_two_three_identical_studios_scale_linearly() {
     let sims = studios(3).await;
-    let r = bench(&plan(
-        pool(&sims),
-        Mode::Scaling,
-        vec![],
-        vec![1, 2, 3, 5],
-        2.5,
-    ))
+    let r = bench(&Plan {
+        mode: Mode::Scaling,
+        worker_counts: vec![1, 2, 3, 5],
+        ..plan(pool(&sims), &[], 2.5)
+    })
     .await
     .unwrap();
     let s = &r.worker_scaling_benchmark;
@@ -148,18 +91,14 @@ async fn one_two_three_identical_studios_scale_linearly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_keeps_the_users_names_and_compare_prints_the_table() {
     let sims = studios(3).await;
-    let one = bench(&plan(
-        pool(&sims[..1]),
-        Mode::Concurrency,
-        vec![2, 6],
-        vec![],
-        2.0,
-    ))
+    let one = bench(&plan(pool(&sims[..1]), &[2, 6], 2.0)).await.unwrap();
+    let three = bench(&Plan {
+        mode: Mode::Both,
+        worker_counts: vec![1, 3],
+        ..plan(pool(&sims), &[2, 6], 2.0)
+    })
     .await
     .unwrap();
-    let three = bench(&plan(pool(&sims), Mode::Both, vec![2, 6], vec![1, 3], 2.0))
-        .await
-        .unwrap();
     // The user's jq lines, as serde_json paths.
     let v: Value = serde_json::to_value(&three).unwrap();
     for l in v["concurrency_benchmark"].as_array().unwrap() {
@@ -189,12 +128,7 @@ async fn json_keeps_the_users_names_and_compare_prints_the_table() {
     );
     std::fs::write(&a, serde_json::to_string(&one).unwrap()).unwrap();
     std::fs::write(&b, serde_json::to_string(&three).unwrap()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .arg("compare")
-        .arg(&a)
-        .arg(&b)
-        .output()
-        .unwrap();
+    let out = BatonCmd::new(["compare"]).arg(&a).arg(&b).output();
     assert!(
         out.status.success(),
         "{}",
@@ -215,13 +149,11 @@ async fn json_keeps_the_users_names_and_compare_prints_the_table() {
         "{:?}",
         c.verdicts
     );
-    let json = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .arg("compare")
+    let json = BatonCmd::new(["compare"])
         .arg(&a)
         .arg(&b)
         .arg("--json")
-        .output()
-        .unwrap();
+        .output();
     let j: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(j["runs"].as_array().unwrap().len(), 2);
 
@@ -298,16 +230,14 @@ async fn preflight_gates_a_pool_with_a_refusing_studio() {
     bad.id = "refusing".into();
     bad.port = dead;
     cfg.workers.push(bad);
-    let err = bench(&plan(cfg.clone(), Mode::Concurrency, vec![1], vec![], 1.0))
-        .await
-        .unwrap_err();
+    let err = bench(&plan(cfg.clone(), &[1], 1.0)).await.unwrap_err();
     let msg = err.to_string();
     assert!(matches!(err, BenchError::PreflightFailed(_)), "{msg}");
     assert!(
         msg.contains("refusing tcp") && msg.contains("--exclude-unhealthy"),
         "{msg}"
     );
-    let mut p = plan(cfg, Mode::Concurrency, vec![1], vec![], 1.0);
+    let mut p = plan(cfg, &[1], 1.0);
     p.gate = Gate::ExcludeUnhealthy;
     let r = bench(&p).await.unwrap();
     let pf = r.preflight.unwrap();
@@ -354,47 +284,33 @@ fn store_round_trip_and_migration_from_an_empty_file() {
 
 #[test]
 fn ctrl_c_keeps_the_finished_levels() {
-    use std::io::{BufRead, BufReader};
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("r.json");
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args([
-            "bench",
-            "--simulate",
-            "1",
-            "--mode",
-            "concurrency",
-            "--concurrency-levels",
-            "1",
-            "2",
-            "4",
-            "8",
-            "--duration",
-            "1.5",
-            "--no-charts",
-            "-o",
-        ])
-        .arg(&out)
-        .env("HOME", dir.path())
-        .env("XDG_DATA_HOME", dir.path().join("data"))
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut err = BufReader::new(child.stderr.take().unwrap()).lines();
-    for line in err.by_ref() {
-        let line = line.unwrap();
-        if line.contains("concurrency 1:") && line.contains("req/s") {
-            break;
-        }
-    }
+    let mut child = BatonCmd::new([
+        "bench",
+        "--simulate",
+        "1",
+        "--mode",
+        "concurrency",
+        "--concurrency-levels",
+        "1",
+        "2",
+        "4",
+        "8",
+        "--duration",
+        "1.5",
+        "--no-charts",
+        "-o",
+    ])
+    .arg(&out)
+    .home(dir.path())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn();
+    child.stderr_until(|l: &str| l.contains("concurrency 1:") && l.contains("req/s"));
     // SIGINT, as Ctrl-C in a terminal sends.
-    std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    std::thread::spawn(move || for _ in err {});
-    let status = child.wait().unwrap();
+    child.interrupt();
+    let status = child.wait();
     assert_eq!(status.code(), Some(130));
     let r: BenchResult = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
     assert!(r.interrupted);

@@ -1,6 +1,6 @@
 //! Simulated studios over real sockets on 127.0.0.x.
 
-mod support;
+use crate::support;
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -10,21 +10,6 @@ use baton::studio::StudioKind;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::*;
-
-async fn start(cfg: SimConfig) -> SimHandle {
-    sim::start(SocketAddr::from(([127, 0, 0, 1], 0)), cfg)
-        .await
-        .unwrap()
-}
-
-fn cfg(slots: usize, ttft_ms: u64, tps: f64) -> SimConfig {
-    SimConfig {
-        slots,
-        ttft: Duration::from_millis(ttft_ms),
-        tokens_per_second: tps,
-        ..SimConfig::default()
-    }
-}
 
 async fn chat(c: &reqwest::Client, s: &SimHandle, body: &Value) -> reqwest::Response {
     c.post(format!("{}/v1/chat/completions", s.url()))
@@ -38,7 +23,7 @@ async fn chat(c: &reqwest::Client, s: &SimHandle, body: &Value) -> reqwest::Resp
 async fn slots_cap_concurrency_and_the_rest_wait_in_batches() {
     // 4 slots, 12 requests of 10 tokens at 100 tok/s after 50 ms: each takes
     // 50 + 90 = 140 ms, so three batches need at least 420 ms.
-    let s = start(cfg(4, 50, 100.0)).await;
+    let s = start_sim(sim_cfg(4, 50, 100.0)).await;
     let c = client();
     let t0 = Instant::now();
     let mut tasks = Vec::new();
@@ -73,7 +58,7 @@ async fn slots_cap_concurrency_and_the_rest_wait_in_batches() {
 
 #[tokio::test]
 async fn tokens_stream_at_the_configured_rate() {
-    let s = start(cfg(1, 10, 50.0)).await;
+    let s = start_sim(sim_cfg(1, 10, 50.0)).await;
     let r = chat(&client(), &s, &chat_body(41, true)).await;
     let mut body = r.bytes_stream();
     let mut stamps = Vec::new();
@@ -98,7 +83,7 @@ async fn tokens_stream_at_the_configured_rate() {
 
 #[tokio::test]
 async fn streamed_chat_is_valid_sse_with_a_usage_chunk() {
-    let s = start(cfg(2, 5, 1000.0)).await;
+    let s = start_sim(sim_cfg(2, 5, 1000.0)).await;
     let r = chat(&client(), &s, &chat_body(7, true)).await;
     assert_eq!(r.headers()["content-type"], "text/event-stream");
     let sse = parse_sse(&r.text().await.unwrap()).unwrap();
@@ -134,9 +119,9 @@ async fn streamed_chat_is_valid_sse_with_a_usage_chunk() {
 
 #[tokio::test]
 async fn legacy_completions_embeddings_and_models() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         models: vec!["a".into(), "b".into()],
-        ..cfg(2, 1, 1000.0)
+        ..sim_cfg(2, 1, 1000.0)
     })
     .await;
     let c = client();
@@ -229,7 +214,7 @@ async fn legacy_completions_embeddings_and_models() {
 
 #[tokio::test]
 async fn max_tokens_is_honoured() {
-    let s = start(cfg(1, 1, 2000.0)).await;
+    let s = start_sim(sim_cfg(1, 1, 2000.0)).await;
     for n in [1, 3, 50] {
         let sse = parse_sse(
             &chat(&client(), &s, &chat_body(n, true))
@@ -246,13 +231,13 @@ async fn max_tokens_is_honoured() {
 
 #[tokio::test]
 async fn fault_error_rate() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         faults: Faults {
             error_rate: 1.0,
             error_status: 500,
             ..Faults::default()
         },
-        ..cfg(1, 1, 1000.0)
+        ..sim_cfg(1, 1, 1000.0)
     })
     .await;
     let r = chat(&client(), &s, &chat_body(2, false)).await;
@@ -279,12 +264,12 @@ async fn fault_error_rate() {
 
 #[tokio::test]
 async fn fault_hang_never_answers() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         faults: Faults {
             hang: true,
             ..Faults::default()
         },
-        ..cfg(1, 1, 1000.0)
+        ..sim_cfg(1, 1, 1000.0)
     })
     .await;
     let r = tokio::time::timeout(
@@ -304,12 +289,12 @@ async fn fault_hang_never_answers() {
 
 #[tokio::test]
 async fn fault_drop_after_k_tokens() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         faults: Faults {
             drop_after_tokens: Some(3),
             ..Faults::default()
         },
-        ..cfg(1, 1, 500.0)
+        ..sim_cfg(1, 1, 500.0)
     })
     .await;
     let r = chat(&client(), &s, &chat_body(10, true)).await;
@@ -337,12 +322,12 @@ async fn fault_drop_after_k_tokens() {
 
 #[tokio::test]
 async fn fault_delay_slows_every_answer() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         faults: Faults {
             delay_ms: 300,
             ..Faults::default()
         },
-        ..cfg(1, 1, 1000.0)
+        ..sim_cfg(1, 1, 1000.0)
     })
     .await;
     let t = Instant::now();
@@ -355,7 +340,7 @@ async fn fault_delay_slows_every_answer() {
 
 #[tokio::test]
 async fn fault_refuse_then_listen_again() {
-    let s = start(cfg(1, 1, 1000.0)).await;
+    let s = start_sim(sim_cfg(1, 1, 1000.0)).await;
     let c = client();
     assert_eq!(chat(&c, &s, &chat_body(1, false)).await.status(), 200);
     s.set_listening(false);
@@ -423,7 +408,7 @@ async fn fault_refuse_then_listen_again() {
 
 #[tokio::test]
 async fn client_disconnect_mid_stream_counts_as_cancelled() {
-    let s = start(cfg(1, 1, 20.0)).await;
+    let s = start_sim(sim_cfg(1, 1, 20.0)).await;
     let r = chat(&client(), &s, &chat_body(100, true)).await;
     let mut body = r.bytes_stream();
     body.next().await.unwrap().unwrap();
@@ -473,9 +458,9 @@ async fn each_kind_answers_its_identifying_endpoints() {
         ),
     ];
     for (kind, present, absent) in cases {
-        let s = start(SimConfig {
+        let s = start_sim(SimConfig {
             kind: *kind,
-            ..cfg(3, 1, 1000.0)
+            ..sim_cfg(3, 1, 1000.0)
         })
         .await;
         for p in *present {
@@ -503,9 +488,9 @@ async fn each_kind_answers_its_identifying_endpoints() {
             200
         );
     }
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         kind: StudioKind::Ollama,
-        ..cfg(3, 1, 1000.0)
+        ..sim_cfg(3, 1, 1000.0)
     })
     .await;
     let tags: Value = c
@@ -517,9 +502,9 @@ async fn each_kind_answers_its_identifying_endpoints() {
         .await
         .unwrap();
     assert_eq!(tags["models"][0]["name"], baton::sim::DEFAULT_MODEL);
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         kind: StudioKind::LlamaCpp,
-        ..cfg(3, 1, 1000.0)
+        ..sim_cfg(3, 1, 1000.0)
     })
     .await;
     let props: Value = c
@@ -531,9 +516,9 @@ async fn each_kind_answers_its_identifying_endpoints() {
         .await
         .unwrap();
     assert_eq!(props["total_slots"], 3);
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         kind: StudioKind::Vllm,
-        ..cfg(3, 1, 1000.0)
+        ..sim_cfg(3, 1, 1000.0)
     })
     .await;
     let m = c
@@ -546,7 +531,7 @@ async fn each_kind_answers_its_identifying_endpoints() {
         .unwrap();
     assert!(m.contains("vllm:num_requests_running"));
     // LM Studio answers 200 to unknown paths (with an error object).
-    let s = start(cfg(1, 1, 1000.0)).await;
+    let s = start_sim(sim_cfg(1, 1, 1000.0)).await;
     let r = c.get(format!("{}/nope", s.url())).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.text().await.unwrap().contains("Unexpected endpoint"));
@@ -560,9 +545,14 @@ async fn start_many_binds_consecutive_addresses_or_free_ports_on_one() {
         .local_addr()
         .unwrap()
         .port();
-    let sims = sim::start_many(Ipv4Addr::new(127, 0, 0, 42), port, 3, &cfg(1, 1, 1000.0))
-        .await
-        .unwrap();
+    let sims = sim::start_many(
+        Ipv4Addr::new(127, 0, 0, 42),
+        port,
+        3,
+        &sim_cfg(1, 1, 1000.0),
+    )
+    .await
+    .unwrap();
     let addrs: Vec<String> = sims.iter().map(|s| s.addr().to_string()).collect();
     assert_eq!(
         addrs,
@@ -573,7 +563,7 @@ async fn start_many_binds_consecutive_addresses_or_free_ports_on_one() {
         assert_eq!(chat(&client(), s, &chat_body(1, false)).await.status(), 200);
     }
     // Port 0: all on the base address (all macOS has out of the box).
-    let sims = sim::start_many(Ipv4Addr::LOCALHOST, 0, 3, &cfg(1, 1, 1000.0))
+    let sims = sim::start_many(Ipv4Addr::LOCALHOST, 0, 3, &sim_cfg(1, 1, 1000.0))
         .await
         .unwrap();
     let mut ports: Vec<u16> = sims.iter().map(|s| s.addr().port()).collect();
@@ -589,7 +579,7 @@ async fn start_many_binds_consecutive_addresses_or_free_ports_on_one() {
 async fn holds_a_thousand_waiting_connections() {
     let _ = rlimit::increase_nofile_limit(u64::MAX);
     // One slot busy for a long time; 1000 clients wait behind it.
-    let s = start(cfg(1, 1, 10.0)).await;
+    let s = start_sim(sim_cfg(1, 1, 10.0)).await;
     let c = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
         .build()
@@ -629,7 +619,7 @@ async fn holds_a_thousand_waiting_connections() {
 
 #[tokio::test]
 async fn stats_reset_keeps_live_gauges() {
-    let s = start(cfg(1, 1, 1000.0)).await;
+    let s = start_sim(sim_cfg(1, 1, 1000.0)).await;
     chat(&client(), &s, &chat_body(1, false))
         .await
         .text()
@@ -817,12 +807,12 @@ impl Raw {
 
 #[tokio::test]
 async fn a_streamed_answer_closes_the_connection_without_announcing_it() {
-    let s = start(faulty(
+    let s = start_sim(faulty(
         Faults {
             close_after_stream: true,
             ..Faults::default()
         },
-        cfg(2, 1, 1000.0),
+        sim_cfg(2, 1, 1000.0),
     ))
     .await;
     let mut c = Raw::connect(s.addr()).await;
@@ -850,12 +840,12 @@ async fn a_streamed_answer_closes_the_connection_without_announcing_it() {
 
 #[tokio::test]
 async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
-    let s = start(faulty(
+    let s = start_sim(faulty(
         Faults {
             keepalive_idle_ms: Some(300),
             ..Faults::default()
         },
-        cfg(2, 1, 1000.0),
+        sim_cfg(2, 1, 1000.0),
     ))
     .await;
     let mut c = Raw::connect(s.addr()).await;
@@ -878,21 +868,21 @@ async fn an_idle_kept_alive_connection_is_closed_after_the_idle_timeout() {
     );
 
     // Without the setting there is no such header.
-    let s = start(cfg(1, 1, 1000.0)).await;
+    let s = start_sim(sim_cfg(1, 1, 1000.0)).await;
     let r = get(&client(), &s, "/v1/models").await;
     assert!(r.headers().get("keep-alive").is_none());
 }
 
 #[tokio::test]
 async fn close_random_closes_that_share_of_connections_unannounced() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         seed: 7,
         ..faulty(
             Faults {
                 close_random: 0.5,
                 ..Faults::default()
             },
-            cfg(2, 1, 1000.0),
+            sim_cfg(2, 1, 1000.0),
         )
     })
     .await;
@@ -922,12 +912,12 @@ async fn close_random_closes_that_share_of_connections_unannounced() {
 #[tokio::test]
 async fn serial_mode_serves_one_request_at_a_time_probes_included() {
     // 20 tokens at 50 tok/s: a stream of about 400 ms.
-    let s = start(faulty(
+    let s = start_sim(faulty(
         Faults {
             serial: true,
             ..Faults::default()
         },
-        cfg(4, 1, 50.0),
+        sim_cfg(4, 1, 50.0),
     ))
     .await;
     let c = client();
@@ -990,12 +980,12 @@ async fn serial_mode_serves_one_request_at_a_time_probes_included() {
 
 #[tokio::test]
 async fn interrupt_mode_ends_a_stream_when_another_request_arrives() {
-    let s = start(faulty(
+    let s = start_sim(faulty(
         Faults {
             interrupt: true,
             ..Faults::default()
         },
-        cfg(2, 1, 50.0),
+        sim_cfg(2, 1, 50.0),
     ))
     .await;
     let c = client();
@@ -1051,12 +1041,12 @@ async fn interrupt_mode_ends_a_stream_when_another_request_arrives() {
 
 #[tokio::test]
 async fn done_without_finish_ends_cleanly_but_without_a_finish_reason() {
-    let s = start(faulty(
+    let s = start_sim(faulty(
         Faults {
             done_without_finish: true,
             ..Faults::default()
         },
-        cfg(1, 1, 1000.0),
+        sim_cfg(1, 1, 1000.0),
     ))
     .await;
     let (got, broke) = body_and_break(chat(&client(), &s, &chat_body(5, true)).await).await;
@@ -1069,12 +1059,12 @@ async fn done_without_finish_ends_cleanly_but_without_a_finish_reason() {
 
 #[tokio::test]
 async fn break_after_done_sends_everything_then_breaks() {
-    let s = start(faulty(
+    let s = start_sim(faulty(
         Faults {
             break_after_done: true,
             ..Faults::default()
         },
-        cfg(1, 1, 1000.0),
+        sim_cfg(1, 1, 1000.0),
     ))
     .await;
     let (got, broke) = body_and_break(chat(&client(), &s, &chat_body(5, true)).await).await;
@@ -1086,12 +1076,12 @@ async fn break_after_done_sends_everything_then_breaks() {
 
 #[tokio::test]
 async fn an_error_inside_a_200_stream_is_followed_by_done() {
-    let s = start(faulty(
+    let s = start_sim(faulty(
         Faults {
             error_in_stream_after: Some(2),
             ..Faults::default()
         },
-        cfg(1, 1, 1000.0),
+        sim_cfg(1, 1, 1000.0),
     ))
     .await;
     let r = chat(&client(), &s, &chat_body(5, true)).await;
@@ -1109,10 +1099,10 @@ async fn an_error_inside_a_200_stream_is_followed_by_done() {
 
 #[tokio::test]
 async fn the_first_generation_pays_the_load_and_llama_cpp_answers_503_meanwhile() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         kind: StudioKind::LlamaCpp,
         load_ms: 300,
-        ..cfg(2, 1, 1000.0)
+        ..sim_cfg(2, 1, 1000.0)
     })
     .await;
     let c = client();
@@ -1163,9 +1153,9 @@ async fn the_first_generation_pays_the_load_and_llama_cpp_answers_503_meanwhile(
 
 #[tokio::test]
 async fn other_kinds_make_requests_wait_while_the_model_loads() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         load_ms: 300,
-        ..cfg(2, 1, 1000.0)
+        ..sim_cfg(2, 1, 1000.0)
     })
     .await;
     let c = client();
@@ -1199,7 +1189,7 @@ async fn other_kinds_make_requests_wait_while_the_model_loads() {
 
 #[tokio::test]
 async fn the_request_log_lists_every_request_with_its_timing_and_status() {
-    let s = start(cfg(2, 1, 100.0)).await;
+    let s = start_sim(sim_cfg(2, 1, 100.0)).await;
     let c = client();
     let (c2, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
     let stream = tokio::spawn(async move {
@@ -1256,9 +1246,9 @@ async fn the_request_log_lists_every_request_with_its_timing_and_status() {
 #[tokio::test]
 async fn llama_cpp_reports_timings_on_the_last_chunk_and_on_whole_answers() {
     // 50 ms to first token, then 100 tok/s.
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         kind: StudioKind::LlamaCpp,
-        ..cfg(1, 50, 100.0)
+        ..sim_cfg(1, 50, 100.0)
     })
     .await;
     let c = client();
@@ -1310,7 +1300,7 @@ async fn llama_cpp_reports_timings_on_the_last_chunk_and_on_whole_answers() {
         .await
         .unwrap();
     check(&v["timings"]);
-    let other = start(cfg(1, 1, 1000.0)).await;
+    let other = start_sim(sim_cfg(1, 1, 1000.0)).await;
     let v: Value = chat(&c, &other, &chat_body(5, false))
         .await
         .json()
@@ -1321,7 +1311,7 @@ async fn llama_cpp_reports_timings_on_the_last_chunk_and_on_whole_answers() {
 
 #[tokio::test]
 async fn lm_studio_rest_api_adds_stats_to_whole_answers() {
-    let s = start(cfg(1, 50, 100.0)).await;
+    let s = start_sim(sim_cfg(1, 50, 100.0)).await;
     let c = client();
     let v: Value = post(&c, &s, "/api/v0/chat/completions", &chat_body(5, false))
         .await
@@ -1369,9 +1359,9 @@ async fn lm_studio_rest_api_adds_stats_to_whole_answers() {
 
 #[tokio::test]
 async fn vllm_metrics_histograms_count_real_requests() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         kind: StudioKind::Vllm,
-        ..cfg(1, 50, 100.0)
+        ..sim_cfg(1, 50, 100.0)
     })
     .await;
     let c = client();
@@ -1442,9 +1432,9 @@ fn messages_body(max_tokens: Option<u32>, stream: bool) -> Value {
 
 #[tokio::test]
 async fn anthropic_messages_stream_the_real_event_sequence() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         kind: StudioKind::LlamaCpp,
-        ..cfg(1, 1, 1000.0)
+        ..sim_cfg(1, 1, 1000.0)
     })
     .await;
     let c = client();
@@ -1497,9 +1487,9 @@ async fn anthropic_messages_stream_the_real_event_sequence() {
 
 #[tokio::test]
 async fn anthropic_messages_answer_whole_count_tokens_and_fail_in_their_own_shape() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         kind: StudioKind::LlamaCpp,
-        ..cfg(1, 1, 1000.0)
+        ..sim_cfg(1, 1, 1000.0)
     })
     .await;
     let c = client();
@@ -1561,10 +1551,10 @@ async fn anthropic_messages_answer_whole_count_tokens_and_fail_in_their_own_shap
         (StudioKind::Openai, Some(true), 200),
     ];
     for (kind, anthropic, status) in cases {
-        let s = start(SimConfig {
+        let s = start_sim(SimConfig {
             kind,
             anthropic,
-            ..cfg(1, 1, 1000.0)
+            ..sim_cfg(1, 1, 1000.0)
         })
         .await;
         let r = post(&c, &s, "/v1/messages", &messages_body(Some(1), false)).await;
@@ -1572,9 +1562,9 @@ async fn anthropic_messages_answer_whole_count_tokens_and_fail_in_their_own_shap
     }
     // LM Studio and Ollama serve messages but not token counting.
     for kind in [StudioKind::LmStudio, StudioKind::Ollama] {
-        let s = start(SimConfig {
+        let s = start_sim(SimConfig {
             kind,
-            ..cfg(1, 1, 1000.0)
+            ..sim_cfg(1, 1, 1000.0)
         })
         .await;
         let r = post(&c, &s, "/v1/messages", &messages_body(Some(1), false)).await;
@@ -1594,13 +1584,13 @@ async fn anthropic_messages_answer_whole_count_tokens_and_fail_in_their_own_shap
 fn ollama() -> SimConfig {
     SimConfig {
         kind: StudioKind::Ollama,
-        ..cfg(1, 20, 500.0)
+        ..sim_cfg(1, 20, 500.0)
     }
 }
 
 #[tokio::test]
 async fn ollama_native_chat_streams_ndjson_with_durations_in_nanoseconds() {
-    let s = start(ollama()).await;
+    let s = start_sim(ollama()).await;
     let c = client();
     let body = json!({"model": format!("{}:latest", sim::DEFAULT_MODEL),
                       "messages": [{"role": "user", "content": "hello"}],
@@ -1684,7 +1674,7 @@ async fn ollama_native_chat_streams_ndjson_with_durations_in_nanoseconds() {
 
 #[tokio::test]
 async fn ollama_native_model_endpoints_load_show_and_embed() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         load_ms: 100,
         ..ollama()
     })
@@ -1769,10 +1759,10 @@ async fn ollama_native_model_endpoints_load_show_and_embed() {
 #[tokio::test]
 async fn a_conversations_next_turn_reuses_its_slot_cache_and_a_new_prompt_does_not() {
     // 1 ms per uncached prompt token, on top of a 10 ms TTFT.
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         kind: StudioKind::LlamaCpp,
         prefill_tps: Some(1000.0),
-        ..cfg(2, 10, 1000.0)
+        ..sim_cfg(2, 10, 1000.0)
     })
     .await;
     let c = client();
@@ -1828,9 +1818,9 @@ async fn a_conversations_next_turn_reuses_its_slot_cache_and_a_new_prompt_does_n
 
 #[tokio::test]
 async fn every_wire_format_shares_the_same_slots_faults_and_counters() {
-    let s = start(SimConfig {
+    let s = start_sim(SimConfig {
         kind: StudioKind::Ollama,
-        ..cfg(1, 1, 200.0)
+        ..sim_cfg(1, 1, 200.0)
     })
     .await;
     let c = client();

@@ -2,7 +2,7 @@
 //! "Try with simulated studios"; the second leads to a working balancer in
 //! two clicks (the icon, then that button).
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -12,8 +12,7 @@ use fantoccini::Locator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn first_run_reaches_a_working_balancer_in_two_clicks() {
-    if let Some(why) = common::missing(true) {
-        println!("SKIPPED: {why}");
+    if !common::can_run(true) {
         return;
     }
     let _one = common::serial().await;

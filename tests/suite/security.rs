@@ -1,11 +1,11 @@
 //! Security: secrets and prompts stay out of logs and output; hostile or
 //! broken clients are turned away without affecting others.
 
-mod support;
+use crate::support;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use baton::config::{Config, SecretRef};
@@ -13,7 +13,6 @@ use baton::config::{Config, SecretRef};
 use support::throwaway;
 use support::*;
 
-const BIN: &str = env!("CARGO_BIN_EXE_baton");
 const BALANCER_KEY: &str = "bk-4f1d-very-secret-balancer-key";
 const STUDIO_KEY: &str = "sk-77aa-very-secret-studio-key";
 const PROMPT: &str = "confidential-prompt-zx81-do-not-log";
@@ -21,9 +20,7 @@ const PROMPT: &str = "confidential-prompt-zx81-do-not-log";
 /// `baton serve` with both kinds of key in play; returns stdout+stderr after
 /// a chat, /stats, /metrics, /health and a 401.
 async fn serve_and_collect(log: Option<&str>) -> String {
-    let s = baton::sim::start("127.0.0.1:0".parse().unwrap(), sim_cfg(2, 1, 1000.0))
-        .await
-        .unwrap();
+    let s = start_sim(sim_cfg(2, 1, 1000.0)).await;
     let mut w = worker_for("studio", &s);
     w.api_key = Some(SecretRef::Env("STUDIO_KEY".into()));
     let dir = tempfile::tempdir().unwrap();
@@ -39,13 +36,8 @@ async fn serve_and_collect(log: Option<&str>) -> String {
         .to_string(),
     )
     .unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["serve", "-c"])
+    let port = free_port();
+    let mut cmd = BatonCmd::new(["serve", "-c"])
         .arg(&file)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .env("BATON_API_KEY", BALANCER_KEY)
@@ -54,9 +46,9 @@ async fn serve_and_collect(log: Option<&str>) -> String {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     if let Some(l) = log {
-        cmd.env("BATON_LOG", l);
+        cmd = cmd.env("BATON_LOG", l);
     }
-    let mut child = cmd.spawn().unwrap();
+    let mut child = cmd.spawn();
     let base = format!("http://127.0.0.1:{port}");
     let c = client();
     assert!(
@@ -106,13 +98,10 @@ async fn serve_and_collect(log: Option<&str>) -> String {
         .body("{oops")
         .send()
         .await;
-    Command::new("kill")
-        .args(["-HUP", &child.id().to_string()])
-        .status()
-        .unwrap();
+    child.hang_up();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    child.kill().unwrap();
-    let out = child.wait_with_output().unwrap();
+    child.kill();
+    let out = child.wait_with_output();
     seen += &String::from_utf8_lossy(&out.stdout);
     seen += &String::from_utf8_lossy(&out.stderr);
     // The upstream studio did get the worker key: proves it was in use.
@@ -148,23 +137,17 @@ fn preflight_json_and_config_errors_never_print_keys() {
         r#"{"workers":[{"id":"a","host":"127.0.0.1","port":9,"type":"lm_studio","model":"m","max_concurrent_requests":1,"api_key":{"env":"STUDIO_KEY"}}]}"#,
     )
     .unwrap();
-    let out = Command::new(BIN)
-        .args(["preflight", "--json", "-c"])
+    let out = BatonCmd::new(["preflight", "--json", "-c"])
         .arg(&file)
         .env("STUDIO_KEY", STUDIO_KEY)
-        .output()
-        .unwrap();
+        .output();
     let text =
         String::from_utf8_lossy(&out.stdout).to_string() + &String::from_utf8_lossy(&out.stderr);
     assert!(text.contains("\"hosts\""), "{text}");
     assert!(!text.contains(STUDIO_KEY));
     // A key written into the file by mistake is refused without echoing it.
     std::fs::write(&file, format!(r#"{{"workers":[{{"id":"a","host":"h","port":1,"type":"lm_studio","model":"m","max_concurrent_requests":1,"api_key":"{STUDIO_KEY}"}}]}}"#)).unwrap();
-    let out = Command::new(BIN)
-        .args(["config", "check", "-c"])
-        .arg(&file)
-        .output()
-        .unwrap();
+    let out = BatonCmd::new(["config", "check", "-c"]).arg(&file).output();
     let text = String::from_utf8_lossy(&out.stderr);
     assert!(
         text.contains("api_key") && !text.contains(STUDIO_KEY),
@@ -641,12 +624,11 @@ async fn keys_kept_under_their_old_names_are_moved_to_batons_own_namespace_on_fi
     // And keep working from there: the dashboard takes the same token,
     // the balancer the same key.
     assert_eq!(secrets::get_own(Own::ControlToken).unwrap(), token);
-    let lab = Lab::start_with_key(
-        vec![sim_cfg(1, 1, 1000.0)],
-        test_settings(),
-        secrets::balancer_key().unwrap(),
-    )
-    .await;
+    let lab = Lab::builder()
+        .studio(sim_cfg(1, 1, 1000.0))
+        .key(secrets::balancer_key().unwrap())
+        .start()
+        .await;
     let c = client();
     let r = lab.chat(&c, &chat_body(2, false)).await;
     assert_eq!(r.status(), 401);
@@ -667,21 +649,14 @@ fn baton_key_keeps_workers_keys_apart_from_the_balancers() {
         return;
     }
     let key = |args: &[&str], stdin: &str| {
-        let mut child = Command::new(BIN)
-            .arg("key")
+        let mut child = BatonCmd::new(["key"])
             .args(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(stdin.as_bytes())
-            .unwrap();
-        let out = child.wait_with_output().unwrap();
+            .spawn();
+        child.take_stdin().write_all(stdin.as_bytes()).unwrap();
+        let out = child.wait_with_output();
         (
             out.status.code(),
             String::from_utf8_lossy(&out.stdout).into_owned()

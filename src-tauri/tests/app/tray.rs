@@ -4,7 +4,7 @@
 //! ports close, the process exits 0); Launch at Login following the login
 //! item's file (a moved app's item is re-pointed); the log file.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -13,8 +13,7 @@ use common::{App, Home};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tray_menu_lists_its_items_starts_the_balancer_and_quits_cleanly() {
-    if let Some(why) = common::missing(false) {
-        println!("SKIPPED: {why}");
+    if !common::can_run(false) {
         return;
     }
     let _one = common::serial().await;
@@ -145,8 +144,7 @@ async fn tray_menu_lists_its_items_starts_the_balancer_and_quits_cleanly() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn launch_at_login_follows_the_login_item_and_a_moved_apps_item_is_re_pointed() {
-    if let Some(why) = common::missing(false) {
-        println!("SKIPPED: {why}");
+    if !common::can_run(false) {
         return;
     }
     let _one = common::serial().await;

@@ -3,7 +3,7 @@
 //! Stop making its port refuse, "Open dashboard" opening the dashboard
 //! window (the one command the page may call), and screenshots kept.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -13,8 +13,7 @@ use fantoccini::Locator;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn popover_shows_the_pool_and_starts_and_stops_the_balancer() {
-    if let Some(why) = common::missing(true) {
-        println!("SKIPPED: {why}");
+    if !common::can_run(true) {
         return;
     }
     let _one = common::serial().await;

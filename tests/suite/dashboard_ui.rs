@@ -3,10 +3,12 @@
 //! through the user's day. Screenshots of every view land in
 //! `target/tmp/ui-screenshots/`.
 
-use std::io::BufRead;
+use crate::support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Duration;
+
+use support::{BatonCmd, SimCfgExt};
 
 /// Why the browser test cannot run here, if it cannot.
 fn unavailable(ui: &Path) -> Option<String> {
@@ -28,50 +30,23 @@ fn unavailable(ui: &Path) -> Option<String> {
     None
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Kill(std::process::Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn a_users_day_in_the_dashboard_works_in_a_real_browser() {
     let ui = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/ui");
-    if let Some(why) = unavailable(&ui) {
-        if std::env::var("CI").is_ok_and(|v| v == "true") {
-            panic!("the browser test must run in CI: {why}");
-        }
-        eprintln!("SKIPPED (browser test): {why}");
+    if !support::skip::can_run(unavailable(&ui).map(|why| format!("the browser test: {why}"))) {
         return;
     }
     let rt = tokio::runtime::Runtime::new().unwrap();
     // Two studios to discover on 127.0.0.8/29, on LM Studio's port.
     let _sims: Vec<baton::sim::SimHandle> = rt.block_on(async {
         let mut v = Vec::new();
-        for (i, ip) in ["127.0.0.9", "127.0.0.10"].iter().enumerate() {
+        for (i, ip) in [[127, 0, 0, 9], [127, 0, 0, 10]].into_iter().enumerate() {
             v.push(
-                baton::sim::start(
-                    format!("{ip}:1234").parse().unwrap(),
-                    baton::sim::SimConfig {
-                        ttft: Duration::from_millis(50),
-                        tokens_per_second: 200.0,
-                        seed: i as u64 + 1,
-                        ..Default::default()
-                    },
+                support::start_sim_at(
+                    (ip, 1234),
+                    support::sim_cfg(4, 50, 200.0).with_seed(i as u64 + 1),
                 )
-                .await
-                .expect("loopback addresses 127.0.0.9 and .10 port 1234 are free"),
+                .await,
             );
         }
         v
@@ -90,30 +65,15 @@ fn a_users_day_in_the_dashboard_works_in_a_real_browser() {
     )
     .unwrap();
     let shots = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("ui-screenshots");
-    let child = Command::new(env!("CARGO_BIN_EXE_baton"))
-        .args(["dashboard", "--no-open", "--control-port", "0", "--listen"])
-        .arg(format!("127.0.0.1:{}", free_port()))
+    let mut dash = BatonCmd::new(["dashboard", "--no-open", "--control-port", "0", "--listen"])
+        .arg(format!("127.0.0.1:{}", support::free_port()))
         .arg("-c")
         .arg(dir.path().join("workers.json"))
-        .env("XDG_CONFIG_HOME", dir.path().join("config"))
-        .env("XDG_DATA_HOME", dir.path().join("data"))
+        .home(dir.path())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut dash = Kill(child);
-    let out = dash.0.stdout.take().unwrap();
-    let mut lines = std::io::BufReader::new(out).lines();
-    let url = loop {
-        let line = lines
-            .next()
-            .expect("baton dashboard printed its address")
-            .unwrap();
-        if let Some((_, u)) = line.split_once("dashboard: ") {
-            break u.trim().to_string();
-        }
-    };
-    std::thread::spawn(move || for _ in lines {});
+        .spawn();
+    let url = dash.stdout_after("dashboard: ");
     let status = Command::new("node")
         .arg("day.mjs")
         .current_dir(&ui)
