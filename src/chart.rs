@@ -476,12 +476,36 @@ fn charts(runs: &[(String, &BenchResult)]) -> Vec<(Chart, String)> {
             .flat_map(|(_, r)| r.worker_scaling_benchmark.iter().map(|s| s.workers))
             .max()
             .unwrap_or(1);
-        let mut series = vec![Series {
-            name: "ideal (linear)".into(),
-            points: (1..=max_n).map(|n| (n as f64, n as f64)).collect(),
-            dashed: true,
-            labels: vec![],
-        }];
+        // The ideal is what the studios give alone, summed (linear for
+        // runs that did not measure them alone).
+        let mut series = Vec::new();
+        for (name, r) in &with_scaling {
+            let rows = &r.worker_scaling_benchmark;
+            if rows
+                .iter()
+                .all(|s| s.studios_alone_requests_per_second.is_some())
+            {
+                series.push(Series {
+                    name: match with_scaling.len() {
+                        1 => "ideal (the studios alone, summed)".into(),
+                        _ => format!("{name} ideal"),
+                    },
+                    points: rows
+                        .iter()
+                        .map(|s| (s.workers as f64, s.ideal_speedup()))
+                        .collect(),
+                    dashed: true,
+                    labels: vec![],
+                });
+            } else if !series.iter().any(|s| s.name == "ideal (linear)") {
+                series.push(Series {
+                    name: "ideal (linear)".into(),
+                    points: (1..=max_n).map(|n| (n as f64, n as f64)).collect(),
+                    dashed: true,
+                    labels: vec![],
+                });
+            }
+        }
         for (name, r) in &with_scaling {
             series.push(Series {
                 name: format!("{name} speedup"),

@@ -1,6 +1,6 @@
 //! Benchmarks: the closed-loop load runner, the results file, the sweep
 //! orchestration behind `baton bench`, each studio measured alone, the
-//! diagnosis, and `baton compare`.
+//! diagnosis, the scaling sweep's figures, and `baton compare`.
 
 pub mod compare;
 pub mod diagnose;
@@ -8,3 +8,4 @@ pub mod load;
 pub mod probe;
 pub mod report;
 pub mod run;
+pub mod scaling;

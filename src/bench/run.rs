@@ -12,8 +12,9 @@ use super::load::{self, LoadReport, LoadSpec, RunEvidence, RunOptions};
 use super::probe::{self, ProbeSettings};
 use super::report::{
     BalancerDelta, BatonSample, BenchResult, Evidence, HostFacts, HostUsage, Level, LevelEvidence,
-    PreflightFacts, PreflightSummary, ScalingLevel, Settings, StudioFacts,
+    PreflightFacts, PreflightSummary, Settings, StudioFacts,
 };
+use super::scaling;
 use crate::balancer::Balancer;
 use crate::config::{Config, Worker};
 use crate::preflight::{self, Status, Thresholds};
@@ -272,34 +273,20 @@ pub async fn run(
                 };
                 // Speedup relative to one worker's throughput: measured when
                 // the sweep starts at 1, else derived from its first count.
-                let (n0, rps0) = *base.get_or_insert((n, l.requests_per_second));
-                let one_worker = rps0 / n0 as f64;
-                let speedup = if one_worker > 0.0 {
-                    l.requests_per_second / one_worker
-                } else {
-                    0.0
-                };
-                let s = ScalingLevel {
-                    workers: n,
-                    worker_ids: subset.iter().map(|w| w.id.clone()).collect(),
-                    concurrency,
-                    requests_per_second: l.requests_per_second,
-                    speedup,
-                    scaling_efficiency: speedup / n as f64,
-                    throughput_per_worker: l.requests_per_second / n as f64,
-                    output_tokens_per_second: l.output_tokens_per_second,
-                    success_rate: l.success_rate,
-                    avg_response_time: l.avg_response_time,
-                    p95_response_time: l.p95_response_time,
-                    worker_stats: l.worker_stats.clone(),
-                };
+                let base = *base.get_or_insert((n, l.requests_per_second));
+                let ids: Vec<String> = subset.iter().map(|w| w.id.clone()).collect();
+                let alone = scaling::studios_alone(&evidence.probes, &ids);
+                let s = scaling::level(ids, concurrency, &l, base, alone);
                 obs.level_finished(
                     &label,
                     &format!(
-                        "{:.2} req/s, speedup {:.2}x, efficiency {:.0}%",
+                        "{:.2} req/s, speedup {:.2}x, efficiency {:.0}%{}",
                         s.requests_per_second,
                         s.speedup,
-                        s.scaling_efficiency * 100.0
+                        s.scaling_efficiency * 100.0,
+                        s.studios_alone_requests_per_second
+                            .map(|a| format!(" of the {a:.2} req/s its studios give alone"))
+                            .unwrap_or_default()
                     ),
                 );
                 result.worker_scaling_benchmark.push(s);

@@ -89,6 +89,55 @@ async fn one_two_three_identical_studios_scale_linearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unequal_studios_scale_against_their_sum_alone_not_a_linear_ideal() {
+    // Two fast studios (4 slots, 210 ms an answer: 19 req/s each) and one
+    // half as fast with half the slots (2 slots, 400 ms: 5 req/s).
+    let sims = support::start_sims([
+        support::sim_cfg(4, 20, 100.0).with_seed(1),
+        support::sim_cfg(4, 20, 100.0).with_seed(2),
+        support::sim_cfg(2, 20, 50.0).with_seed(3),
+    ])
+    .await;
+    let r = bench(&Plan {
+        mode: Mode::Scaling,
+        worker_counts: vec![1, 3],
+        probe_studios: true,
+        ..plan(pool(&sims), &[], 2.5)
+    })
+    .await
+    .unwrap();
+    let three = &r.worker_scaling_benchmark[1];
+    // The user's ratio stays: about (19 + 19 + 5) / 19 = 2.26x one studio...
+    assert!(
+        (1.9..=2.6).contains(&three.speedup),
+        "speedup {:.2}",
+        three.speedup
+    );
+    // ...but the pool gives what its three studios give alone: efficiency
+    // near 100%, not 2.26 / 3 = 75% against a linear ideal.
+    assert!(
+        (0.88..=1.1).contains(&three.scaling_efficiency),
+        "efficiency {:.2} at {:.2}x",
+        three.scaling_efficiency,
+        three.speedup
+    );
+    // The chart's ideal is the same sum, not 3x.
+    let charts = baton::chart::render_all(&[("run".into(), &r)]).unwrap();
+    let scaling = charts.iter().find(|c| c.name == "scaling").unwrap();
+    let ideal: Vec<&str> = scaling
+        .points
+        .iter()
+        .filter(|p| p.series.starts_with("ideal"))
+        .map(|p| p.label.as_str())
+        .collect();
+    assert!(
+        ideal.iter().any(|l| l.contains("workers 3,"))
+            && !ideal.iter().any(|l| l.ends_with(" 3.00")),
+        "ideal points: {ideal:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_keeps_the_users_names_and_compare_prints_the_table() {
     let sims = studios(3).await;
     let one = bench(&plan(pool(&sims[..1]), &[2, 6], 2.0)).await.unwrap();

@@ -141,7 +141,7 @@ pub struct WorkerShare {
 /// Little's law: concurrency = throughput x latency. When the measured
 /// product falls well short of the configured concurrency, requests sat in
 /// the client, not the server, and the figures understate the server.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LittlesLaw {
     pub effective_concurrency: f64,
     pub ratio: f64,
@@ -149,7 +149,7 @@ pub struct LittlesLaw {
 }
 
 /// One concurrency level.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct Level {
     pub concurrency: usize,
     pub requests: u64,
@@ -180,13 +180,17 @@ pub struct Level {
 }
 
 /// One worker count of the scaling sweep.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ScalingLevel {
     pub workers: usize,
     pub worker_ids: Vec<String>,
     pub concurrency: usize,
     pub requests_per_second: f64,
+    /// Throughput over one worker's (the user's ratio).
     pub speedup: f64,
+    /// Throughput over what these studios give alone, summed (over
+    /// `speedup / workers` in runs that did not measure them alone).
     pub scaling_efficiency: f64,
     pub throughput_per_worker: f64,
     pub output_tokens_per_second: f64,
@@ -194,6 +198,10 @@ pub struct ScalingLevel {
     pub avg_response_time: f64,
     pub p95_response_time: f64,
     pub worker_stats: BTreeMap<String, WorkerShare>,
+    /// What these studios give alone (each measured directly before the
+    /// sweep), summed: the ideal `scaling_efficiency` is judged against.
+    /// Absent when one was not measured (and in older runs).
+    pub studios_alone_requests_per_second: Option<f64>,
 }
 
 #[cfg(test)]

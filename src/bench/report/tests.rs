@@ -113,6 +113,13 @@ fn measured_not_format(p: &str) -> bool {
     .any(|k| p.starts_with(k) || p.contains(k))
 }
 
+/// Keys added to the format since that file was written (an older file
+/// reads without them); anything else new is a rename or a slip.
+const ADDED_SINCE: &[&str] = &[
+    // Issue 22: efficiency against the studios alone.
+    ".worker_scaling_benchmark[].studios_alone_requests_per_second",
+];
+
 struct Quiet;
 
 impl Observer for Quiet {
@@ -183,7 +190,10 @@ async fn a_run_made_today_writes_the_keys_of_one_made_before() {
     };
     let (before, now) = (format(&before), format(&now));
     let lost: Vec<_> = before.difference(&now).collect();
-    let new: Vec<_> = now.difference(&before).collect();
+    let new: Vec<_> = now
+        .difference(&before)
+        .filter(|p| !ADDED_SINCE.contains(&p.as_str()))
+        .collect();
     assert!(
         lost.is_empty() && new.is_empty(),
         "keys lost: {lost:#?}\nkeys new: {new:#?}"
