@@ -138,6 +138,64 @@ async fn unequal_studios_scale_against_their_sum_alone_not_a_linear_ideal() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_level_too_short_for_its_concurrency_is_short_not_client_bound() {
+    // 32 slots in all, so concurrency 32 never queues; 48 requests there
+    // run one full round, then drain a half one.
+    let sims =
+        support::start_sims((0..2).map(|i| support::sim_cfg(16, 200, 100.0).with_seed(i + 1)))
+            .await;
+    let r = bench(&Plan {
+        requests: Some(48),
+        duration: None,
+        ..plan(pool(&sims), &[32], 0.0)
+    })
+    .await
+    .unwrap();
+    let level = &r.concurrency_benchmark[0];
+    let d = serde_json::to_value(r.diagnosis.as_ref().unwrap()).unwrap();
+    let causes: Vec<&str> = d["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["cause"].as_str().unwrap())
+        .collect();
+    let text = baton::bench::diagnose::render(r.diagnosis.as_ref().unwrap());
+    assert!(
+        !causes.contains(&"client_bound") && !level.littles_law.client_bound,
+        "the drain is not the client's doing: {text}\n{:?}",
+        level.littles_law
+    );
+    let short = d["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["cause"] == "short_level")
+        .unwrap_or_else(|| panic!("no short_level finding: {text}"));
+    let evidence = short["evidence"].as_str().unwrap();
+    assert!(
+        evidence.contains("48 requests") && evidence.contains("CPU"),
+        "{evidence}"
+    );
+    assert!(
+        short["remedy"].as_str().unwrap().contains("--requests 320"),
+        "{}",
+        short["remedy"]
+    );
+    // What told the two apart: the client kept all 32 out while it had
+    // requests to send, and the level drained for about half its time.
+    let v = serde_json::to_value(level).unwrap();
+    let law = &v["littles_law"];
+    assert!(
+        law["in_flight_while_sending"].as_f64().unwrap() >= 28.0,
+        "{law}"
+    );
+    assert!(
+        (0.3..=0.7).contains(&law["ramp_down_share"].as_f64().unwrap()),
+        "{law}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn json_keeps_the_users_names_and_compare_prints_the_table() {
     let sims = studios(3).await;
     let one = bench(&plan(pool(&sims[..1]), &[2, 6], 2.0)).await.unwrap();

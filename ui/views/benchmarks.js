@@ -56,7 +56,8 @@ function causeWord(c) {
   return {
     dead_studio: 'Dead studio', flaky_studio: 'Flaky studio', slow_studio: 'Slow studio',
     network_bound: 'Network-bound', serialized: 'Serialized', saturated: 'Saturated',
-    cold_model: 'Cold model', client_bound: 'Client-bound', balancer_overhead: 'Balancer overhead',
+    cold_model: 'Cold model', client_bound: 'Client-bound', short_level: 'Level too short',
+    balancer_overhead: 'Balancer overhead',
   }[c] || c;
 }
 

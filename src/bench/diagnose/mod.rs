@@ -14,7 +14,8 @@
 //! - `failing`: dead and flaky studios
 //! - `serving`: serialized slots, cold models
 //! - `speed`: network-bound and slow studios
-//! - `pool`: saturation, a client-bound run, Baton's own overhead
+//! - `pool`: saturation, a client-bound run, a level too short for its
+//!   concurrency, Baton's own overhead
 //! - `headline`: scaling efficiency, the waterfall, the time split
 //! - `render`: the verdict block printed after the tables
 //!
@@ -34,7 +35,7 @@ mod thresholds;
 use facts::Run;
 use failing::{dead_studios, flaky_studios};
 use headline::{headline, time_split};
-use pool::{balancer_overhead, client_bound, saturated};
+use pool::{balancer_overhead, client_bound, saturated, short_levels};
 use serving::{cold_models, serialized};
 use speed::{network_bound, slow_studios};
 
@@ -55,6 +56,7 @@ pub fn diagnose(r: &BenchResult) -> Diagnosis {
     slow_studios(&run, &dead, &serial, &mut findings);
     saturated(&run, &mut findings);
     client_bound(&run, &mut findings);
+    short_levels(&run, &mut findings);
     balancer_overhead(&run, &mut findings);
     findings.sort_by(|a, b| {
         b.severity

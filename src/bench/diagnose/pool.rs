@@ -22,7 +22,7 @@ pub(super) fn knee<'a>(run: &'a Run) -> Option<(&'a Level, Vec<LevelPair<'a>>)> 
     let mut levels: Vec<LevelPair> = run
         .levels
         .iter()
-        .filter(|(l, _)| l.successful_requests > 0 && !l.littles_law.client_bound)
+        .filter(|(l, _)| l.successful_requests > 0 && !l.littles_law.client_bound && !short(run, l))
         .copied()
         .collect();
     levels.sort_by_key(|(l, _)| l.concurrency);
@@ -124,6 +124,111 @@ pub(super) fn expected_rps(run: &Run, concurrency: usize) -> Option<f64> {
         .then(|| capacity.min(concurrency as f64 * one))
 }
 
+/// The share of a level's time spent draining: measured, or for runs
+/// recorded before it was, estimated from the requests per level (equal
+/// answers: 48 at concurrency 32 run one full round, then drain a half
+/// one; a whole number of rounds still drains for about half an answer).
+pub(super) fn ramp_down(run: &Run, l: &Level) -> Option<f64> {
+    if let Some(share) = l.littles_law.ramp_down_share {
+        return Some(share);
+    }
+    let s = &run.r.settings;
+    let n = s.requests.filter(|_| s.duration_s.is_none())?;
+    if l.concurrency == 0 || n == 0 {
+        return None;
+    }
+    let rounds = n as f64 / l.concurrency as f64;
+    if rounds < 1.0 {
+        return Some(1.0);
+    }
+    Some((1.0 - rounds.floor() / rounds.ceil()).max(0.5 / rounds))
+}
+
+/// A level too short for its concurrency: it drained for much of its
+/// time, so its averages describe fewer requests in flight than asked.
+pub(super) fn short(run: &Run, l: &Level) -> bool {
+    l.littles_law.ratio < CLIENT_LITTLE_MIN
+        && ramp_down(run, l).is_some_and(|r| r >= SHORT_RAMP_SHARE)
+}
+
+/// Levels that ran short of requests for their concurrency.
+pub(super) fn short_levels(run: &Run, out: &mut Vec<Finding>) {
+    let short: Vec<&Level> = run
+        .levels
+        .iter()
+        .map(|(l, _)| *l)
+        .filter(|l| l.successful_requests > 0 && short(run, l))
+        .collect();
+    // The worst one speaks; the others are named.
+    let Some(l) = short.iter().copied().max_by(|a, b| {
+        let r = |l: &Level| ramp_down(run, l).unwrap_or(0.0);
+        r(a).total_cmp(&r(b))
+    }) else {
+        return;
+    };
+    let share = ramp_down(run, l).unwrap_or(0.0);
+    let measured = l.littles_law.ramp_down_share.is_some();
+    let top = short
+        .iter()
+        .map(|l| l.concurrency)
+        .max()
+        .unwrap_or(l.concurrency);
+    let cpu = l.host_usage.process_cpu_avg_percent;
+    let per_level = l.requests / u64::from(run.r.settings.repeat.max(1));
+    let others: Vec<String> = short
+        .iter()
+        .filter(|o| o.concurrency != l.concurrency)
+        .map(|o| o.concurrency.to_string())
+        .collect();
+    out.push(Finding {
+        cause: Cause::ShortLevel,
+        worker: None,
+        severity: Severity::Warning,
+        evidence: format!(
+            "at concurrency {} the level had {} requests ({:.1} per client): it spent {} of its time draining, after the client had sent them all, with fewer than {} in flight, so its {:.2} req/s and {:.1} requests in flight (Little's law) describe the drain as much as concurrency {}{}{}; the client was not short of CPU (Baton's own process used {cpu:.0}% of this machine's){}",
+            l.concurrency,
+            per_level,
+            per_level as f64 / l.concurrency as f64,
+            if measured {
+                pct(share)
+            } else {
+                format!("about {} (estimated from the requests per level)", pct(share))
+            },
+            l.concurrency,
+            l.requests_per_second,
+            l.littles_law.effective_concurrency,
+            l.concurrency,
+            l.littles_law
+                .in_flight_while_sending
+                .map(|s| format!(
+                    "; while it had requests to send it kept {s:.1} in flight"
+                ))
+                .unwrap_or_default(),
+            if busy(Some(&l.host_usage)) {
+                " (but see client_bound)"
+            } else {
+                ""
+            },
+            if others.is_empty() {
+                String::new()
+            } else {
+                format!(" (also at concurrency {})", others.join(", "))
+            }
+        ),
+        remedy: format!(
+            "give each level at least {SHORT_ROUNDS} rounds of its concurrency in requests (`--requests {}` for concurrency {top}), or a length in time (`--duration 10`: the first fifth warms up and only the steady window counts)",
+            SHORT_ROUNDS * top as u64
+        ),
+        figures: figures(&[
+            ("concurrency", l.concurrency as f64),
+            ("requests", per_level as f64),
+            ("ramp_down_share", share),
+            ("in_flight", l.littles_law.effective_concurrency),
+            ("process_cpu_percent", cpu),
+        ]),
+    });
+}
+
 /// The measuring machine, not the pool, set the pace.
 pub(super) fn client_bound(run: &Run, out: &mut Vec<Finding>) {
     // (level, sustained in flight, reason)
@@ -137,17 +242,31 @@ pub(super) fn client_bound(run: &Run, out: &mut Vec<Finding>) {
             continue;
         }
         let c = l.concurrency as f64;
-        let ratio = l.littles_law.ratio;
-        if ratio < CLIENT_LITTLE_MIN {
+        // While the client still had requests to send, it should have kept
+        // them all out; after that the level drains (a short level, not
+        // the client). Runs recorded before that was measured: Little's law
+        // over the whole level, unless the level looks short.
+        let sustained = match l.littles_law.in_flight_while_sending {
+            Some(s) => Some(s),
+            None if !short(run, l) => Some(l.littles_law.effective_concurrency),
+            None => None,
+        };
+        if let Some(sustained) = sustained.filter(|s| *s < CLIENT_LITTLE_MIN * c) {
             let wait = e.map(|e| e.client_wait_ms).unwrap_or(0.0);
+            let law = match l.littles_law.in_flight_while_sending {
+                Some(_) => format!(
+                    "while it had requests to send, the client kept {sustained:.1} in flight"
+                ),
+                None => format!(
+                    "Little's law: {:.2} req/s x {:.2} s = {sustained:.1} requests in flight",
+                    l.requests_per_second, l.avg_response_time,
+                ),
+            };
             hits.push((
                 l,
-                l.littles_law.effective_concurrency,
+                sustained,
                 format!(
-                    "Little's law: {:.2} req/s x {:.2} s = {:.1} requests in flight{}",
-                    l.requests_per_second,
-                    l.avg_response_time,
-                    l.littles_law.effective_concurrency,
+                    "{law}{}",
                     if wait > 0.0 {
                         format!(
                             "; each request first waited {} in the client for a free connection",
@@ -205,10 +324,10 @@ pub(super) fn client_bound(run: &Run, out: &mut Vec<Finding>) {
             "at concurrency {} only {:.1} requests were in flight on average ({why}){}{}; the figures there describe the client, not the pool",
             l.concurrency,
             sustained,
-            if cpu >= CLIENT_CPU_BUSY && !why.contains("CPU") {
-                format!("; Baton's own process used {cpu:.0}% of this machine's CPU")
-            } else {
+            if why.contains("CPU") {
                 String::new()
+            } else {
+                format!("; Baton's own process used {cpu:.0}% of this machine's CPU")
             },
             if others.is_empty() {
                 String::new()

@@ -122,6 +122,8 @@ fn level(c: usize, rps: f64, ttft_s: f64, latency_s: f64, per: &[(&str, u64)]) -
             effective_concurrency: effective,
             ratio: effective / c as f64,
             client_bound: effective / (c as f64) < 0.8,
+            in_flight_while_sending: None,
+            ramp_down_share: None,
         },
         host_usage: HostUsage {
             cpu_avg_percent: 20.0,
@@ -521,6 +523,22 @@ fn fewer_requests_in_flight_than_asked_is_client_bound() {
     b.in_flight_avg = 1.5;
     b.client_in_flight_avg = 4.0;
     only(&r, Cause::ClientBound, None);
+}
+
+#[test]
+fn a_level_that_ran_out_of_requests_is_short_not_client_bound() {
+    // A file from before the drain was measured: 6 requests at
+    // concurrency 4 run one round, then drain a half one, so Little's
+    // law over the level sees 2.6 in flight.
+    let mut r = healthy();
+    r.settings.requests = Some(6);
+    r.settings.duration_s = None;
+    r.concurrency_benchmark[1] = level(4, 10.4, 0.1, 0.25, &[("a", 3), ("b", 3)]);
+    let d = only(&r, Cause::ShortLevel, None);
+    let f = &d.findings[0];
+    assert!(f.evidence.contains("6 requests"), "{}", f.evidence);
+    assert!(f.evidence.contains("estimated"), "{}", f.evidence);
+    assert!(f.remedy.contains("--requests 40"), "{}", f.remedy);
 }
 
 #[test]

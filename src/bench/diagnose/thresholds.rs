@@ -81,6 +81,14 @@ pub(super) const CLIENT_CPU_BUSY: f64 = 90.0;
 /// ...a shortfall below this share of what the studios alone promise at
 /// that concurrency (short runs measure within 10-15% of it).
 pub(super) const CLIENT_CPU_SHORTFALL: f64 = 0.8;
+/// A level that spent this share of its time draining (the client had
+/// nothing left to send, fewer than the concurrency in flight) ran short
+/// of requests: with equal answers, 48 requests at concurrency 32 drain
+/// for half the level, while ten rounds of them drain for a tenth.
+pub(super) const SHORT_RAMP_SHARE: f64 = 0.25;
+/// A level gets this many rounds of its concurrency in requests in the
+/// remedy: then the drain is about a tenth of it.
+pub(super) const SHORT_ROUNDS: u64 = 10;
 /// Baton's own added latency matters from this many milliseconds per
 /// request at concurrency 1 (in process on the same machine it adds 1-3
 /// ms; a slow host or a debug build adds tens)...

@@ -78,6 +78,13 @@ pub struct LoadReport {
     /// Per-studio aggregates and a bounded sample of requests, for the
     /// diagnosis.
     pub evidence: RunEvidence,
+    /// When the first client found nothing left to send (the count
+    /// reached, or the time up): from then on the run drains, with fewer
+    /// than `concurrency` requests in flight.
+    pub sending: Duration,
+    /// Request-seconds in flight before `sending`: over it, the
+    /// concurrency the client kept up while it had requests to send.
+    pub sending_busy_s: f64,
 }
 
 impl LoadReport {
@@ -191,6 +198,8 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
     let tokens = Arc::new(AtomicU64::new(0));
     let issued = Arc::new(AtomicU64::new(0));
     let window_tokens = Arc::new(AtomicU64::new(0));
+    // Microseconds after the start; MAX until a client runs out.
+    let idle = Arc::new(AtomicU64::new(u64::MAX));
     let start = Instant::now();
     let window = spec.duration.map(|d| (spec.warmup.min(d), d));
     let bodies = Arc::new(bodies(spec));
@@ -206,7 +215,16 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
         Err(e) => {
             let mut s = Tally::new();
             s.errors.push(format!("bad URL {}: {e}", spec.url));
-            return report(start, &ok, &failed, &tokens, &window_tokens, window, s);
+            return report(
+                start,
+                &ok,
+                &failed,
+                &tokens,
+                &window_tokens,
+                &idle,
+                window,
+                s,
+            );
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -221,7 +239,7 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
             seq.clone(),
             progress.clone(),
         );
-        let (gate, named, live) = (gate.clone(), named.clone(), live.clone());
+        let (gate, named, live, idle) = (gate.clone(), named.clone(), live.clone(), idle.clone());
         let counter = WindowCounter {
             start,
             window,
@@ -254,6 +272,7 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
                 let result = request::one(&client, &spec, &url, body, stream, t0, &counter).await;
                 live.fetch_sub(1, Ordering::Relaxed);
                 let took = t0.elapsed();
+                s.sent(sent_s, took.as_secs_f64());
                 s.evidence.record(&result, named.as_deref(), sent_s, took);
                 match result {
                     Ok(o) => {
@@ -272,6 +291,8 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
                     p(ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
                 }
             }
+            idle.fetch_min(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            s.stopped(idle.load(Ordering::Relaxed) as f64 / 1e6);
             s
         });
     }
@@ -281,20 +302,37 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
             all.merge(s);
         }
     }
-    report(start, &ok, &failed, &tokens, &window_tokens, window, all)
+    report(
+        start,
+        &ok,
+        &failed,
+        &tokens,
+        &window_tokens,
+        &idle,
+        window,
+        all,
+    )
 }
 
+#[allow(clippy::too_many_arguments)] // the run's counters, read once at its end
 fn report(
     start: Instant,
     ok: &AtomicU64,
     failed: &AtomicU64,
     tokens: &AtomicU64,
     window_tokens: &AtomicU64,
+    idle: &AtomicU64,
     window: Option<(Duration, Duration)>,
     s: Tally,
 ) -> LoadReport {
+    let elapsed = start.elapsed();
     LoadReport {
-        elapsed: start.elapsed(),
+        sending: match idle.load(Ordering::Relaxed) {
+            u64::MAX => elapsed,
+            us => Duration::from_micros(us).min(elapsed),
+        },
+        sending_busy_s: s.busy_s - s.drained_s,
+        elapsed,
         ok: ok.load(Ordering::Relaxed),
         failed: failed.load(Ordering::Relaxed),
         tokens: tokens.load(Ordering::Relaxed),

@@ -7,6 +7,10 @@ use std::collections::BTreeMap;
 use super::LoadReport;
 use crate::bench::report::{HostUsage, Level, LittlesLaw, WorkerShare};
 
+/// Below this share of the concurrency asked in flight, the level did not
+/// run at it (tail effects of a short run cost ~5%).
+const CLIENT_BOUND_RATIO: f64 = 0.8;
+
 fn secs(us: f64) -> f64 {
     us / 1e6
 }
@@ -63,6 +67,10 @@ impl Level {
         } else {
             effective / concurrency as f64
         };
+        let elapsed: f64 = runs.iter().map(|r| r.elapsed.as_secs_f64()).sum();
+        let sending: f64 = runs.iter().map(|r| r.sending.as_secs_f64()).sum();
+        let while_sending =
+            (sending > 0.0).then(|| runs.iter().map(|r| r.sending_busy_s).sum::<f64>() / sending);
         let mut errors: Vec<String> = runs.iter().flat_map(|r| r.errors.iter().cloned()).collect();
         errors.truncate(5);
         Level {
@@ -92,8 +100,14 @@ impl Level {
                 effective_concurrency: effective,
                 ratio,
                 // Queueing inside Baton counts as latency, so a healthy run
-                // sits near 1.0; well below means the client held requests.
-                client_bound: ok > 0 && ratio < 0.8,
+                // sits near 1.0; well below means the client held requests,
+                // unless it kept them all out while it had any to send (the
+                // shortfall is then the drain at the end).
+                client_bound: ok > 0
+                    && ratio < CLIENT_BOUND_RATIO
+                    && while_sending.is_none_or(|s| s < CLIENT_BOUND_RATIO * concurrency as f64),
+                in_flight_while_sending: while_sending,
+                ramp_down_share: (elapsed > 0.0).then(|| (1.0 - sending / elapsed).max(0.0)),
             },
             host_usage,
             errors,

@@ -24,6 +24,12 @@ pub(super) struct Tally {
     pub(super) approximate: bool,
     pub(super) window_ok: f64,
     pub(super) evidence: RunEvidence,
+    /// Request-seconds this client had in flight...
+    pub(super) busy_s: f64,
+    /// ...and of those, after the run stopped sending (the drain).
+    pub(super) drained_s: f64,
+    /// (sent, ended) of its last request, seconds after the start.
+    last: Option<(f64, f64)>,
 }
 
 pub(super) fn histogram() -> Histogram<u64> {
@@ -43,6 +49,24 @@ impl Tally {
             approximate: false,
             window_ok: 0.0,
             evidence: RunEvidence::default(),
+            busy_s: 0.0,
+            drained_s: 0.0,
+            last: None,
+        }
+    }
+
+    /// A request sent `sent_s` after the start took `took_s`.
+    pub(super) fn sent(&mut self, sent_s: f64, took_s: f64) {
+        self.busy_s += took_s;
+        self.last = Some((sent_s, sent_s + took_s));
+    }
+
+    /// This client stopped; the run stopped sending at `idle_s` (when the
+    /// first client found nothing left to send). No request starts after
+    /// that, so only this client's last one can have run past it.
+    pub(super) fn stopped(&mut self, idle_s: f64) {
+        if let Some((sent, ended)) = self.last {
+            self.drained_s += (ended - sent.max(idle_s)).max(0.0);
         }
     }
 
@@ -64,6 +88,8 @@ impl Tally {
         self.approximate |= o.approximate;
         self.window_ok += o.window_ok;
         self.evidence.merge(o.evidence);
+        self.busy_s += o.busy_s;
+        self.drained_s += o.drained_s;
     }
 
     /// Book a successful answer that took `latency`, `in_window` of it

@@ -21,6 +21,7 @@ pub enum Cause {
     Saturated,
     ColdModel,
     ClientBound,
+    ShortLevel,
     BalancerOverhead,
 }
 
@@ -35,6 +36,7 @@ impl Cause {
             Cause::Saturated => "saturated",
             Cause::ColdModel => "cold_model",
             Cause::ClientBound => "client_bound",
+            Cause::ShortLevel => "short_level",
             Cause::BalancerOverhead => "balancer_overhead",
         }
     }

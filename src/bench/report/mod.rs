@@ -145,7 +145,19 @@ pub struct WorkerShare {
 pub struct LittlesLaw {
     pub effective_concurrency: f64,
     pub ratio: f64,
+    /// The client, not the pool, held requests back: fewer in flight than
+    /// asked while it still had requests to send (a level that ran short
+    /// of requests and drained is not that: see `ramp_down_share`).
     pub client_bound: bool,
+    /// Requests in flight, time-averaged, while the client still had
+    /// requests to send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub in_flight_while_sending: Option<f64>,
+    /// The share of the level's time after the client had nothing left to
+    /// send, draining with fewer requests in flight than asked (a level
+    /// with too few requests for its concurrency spends much of it so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ramp_down_share: Option<f64>,
 }
 
 /// One concurrency level.

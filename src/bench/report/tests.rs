@@ -118,6 +118,9 @@ fn measured_not_format(p: &str) -> bool {
 const ADDED_SINCE: &[&str] = &[
     // Issue 22: efficiency against the studios alone.
     ".worker_scaling_benchmark[].studios_alone_requests_per_second",
+    // Issue 22: a level that drained apart from a client-bound one.
+    ".concurrency_benchmark[].littles_law.in_flight_while_sending",
+    ".concurrency_benchmark[].littles_law.ramp_down_share",
 ];
 
 struct Quiet;
