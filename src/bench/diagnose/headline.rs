@@ -182,14 +182,18 @@ pub(super) fn headline(run: &Run, findings: &[Finding]) -> Headline {
     let n = run.studios.len();
     (
         format!(
-            "pool {:.2} req/s at concurrency {} = {} of the {:.2} req/s its {} studio{} give alone",
+            "pool {:.2} req/s at concurrency {} = {} of the {:.2} req/s its {} give{} alone",
             pool,
             best.concurrency,
             // A few percent above the sum is noise of short measurements.
             pct(efficiency.min(1.0)),
             ideal,
-            n,
-            if n == 1 { "" } else { "s" }
+            if n == 1 {
+                "studio".to_string()
+            } else {
+                format!("{n} studios")
+            },
+            if n == 1 { "s" } else { "" }
         ),
         Some(efficiency),
         Some(pool),

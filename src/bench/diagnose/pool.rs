@@ -61,6 +61,9 @@ pub(super) fn saturated(run: &Run, out: &mut Vec<Finding>) {
         .filter(|s| !s.excluded())
         .map(|s| s.slots)
         .sum();
+    if serial_knee(knee, slots, out) {
+        return;
+    }
     let queue_s = top_ev
         .and_then(|e| e.baton.as_ref())
         .filter(|b| b.samples >= MIN_BATON_SAMPLES && top.requests_per_second > 0.0)
@@ -100,6 +103,38 @@ pub(super) fn saturated(run: &Run, out: &mut Vec<Finding>) {
             ("top_concurrency", top.concurrency as f64),
         ]),
     });
+}
+
+/// A knee below the declared slots where studios run fewer than they
+/// declare is their consequence, not a second cause: it goes under
+/// their `serialized` findings. True when it did.
+fn serial_knee(knee: &Level, slots: u32, out: &mut [Finding]) -> bool {
+    let serial: Vec<&mut Finding> = out
+        .iter_mut()
+        .filter(|f| f.cause == Cause::Serialized)
+        .collect();
+    let lost: f64 = serial
+        .iter()
+        .map(|f| {
+            let fig = |k: &str| f.figures.get(k).copied().unwrap_or(0.0);
+            fig("declared_slots") - fig("effective_parallel")
+        })
+        .sum();
+    let runs = f64::from(slots) - lost;
+    if serial.is_empty() || knee.concurrency >= slots as usize || knee.concurrency as f64 > runs {
+        return false;
+    }
+    for f in serial {
+        f.evidence += &format!(
+            " So the pool's throughput stops rising at concurrency {} ({:.2} req/s) although its studios declare {slots} slots, and more at once only queues: until this is fixed, run at {}.",
+            knee.concurrency, knee.requests_per_second, knee.concurrency
+        );
+        f.figures
+            .insert("pool_knee_concurrency".into(), knee.concurrency as f64);
+        f.figures
+            .insert("pool_capacity_rps".into(), knee.requests_per_second);
+    }
+    true
 }
 
 /// What the studios measured alone at least promise at `concurrency`:

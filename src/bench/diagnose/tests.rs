@@ -391,6 +391,40 @@ fn a_studio_running_one_request_at_a_time_is_serialized() {
 }
 
 #[test]
+fn a_knee_a_serialized_studio_explains_is_told_under_serialized() {
+    // One studio declared with 4 slots runs one at a time: the pool stops
+    // rising at concurrency 1, which is what serialized means, not a
+    // second cause.
+    let mut p = probe("a", 4);
+    p.full = Some(run(4, 4.1, wev(8, 480.0, 630.0)));
+    let levels = vec![
+        level(1, 4.0, 0.1, 0.25, &[("a", 8)]),
+        level(2, 4.05, 0.3, 0.49, &[("a", 8)]),
+        level(4, 4.1, 0.55, 0.97, &[("a", 8)]),
+    ];
+    let ev = Evidence {
+        studios: vec![facts("a", 4)],
+        probes: vec![p],
+        levels: levels
+            .iter()
+            .map(|l| level_ev(l, l.ttft_avg * 1000.0, l.avg_response_time * 1000.0))
+            .collect(),
+        connect_timeout_ms: Some(500.0),
+        probe_host: None,
+    };
+    let r = result(levels, Some(ev), &[("a", 4)]);
+    let d = only(&r, Cause::Serialized, Some("a"));
+    let f = &d.findings[0];
+    assert!(
+        f.evidence.contains("stops rising at concurrency 1")
+            && f.evidence.contains("declare 4 slots"),
+        "{}",
+        f.evidence
+    );
+    assert_eq!(f.figures["pool_knee_concurrency"], 1.0);
+}
+
+#[test]
 fn a_knee_in_the_sweep_is_saturation_with_the_best_concurrency() {
     let mut r = healthy();
     let more = [
