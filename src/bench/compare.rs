@@ -104,39 +104,78 @@ pub fn compare(runs: &[(String, BenchResult)]) -> Comparison {
     }
 }
 
-/// The table as text.
+/// A run against the baseline in the user's words: "6% slower",
+/// "1.6x faster".
+pub fn status(speedup: f64) -> String {
+    if speedup < 0.995 {
+        format!("{:.0}% slower", 100.0 * (1.0 - speedup))
+    } else if speedup < 1.005 {
+        "same".into()
+    } else if speedup < 1.5 {
+        format!("{:.0}% faster", 100.0 * (speedup - 1.0))
+    } else {
+        format!("{speedup:.1}x faster")
+    }
+}
+
+/// The table as text, with the user's column names: each later run's
+/// **Speedup** over the first and its **Status**.
 pub fn render(c: &Comparison) -> String {
     use std::fmt::Write;
     let mut out = String::new();
+    // One run against the baseline needs no name in its headers.
+    let named = |what: &str, name: &str| {
+        if c.runs.len() == 2 {
+            what.to_string()
+        } else {
+            format!("{what} ({})", short(name))
+        }
+    };
+    let later: Vec<(String, String)> = c
+        .runs
+        .iter()
+        .skip(1)
+        .map(|n| (named("Speedup", n), named("Status", n)))
+        .collect();
+    let widths: Vec<(usize, usize)> = later
+        .iter()
+        .map(|(s, t)| (s.len().max(8), t.len().max(12)))
+        .collect();
+    let heads: Vec<String> = c
+        .runs
+        .iter()
+        .zip(&c.workers)
+        .map(|(name, w)| format!("{} ({w}w) req/s", short(name)))
+        .collect();
     let _ = writeln!(out, "PERFORMANCE COMPARISON");
-    let width = 14 + c.runs.len() * 18 + (c.runs.len() - 1) * 10;
+    let width = 12
+        + heads.iter().map(|h| h.len() + 2).sum::<usize>()
+        + widths.iter().map(|(s, t)| s + t + 4).sum::<usize>();
     let _ = writeln!(out, "{}", "=".repeat(width));
-    let _ = write!(out, "{:<12}", "Concurrency");
-    for (name, w) in c.runs.iter().zip(&c.workers) {
-        let _ = write!(out, "  {:>16}", format!("{} ({w}w) req/s", short(name)));
+    // Rows are built whole so the last column's padding can go.
+    let mut line = format!("{:<12}", "Concurrency");
+    for h in &heads {
+        let _ = write!(line, "  {h}");
     }
-    for name in c.runs.iter().skip(1) {
-        let _ = write!(out, "  {:>8}", format!("x {}", short(name)));
+    for ((s, t), (ws, wt)) in later.iter().zip(&widths) {
+        let _ = write!(line, "  {s:>ws$}  {t:<wt$}");
     }
-    let _ = writeln!(out);
+    let _ = writeln!(out, "{}", line.trim_end());
     let _ = writeln!(out, "{}", "-".repeat(width));
     for r in &c.rows {
-        let _ = write!(out, "{:<12}", r.concurrency);
-        for v in &r.requests_per_second {
-            let _ = write!(
-                out,
-                "  {:>16}",
-                v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into())
-            );
+        let mut line = format!("{:<12}", r.concurrency);
+        for (v, h) in r.requests_per_second.iter().zip(&heads) {
+            let v = v.map(|v| format!("{v:.2}")).unwrap_or_else(|| "-".into());
+            let _ = write!(line, "  {v:>w$}", w = h.len());
         }
-        for s in r.speedup.iter().skip(1) {
-            let _ = write!(
-                out,
-                "  {:>8}",
-                s.map(|v| format!("{v:.2}x")).unwrap_or_else(|| "-".into())
-            );
+        for (s, (ws, wt)) in r.speedup.iter().skip(1).zip(&widths) {
+            let (speed, word) = match s {
+                Some(v) => (format!("{v:.2}x"), status(*v)),
+                None => ("-".into(), "-".into()),
+            };
+            let _ = write!(line, "  {speed:>ws$}  {word:<wt$}");
         }
-        let _ = writeln!(out);
+        let _ = writeln!(out, "{}", line.trim_end());
     }
     for v in &c.verdicts {
         let _ = writeln!(out, "\n{v}");
@@ -150,4 +189,17 @@ fn short(name: &str) -> String {
         .and_then(|s| s.to_str())
         .unwrap_or(name);
     base.chars().take(10).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::status;
+
+    #[test]
+    fn a_run_against_the_baseline_reads_in_the_users_words() {
+        assert_eq!(status(0.94), "6% slower");
+        assert_eq!(status(1.0), "same");
+        assert_eq!(status(1.12), "12% faster");
+        assert_eq!(status(1.6), "1.6x faster");
+    }
 }

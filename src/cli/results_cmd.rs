@@ -79,14 +79,14 @@ pub fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
                 println!("No runs yet: `baton bench` records every run here.");
             } else {
                 println!(
-                    "{:>5}  {:<12} {:<12} {:<9} {:>7} {:>10}  label",
+                    "{:>5}  {:<16} {:<12} {:<9} {:>7} {:>10}  label",
                     "id", "started", "mode", "target", "workers", "best req/s"
                 );
                 for r in runs {
                     println!(
-                        "{:>5}  {:<12} {:<12} {:<9} {:>7} {:>10.2}  {}{}",
+                        "{:>5}  {:<16} {:<12} {:<9} {:>7} {:>10.2}  {}{}",
                         r.id,
-                        r.created_at,
+                        local_time(r.created_at),
                         r.mode,
                         r.target,
                         r.workers,
@@ -99,6 +99,29 @@ pub fn runs(a: RunsArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Unix seconds as this machine's local date and time, to the minute
+/// (the `started` the user reads, not a count of seconds).
+fn local_time(unix: i64) -> String {
+    let t = unix as libc::time_t;
+    // SAFETY: `tm` is plain data that `localtime_r` fills in; both
+    // pointers are valid for the call and it keeps neither.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        if libc::localtime_r(&t, &mut tm).is_null() {
+            return unix.to_string();
+        }
+        tm
+    };
+    format!(
+        "{:04}-{:02}-{:02} {:02}:{:02}",
+        tm.tm_year + 1900,
+        tm.tm_mon + 1,
+        tm.tm_mday,
+        tm.tm_hour,
+        tm.tm_min
+    )
 }
 
 #[derive(Args, Debug)]

@@ -244,6 +244,14 @@ async fn json_keeps_the_users_names_and_compare_prints_the_table() {
     let text = String::from_utf8(out.stdout).unwrap();
     assert!(text.contains("PERFORMANCE COMPARISON"), "{text}");
     assert!(text.lines().any(|l| l.starts_with("6 ")), "{text}");
+    // The user's words: a Speedup and a Status, not `x multiple`.
+    let head = text.lines().find(|l| l.starts_with("Concurrency")).unwrap();
+    assert!(
+        head.contains("Speedup") && head.contains("Status") && !head.contains("x mult"),
+        "{text}"
+    );
+    let at6 = text.lines().find(|l| l.starts_with("6 ")).unwrap();
+    assert!(at6.ends_with("x faster"), "{text}");
     let c = compare::compare(&[
         ("single".into(), one.clone()),
         ("multiple".into(), three.clone()),
@@ -263,6 +271,24 @@ async fn json_keeps_the_users_names_and_compare_prints_the_table() {
         .output();
     let j: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(j["runs"].as_array().unwrap().len(), 2);
+
+    // `baton runs`: when a run started, in local time, not Unix seconds.
+    let home = dir.path().join("home");
+    let store = baton::store::Store::open(&home.join("data/baton/baton.sqlite3")).unwrap();
+    let mut dated = one.clone();
+    dated.started_at = 1_700_000_000;
+    store.save_run(&dated, None).unwrap();
+    drop(store);
+    let out = BatonCmd::new(["runs"])
+        .home(&home)
+        .env("TZ", "UTC")
+        .output();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("2023-11-14 22:13") && !text.contains("1700000000"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // A slower pool gets the warning verdict.
     let c = compare::compare(&[
