@@ -105,6 +105,14 @@ impl Limit {
         self.learned().min(confirmed.saturating_mul(2).max(1))
     }
 
+    /// Whether the limit is a measurement: the studio has started that
+    /// many requests on time, or queued beyond it. Until then slow start
+    /// caps it, and it says nothing yet of what the studio runs.
+    pub fn measured(&self) -> bool {
+        let confirmed = self.confirmed.load(Ordering::Relaxed);
+        confirmed > 0 && confirmed.saturating_mul(2) >= self.learned()
+    }
+
     /// The learned limit, before slow start.
     fn learned(&self) -> u32 {
         self.current.load(Ordering::Relaxed)
@@ -209,6 +217,21 @@ mod tests {
             seen.push(limit.current());
         }
         seen
+    }
+
+    #[test]
+    fn slow_start_is_not_a_measurement_until_the_studio_has_answered_at_it() {
+        // Declared 4: given 1 before any answer, but nothing is known yet.
+        let limit = Limit::new(Some(4));
+        assert_eq!((limit.current(), limit.measured()), (1, false));
+        settle(&limit, 4, 1);
+        assert_eq!((limit.current(), limit.measured()), (2, false));
+        settle(&limit, 4, 1);
+        assert_eq!((limit.current(), limit.measured()), (4, true));
+        // One that runs a single request: queueing measures it.
+        let serial = Limit::new(Some(4));
+        settle(&serial, 1, 10);
+        assert_eq!((serial.current(), serial.measured()), (1, true));
     }
 
     #[test]

@@ -74,6 +74,18 @@ pub struct Metrics {
     pub affinity_misses: AtomicU64,
 }
 
+/// What a worker's `slots` rests on.
+#[derive(Debug, Clone, Copy, Serialize, serde::Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SlotsBasis {
+    /// Learned from its answers: it ran that many at once on time, or
+    /// queued beyond them.
+    Measured,
+    /// Not measured yet: slow start gives it at most twice what it has
+    /// been seen to run, so the figure is Baton's caution, not the studio.
+    SlowStart,
+}
+
 /// One worker in `GET /stats`.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct WorkerStats {
@@ -83,6 +95,8 @@ pub struct WorkerStats {
     pub models: Vec<String>,
     /// Requests it is given at once now (learned).
     pub slots: u64,
+    /// Whether `slots` is measured yet.
+    pub slots_basis: SlotsBasis,
     /// The declared `max_concurrent_requests` (`None`: "auto").
     pub slots_declared: Option<u32>,
     /// The most it may be given (the declared number, or the auto ceiling).
@@ -166,6 +180,11 @@ fn worker_stats(w: &Arc<WorkerEntry>, total_successes: u64) -> WorkerStats {
         state,
         models: w.models(),
         slots: w.slots(),
+        slots_basis: if w.limit.measured() {
+            SlotsBasis::Measured
+        } else {
+            SlotsBasis::SlowStart
+        },
         slots_declared: w.cfg.max_concurrent_requests.declared(),
         slots_ceiling: w.cfg.max_concurrent_requests.ceiling(),
         in_flight: w.in_flight(),

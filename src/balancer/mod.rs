@@ -55,7 +55,7 @@ use pool::{Pool, QueueSettings};
 use worker::WorkerEntry;
 
 pub use crate::studio::{AUTO_CEILING, health_path};
-pub use metrics::{Snapshot, WorkerStats};
+pub use metrics::{SlotsBasis, Snapshot, WorkerStats};
 pub use state::{Failure, State, Transition};
 pub use worker::Capability;
 

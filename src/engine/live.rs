@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::balancer::{Failure, Snapshot, State};
+use crate::balancer::{Failure, SlotsBasis, Snapshot, State};
 
 /// How often the figures are looked at (and at most how often they are pushed).
 pub(crate) const TICK: Duration = Duration::from_millis(250);
@@ -34,6 +34,8 @@ pub struct WorkerNow {
     pub state: State,
     /// Requests it is given at once now (learned).
     pub slots: u64,
+    /// Whether `slots` is measured yet.
+    pub slots_basis: SlotsBasis,
     /// The declared `max_concurrent_requests` (`None`: "auto").
     pub slots_declared: Option<u32>,
     pub in_flight: u64,
@@ -129,6 +131,7 @@ impl Live {
                     id: w.id.clone(),
                     state: w.state,
                     slots: w.slots,
+                    slots_basis: w.slots_basis,
                     slots_declared: w.slots_declared,
                     in_flight: w.in_flight,
                     tokens_per_second: tps,

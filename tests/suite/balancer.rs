@@ -1080,3 +1080,36 @@ async fn a_client_that_leaves_frees_its_slot_within_a_second_in_every_phase() {
     );
     assert_eq!(lab.worker("s0").state, baton::balancer::State::Ready);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slots_before_the_studio_has_answered_at_them_are_not_measured_yet() {
+    let lab = Lab::start(vec![sim_cfg(4, 5, 400.0)], test_settings()).await;
+    // Declared 4, given fewer by slow start: that is Baton's caution, not
+    // how many the studio runs, and /stats says so.
+    let w = lab.worker("s0");
+    assert!(
+        w.slots < 4 && w.slots_basis == baton::balancer::SlotsBasis::SlowStart,
+        "{w:?}"
+    );
+    assert_eq!(
+        serde_json::to_value(&w).unwrap()["slots_basis"],
+        "slow_start"
+    );
+    // Once it has answered several at once, the figure is a measurement.
+    let (c, url) = (client(), lab.url());
+    for _ in 0..5 {
+        let asks = (0..8).map(|_| stream_chat(&c, &url, 8));
+        for (status, _, _) in futures_util::future::join_all(asks).await {
+            assert_eq!(status, 200);
+        }
+        if lab.worker("s0").slots_basis == baton::balancer::SlotsBasis::Measured {
+            break;
+        }
+    }
+    let w = lab.worker("s0");
+    assert_eq!(
+        (w.slots, w.slots_basis),
+        (4, baton::balancer::SlotsBasis::Measured),
+        "{w:?}"
+    );
+}

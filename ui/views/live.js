@@ -8,6 +8,13 @@ import { dot, fill, h } from '../dom.js';
 import { failureWord, int, ms, num, pct, studioStatus } from '../format.js';
 import { liveOf, on, state } from '../state.js';
 
+// "declared 4, runs 2 in parallel": what the user set, and what Baton
+// learned, once it has (before, slow start gives a studio a cautious few).
+export function slotsWords(declared, l) {
+  const runs = l.slots_basis === 'slow_start' ? 'in parallel: not measured yet' : `runs ${l.slots} in parallel`;
+  return declared === 'auto' ? `auto: ${runs}` : `declared ${declared}, ${runs}`;
+}
+
 export function poolFigures(life) {
   const cell = (label) => {
     const v = h('span', { class: 'v', text: '–' });
@@ -79,11 +86,11 @@ export function studioRows(life, { compact = false } = {}) {
       c.word.textContent = st.word;
       c.word.className = `word ${st.tone}`;
       const slots = l.slots ?? w.max_concurrent_requests;
-      c.slots.textContent = `${int(Math.min(l.in_flight || 0, slots))}/${int(slots)}`;
+      // Slow start's cautious figure is not how many the studio runs.
+      const measured = l.slots_basis !== 'slow_start';
+      c.slots.textContent = `${int(Math.min(l.in_flight || 0, slots))}/${measured ? int(slots) : '–'}`;
       // What the user declared, and what Baton learned the studio runs.
-      c.slots.title = l.slots == null ? '' : l.slots_declared
-        ? `declared ${l.slots_declared}, runs ${l.slots} in parallel`
-        : `auto: runs ${l.slots} in parallel`;
+      c.slots.title = l.slots == null ? '' : slotsWords(l.slots_declared ?? 'auto', l);
       c.flight.textContent = int(l.in_flight || 0);
       c.tps.textContent = num(l.tokens_per_second);
       if (c.ttft) c.ttft.textContent = ms(l.ttft_ms ?? l.ewma_ttft_ms);

@@ -7,6 +7,7 @@ import { act, badge, confirmDialog, dot, field, fill, h, modal, showError } from
 import { KINDS, kindName, studioStatus } from '../format.js';
 import { emit, liveOf, on, state } from '../state.js';
 import { discoverPanel } from './discover.js';
+import { slotsWords } from './live.js';
 
 // "auto" (or nothing) lets Baton learn the number; anything else is sent
 // as typed, so the engine's own message explains a mistake.
@@ -146,13 +147,11 @@ function workerRow(w) {
     errSlot);
 }
 
-// "declared 4, runs 2 in parallel": what the user set, and what Baton learned.
+// What the user set, and what Baton learned the studio runs.
 function slotsText(w, l) {
   const declared = w.max_concurrent_requests;
   if (l.slots == null) return declared === 'auto' ? 'slots: auto' : `${declared} slot(s)`;
-  return declared === 'auto'
-    ? `auto: runs ${l.slots} in parallel`
-    : `declared ${declared}, runs ${l.slots} in parallel`;
+  return slotsWords(declared, l);
 }
 
 export function mount(root, life) {
