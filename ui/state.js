@@ -41,7 +41,7 @@ function pushSample(s) {
 
 // A job as the views read it: its events folded into lists.
 function freshJob(id, kind) {
-  return { id, kind, started: Date.now(), status: 'running', progress: null, notes: [], checks: [], found: [], levels: [], result: null, error: null };
+  return { id, kind, started: Date.now(), status: 'running', progress: null, notes: [], checks: [], found: [], levels: [], steps: [], result: null, error: null };
 }
 
 // A job just started from this page: show it as running at once; its events
@@ -90,7 +90,8 @@ function foldJob(e) {
     case 'progress': j.progress = u; break;
     // A benchmark level began: its counters start again.
     case 'level_started': j.current = u; j.progress = null; break;
-    case 'note': j.notes.push(u.line); break;
+    // steps: notes and finished levels together, in the order they came.
+    case 'note': j.notes.push(u.line); j.steps.push({ note: u.line }); break;
     case 'check': {
       const at = j.checks.findIndex((c) => c.worker === u.worker && c.host === u.host && c.check.name === u.check.name);
       if (at >= 0) j.checks[at] = u; else j.checks.push(u);
@@ -101,7 +102,7 @@ function foldJob(e) {
       if (!j.found.some((f) => `${f.host}:${f.port}` === k)) j.found.push(u.server);
       break;
     }
-    case 'level': j.levels.push(u); break;
+    case 'level': j.levels.push(u); j.steps.push({ level: u }); break;
     case 'finished':
       j.result = u.result;
       if (e.kind === 'preflight') state.lastPreflight = u.result;

@@ -203,9 +203,12 @@ await step('requests sent to the endpoint show up in the live figures', async ()
   await shoot('overview-live');
 });
 
-async function bench(label) {
+async function bench(label, { fresh = false } = {}) {
   await page.getByRole('link', { name: 'Benchmarks', exact: true }).click();
   const form = page.getByRole('region', { name: 'New benchmark' });
+  // Both modes by default, as the CLI, so the scaling chart is drawn.
+  const mode = await form.getByLabel('Mode').inputValue();
+  check(!fresh || mode === 'both', `the form's mode defaults to ${mode}, not both`);
   await form.getByLabel('Mode').selectOption('concurrency');
   await form.getByLabel('Length of each level').fill('2');
   await form.getByLabel('Length unit').selectOption('duration_s');
@@ -216,6 +219,11 @@ async function bench(label) {
   await button('Run benchmark').click();
   await page.getByRole('region', { name: 'Benchmark progress' }).waitFor();
   await page.getByRole('heading', { name: new RegExp(`^Run \\d+: ${label}$`) }).waitFor({ timeout: 120000 });
+  // The progress list reads in time order: the preflight's notes first.
+  const steps = await page.getByRole('region', { name: 'Benchmark progress' }).locator('li').evaluateAll(
+    (lis) => lis.map((li) => li.className));
+  const firstLevel = steps.indexOf('level');
+  check(steps[0] === 'note' && firstLevel > 0, `progress steps out of time order: ${steps}`);
   const table = page.getByRole('table', { name: 'Concurrency benchmark' });
   await table.waitFor();
   const heads = await table.locator('thead th').allTextContents();
@@ -229,7 +237,7 @@ async function bench(label) {
 }
 
 await step('Benchmarks: a short run shows its tables and charts', async () => {
-  await bench('day-1');
+  await bench('day-1', { fresh: true });
   const charts = page.locator('.result + .charts figure.chart, section[aria-label="Result"] figure.chart');
   await charts.first().locator('.plane svg').waitFor();
   check(await charts.first().locator('button.pt').count() > 0, 'the first chart has no data points');

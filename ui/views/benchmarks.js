@@ -72,7 +72,9 @@ async function chartsOf(path, into) {
 }
 
 function runForm(errSlot) {
+  // Both by default, as the CLI: the scaling chart is what most come for.
   const mode = h('select', { name: 'mode' }, ['concurrency', 'scaling', 'both'].map((m) => h('option', { value: m, text: m[0].toUpperCase() + m.slice(1) })));
+  mode.value = 'both';
   const unit = h('select', { name: 'unit', 'aria-label': 'Length unit' }, h('option', { value: 'duration_s', text: 'seconds' }), h('option', { value: 'requests', text: 'requests' }));
   const amount = h('input', { type: 'number', name: 'amount', min: 1, value: 5, 'aria-label': 'Length of each level' });
   const levels = h('input', { name: 'levels', value: '1 5 10 20', spellcheck: false, inputmode: 'numeric' });
@@ -137,8 +139,10 @@ export function mount(root, life) {
         p ? ` ${int(p.ok)} ok, ${int(p.failed)} failed` : '',
         p && (p.total || j.current?.planned) ? ` of ${int(p.total || j.current.planned)}` : '',
         !p && j.current?.duration_s ? ` for ${num(j.current.duration_s)} s` : ''),
-      j.levels.length > 0 && h('ul', { class: 'levels' }, j.levels.map((l) => h('li', {}, h('b', { text: l.label }), ` ${l.summary}`))),
-      j.notes.length > 0 && h('ul', { class: 'notes' }, j.notes.map((n) => h('li', { text: n }))),
+      // In time order: the preflight's notes come before the levels.
+      j.steps.length > 0 && h('ul', { class: 'steps' }, j.steps.map(({ note, level: l }) => (l
+        ? h('li', { class: 'level' }, h('b', { text: l.label }), ` ${l.summary}`)
+        : h('li', { class: 'note', text: note })))),
       errorBox(j.error));
   }
 
