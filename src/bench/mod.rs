@@ -1,7 +1,9 @@
 //! Benchmarks: the closed-loop load runner, the results file, the sweep
 //! orchestration behind `baton bench`, each studio measured alone, the
-//! diagnosis, and `baton compare`.
+//! diagnosis, the capacity search under a service level, and `baton
+//! compare`.
 
+pub mod capacity;
 pub mod compare;
 pub mod diagnose;
 pub mod load;

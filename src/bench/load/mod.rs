@@ -78,6 +78,9 @@ pub struct LoadReport {
     /// Per-studio aggregates and a bounded sample of requests, for the
     /// diagnosis.
     pub evidence: RunEvidence,
+    /// Successful answers that met every [`AnswerLimits`] of the run (all
+    /// of them when it had none).
+    pub good: u64,
 }
 
 impl LoadReport {
@@ -176,6 +179,33 @@ pub struct RunOptions {
     pub worker: Option<String>,
     /// A live count of requests on the wire, for whoever samples it.
     pub in_flight: Option<Arc<AtomicU64>>,
+    /// Count the answers that meet these limits (goodput).
+    pub limits: Option<AnswerLimits>,
+}
+
+/// What one answer must meet to count toward goodput.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnswerLimits {
+    pub ttft: Option<Duration>,
+    /// Tokens per second after the first token.
+    pub min_tokens_per_s: Option<f64>,
+}
+
+impl AnswerLimits {
+    /// Whether an answer of `tokens` tokens, first one after `ttft`, whole
+    /// after `latency`, meets the limits. An answer of one token has no
+    /// streaming rate to judge.
+    pub fn met(&self, ttft: Option<Duration>, tokens: u64, latency: Duration) -> bool {
+        let first = ttft.unwrap_or(latency);
+        if self.ttft.is_some_and(|limit| first > limit) {
+            return false;
+        }
+        let streaming = latency.saturating_sub(first).as_secs_f64();
+        match self.min_tokens_per_s {
+            Some(min) if tokens > 1 && streaming > 0.0 => (tokens - 1) as f64 / streaming >= min,
+            _ => true,
+        }
+    }
 }
 
 /// [`run_observed`] with every option.
@@ -191,6 +221,8 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
     let tokens = Arc::new(AtomicU64::new(0));
     let issued = Arc::new(AtomicU64::new(0));
     let window_tokens = Arc::new(AtomicU64::new(0));
+    let good = Arc::new(AtomicU64::new(0));
+    let limits = opts.limits;
     let start = Instant::now();
     let window = spec.duration.map(|d| (spec.warmup.min(d), d));
     let bodies = Arc::new(bodies(spec));
@@ -206,7 +238,7 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
         Err(e) => {
             let mut s = Tally::new();
             s.errors.push(format!("bad URL {}: {e}", spec.url));
-            return report(start, &ok, &failed, &tokens, &window_tokens, window, s);
+            return report(start, &ok, &failed, &tokens, &window_tokens, window, s, 0);
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
@@ -221,7 +253,7 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
             seq.clone(),
             progress.clone(),
         );
-        let (gate, named, live) = (gate.clone(), named.clone(), live.clone());
+        let (gate, named, live, good) = (gate.clone(), named.clone(), live.clone(), good.clone());
         let counter = WindowCounter {
             start,
             window,
@@ -260,6 +292,9 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
                         ok.fetch_add(1, Ordering::Relaxed);
                         tokens.fetch_add(o.tokens, Ordering::Relaxed);
                         let latency = t0.elapsed();
+                        if limits.is_none_or(|l| l.met(o.ttft, o.tokens, latency)) {
+                            good.fetch_add(1, Ordering::Relaxed);
+                        }
                         let in_window = counter.share(t0, latency);
                         s.answered(o, latency, in_window, named.as_deref());
                     }
@@ -281,9 +316,20 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
             all.merge(s);
         }
     }
-    report(start, &ok, &failed, &tokens, &window_tokens, window, all)
+    let good = good.load(Ordering::Relaxed);
+    report(
+        start,
+        &ok,
+        &failed,
+        &tokens,
+        &window_tokens,
+        window,
+        all,
+        good,
+    )
 }
 
+#[allow(clippy::too_many_arguments)]
 fn report(
     start: Instant,
     ok: &AtomicU64,
@@ -292,6 +338,7 @@ fn report(
     window_tokens: &AtomicU64,
     window: Option<(Duration, Duration)>,
     s: Tally,
+    good: u64,
 ) -> LoadReport {
     LoadReport {
         elapsed: start.elapsed(),
@@ -309,6 +356,7 @@ fn report(
         window: window.map(|(a, b)| b - a).unwrap_or_default(),
         window_tokens: window_tokens.load(Ordering::Relaxed),
         evidence: s.evidence.ended(start.elapsed().as_secs_f64()),
+        good,
     }
 }
 
