@@ -16,6 +16,7 @@ mod support;
 mod balancer;
 mod batch;
 mod bench;
+mod capacity;
 mod cli;
 mod config;
 mod control_api;

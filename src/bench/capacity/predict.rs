@@ -66,27 +66,34 @@ pub fn per_slot(s: &StudioCapacity) -> f64 {
     s.max_concurrency as f64 / f64::from(s.slots.max(1))
 }
 
-/// The studio that adds the fewest agents per declared slot (ties go to
-/// the one with less goodput per slot); none when every studio adds about
-/// as much (within 5%) or a studio could not be measured.
+/// The studio that adds least per declared slot: the fewest agents per
+/// slot, or, where every studio serves about as many agents per slot (a
+/// first-token limit counts slots, not speed), the least goodput per slot.
+/// None when every studio adds about as much (within 5%) by both, or a
+/// studio could not be measured.
 pub fn least_per_slot(studios: &[StudioCapacity]) -> Option<String> {
     if studios.len() < 2 || studios.iter().any(|s| s.error.is_some()) {
         return None;
     }
-    let best = studios.iter().map(per_slot).fold(0.0, f64::max);
-    let worst = studios.iter().map(per_slot).fold(f64::INFINITY, f64::min);
-    if worst >= best * 0.95 {
-        return None;
-    }
     let goodput_per_slot = |s: &StudioCapacity| s.goodput_rps / f64::from(s.slots.max(1));
-    studios
-        .iter()
-        .min_by(|a, b| {
-            per_slot(a)
-                .total_cmp(&per_slot(b))
-                .then(goodput_per_slot(a).total_cmp(&goodput_per_slot(b)))
-        })
-        .map(|s| s.id.clone())
+    let spread = |f: &dyn Fn(&StudioCapacity) -> f64| {
+        let best = studios.iter().map(f).fold(0.0, f64::max);
+        let worst = studios.iter().map(f).fold(f64::INFINITY, f64::min);
+        worst < best * 0.95
+    };
+    let least = |f: &dyn Fn(&StudioCapacity) -> f64| {
+        studios
+            .iter()
+            .min_by(|a, b| f(a).total_cmp(&f(b)))
+            .map(|s| s.id.clone())
+    };
+    if spread(&per_slot) {
+        least(&|s| per_slot(s) + goodput_per_slot(s) * 1e-9)
+    } else if spread(&goodput_per_slot) {
+        least(&goodput_per_slot)
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -118,8 +125,14 @@ mod tests {
         assert_eq!((plus.max_concurrency, plus.goodput_rps), (14, 33.0));
         assert_eq!(w.len(), 6);
         assert_eq!(least_per_slot(&s).as_deref(), Some("mac-3"));
-        let even = vec![studio("a", 4, 4, 1.0), studio("b", 2, 2, 1.0)];
-        assert_eq!(least_per_slot(&even), None, "each adds one agent per slot");
+        let even = vec![studio("a", 4, 4, 2.0), studio("b", 2, 2, 1.0)];
+        assert_eq!(least_per_slot(&even), None, "each adds as much per slot");
+        let slower = vec![studio("a", 4, 4, 2.0), studio("b", 2, 2, 0.5)];
+        assert_eq!(
+            least_per_slot(&slower).as_deref(),
+            Some("b"),
+            "as many agents per slot, less goodput"
+        );
         let p = prediction(&s, 11).unwrap();
         assert_eq!(p.max_concurrency, 10);
         assert!((p.error_pct - 10.0).abs() < 1e-9);

@@ -172,19 +172,24 @@ fn studios(o: &mut String, per_studio: &[StudioCapacity]) {
     }
 }
 
-/// "mac-3 adds least per slot: 0.50 agents per slot (mac-1: 1.00)."
+/// "mac-3 adds least per slot: 0.50 agents and 0.40 good answers/s per
+/// slot (mac-1: 1.00 and 1.20)."
 pub fn least_line(c: &Capacity) -> Option<String> {
     let id = c.least_per_slot.as_ref()?;
     let least = c.per_studio.iter().find(|s| &s.id == id)?;
-    let best = c
-        .per_studio
-        .iter()
-        .max_by(|a, b| predict::per_slot(a).total_cmp(&predict::per_slot(b)))?;
+    let goodput = |s: &StudioCapacity| s.goodput_rps / f64::from(s.slots.max(1));
+    let best = c.per_studio.iter().max_by(|a, b| {
+        predict::per_slot(a)
+            .total_cmp(&predict::per_slot(b))
+            .then(goodput(a).total_cmp(&goodput(b)))
+    })?;
     Some(format!(
-        "{id} adds least per slot: {:.2} agents per slot ({}: {:.2}).",
+        "{id} adds least per slot: {:.2} agents and {:.2} good answers/s per slot ({}: {:.2} and {:.2}).",
         predict::per_slot(least),
+        goodput(least),
         best.id,
-        predict::per_slot(best)
+        predict::per_slot(best),
+        goodput(best)
     ))
 }
 
