@@ -6,6 +6,7 @@
 pub mod capacity;
 pub mod compare;
 pub mod diagnose;
+pub mod html;
 pub mod load;
 pub mod probe;
 pub mod report;

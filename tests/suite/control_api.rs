@@ -481,6 +481,21 @@ async fn a_benchmark_job_is_stored_and_its_charts_and_comparison_are_served() {
             .unwrap()
             .contains("concurrent requests 1")
     );
+    // "Download report": the page `baton report` writes, as a file.
+    let report = d
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/runs/{}/report.html", ids[0]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(report.status(), 200);
+    let header = |k: &str| report.headers()[k].to_str().unwrap().to_string();
+    assert_eq!(header("content-type"), "text/html; charset=utf-8");
+    assert!(header("content-disposition").starts_with("attachment; filename="));
+    let page = report.text().await.unwrap();
+    assert!(page.starts_with("<!doctype html>") && page.contains("<svg") && page.contains("first"));
     let (s, cmp) = d
         .get(&format!("/api/compare?runs={},{}", ids[0], ids[1]))
         .await;

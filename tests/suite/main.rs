@@ -24,6 +24,7 @@ mod dashboard_ui;
 mod discover;
 mod every_client;
 mod fuzz_request;
+mod report;
 mod security;
 mod server_behaviours;
 mod sim;
