@@ -519,6 +519,54 @@ async fn a_benchmark_job_is_stored_and_its_charts_and_comparison_are_served() {
     assert_eq!(d.get(&format!("/api/runs/{}", ids[0])).await.0, 404);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capacity_on_record_follows_the_pool_it_was_measured_on() {
+    let d = Dash::start(2).await;
+    let (s, v) = d.get("/api/capacity").await;
+    assert_eq!(
+        (s, &v),
+        (200, &json!({"record": null})),
+        "nothing measured yet"
+    );
+    // What the dashboard's "Measure capacity" sends.
+    let (s, v) = d
+        .send(
+            reqwest::Method::POST,
+            "/api/bench",
+            json!({"mode": "capacity", "max_tokens": 8, "slo": {"ttft_p95_ms": 60.0}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let job = d.job(v["job"].as_u64().unwrap()).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    let run_id = job["result"]["run_id"].as_i64().unwrap();
+    let (_, run) = d.get(&format!("/api/runs/{run_id}")).await;
+    let measured = run["capacity"]["max_concurrency"].as_u64().unwrap();
+    assert!(measured >= 1, "{}", run["capacity"]);
+    let (_, v) = d.get("/api/capacity").await;
+    let record = &v["record"];
+    assert_eq!(record["run_id"], run_id);
+    assert_eq!(record["max_concurrency"].as_u64(), Some(measured));
+    assert_eq!(record["slo"], json!({"ttft_p95_ms": 60.0}));
+    assert!(
+        record["sentence"]
+            .as_str()
+            .unwrap()
+            .starts_with("This pool serves"),
+        "{record}"
+    );
+    // Another pool (a studio disabled) has no capacity on record.
+    let (s, _) = d
+        .send(
+            reqwest::Method::POST,
+            "/api/workers/studio-1/disable",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(d.get("/api/capacity").await.1, json!({"record": null}));
+}
+
 /// Read SSE events from a response until `n` events came (or a second
 /// passed without any): (id, event name, data).
 async fn read_events(r: reqwest::Response, n: usize) -> Vec<(u64, String, Value)> {

@@ -10,10 +10,12 @@
 //! - `point`: one concurrency, measured and judged
 //! - `predict`: the what-ifs from the studios alone
 //! - `render`: the sentence and the tables
+//! - `record`: the capacity on record for the pool now (the headroom gauge)
 
 pub mod drive;
 pub mod point;
 pub mod predict;
+pub mod record;
 pub mod render;
 pub mod search;
 
@@ -24,7 +26,6 @@ use tokio_util::sync::CancellationToken;
 use super::load::Progress;
 use super::report::{Capacity, Slo, StudioCapacity};
 use super::run::Observer;
-use crate::config::Worker;
 pub use point::{Length, Target};
 pub use render::{render, sentence};
 pub use search::{Searched, search, sweep};
@@ -44,25 +45,6 @@ pub const AGENTS_PER_SLOT_CEILING: usize = 8;
 /// The highest concurrency worth trying for `slots` declared slots.
 pub fn ceiling(slots: u32) -> usize {
     (slots.max(1) as usize * AGENTS_PER_SLOT_CEILING).clamp(8, 4096)
-}
-
-/// The pool a capacity record belongs to: its studios by name, with the
-/// model each serves and the slots each is declared with (not their
-/// addresses, which change with DHCP or a simulated studio's new port).
-pub fn pool_key(workers: &[Worker]) -> String {
-    let mut parts: Vec<String> = workers
-        .iter()
-        .map(|w| {
-            format!(
-                "{}/{}/{}",
-                w.id,
-                w.model,
-                w.max_concurrent_requests.ceiling()
-            )
-        })
-        .collect();
-    parts.sort();
-    parts.join(",")
 }
 
 /// A random start for the points' prompt seeds: two runs never send the
