@@ -59,3 +59,19 @@ export const post = (path, body) => api('POST', path, body ?? {});
 export const put = (path, body) => api('PUT', path, body);
 export const del = (path) => api('DELETE', path);
 export const enc = encodeURIComponent;
+
+// Save what an authenticated GET answers as a file (a plain link would not
+// carry the token).
+export async function download(path, filename) {
+  const res = await fetch(path, { headers: authHeader() });
+  if (!res.ok) {
+    const e = await res.json().catch(() => ({}));
+    throw new ApiError(res.status, e.error);
+  }
+  const url = URL.createObjectURL(await res.blob());
+  const a = Object.assign(document.createElement('a'), { href: url, download: filename });
+  document.body.append(a);
+  a.click();
+  a.remove();
+  setTimeout(() => URL.revokeObjectURL(url), 60_000);
+}

@@ -9,14 +9,19 @@
 //! The studios' sum alone is what the pool's throughput is judged against
 //! (scaling efficiency); one request at a time alone is what Baton's own
 //! overhead is judged against.
+//!
+//! In capacity mode each studio's capacity under the service level is then
+//! searched alone too (on its OpenAI stream, where the first token can be
+//! timed): what it is worth to the pool.
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
+use super::capacity::{self, Length};
 use super::load::{self, LoadReport, LoadSpec, RunOptions};
-use super::report::{ProbeRun, StudioProbe, TimeSplit, WorkerEvidence};
+use super::report::{ProbeRun, Slo, StudioCapacity, StudioProbe, TimeSplit, WorkerEvidence};
 use crate::config::Worker;
 use crate::studio::StudioKind;
 
@@ -88,6 +93,77 @@ fn request(w: &Worker, s: &ProbeSettings, native: bool) -> (String, Value) {
 pub async fn probe_all(workers: &[Worker], s: &ProbeSettings) -> Vec<StudioProbe> {
     let c = client(s);
     futures_util::future::join_all(workers.iter().map(|w| probe_one(&c, w, s))).await
+}
+
+/// Each studio's capacity alone under `slo`, all searched at once (they are
+/// separate machines); `down` are studios the probe could not reach.
+/// Warnings for points too short for their p95.
+pub async fn capacity_all<'a>(
+    workers: &'a [Worker],
+    s: &ProbeSettings,
+    slo: &Slo,
+    length: Length,
+    down: &[String],
+) -> (Vec<StudioCapacity>, Vec<String>) {
+    let c = client(s);
+    let base = capacity::seed();
+    let one = |i: usize, w: &'a Worker| {
+        let c = c.clone();
+        async move {
+            let slots = declared_slots(w);
+            if down.contains(&w.id) {
+                return (
+                    StudioCapacity {
+                        id: w.id.clone(),
+                        slots,
+                        error: Some("unreachable when measured alone".into()),
+                        ..StudioCapacity::default()
+                    },
+                    Vec::new(),
+                );
+            }
+            let (url, body) = request(w, s, false);
+            let target = capacity::Target {
+                url,
+                body,
+                api_key: w
+                    .api_key
+                    .as_ref()
+                    .and_then(|r| crate::secrets::resolve(r).ok()),
+                prompt: s.prompt.clone(),
+                worker: Some(w.id.clone()),
+            };
+            let seed = base.rotate_left(i as u32 * 8);
+            let searched = capacity::search(capacity::ceiling(slots), |n| {
+                let (c, target) = (&c, &target);
+                async move {
+                    let p =
+                        capacity::point::measure(c, target, length, slo, n, seed ^ n as u64, None)
+                            .await;
+                    Some(p)
+                }
+            })
+            .await;
+            let who = format!("{} alone", w.id);
+            let warnings = searched
+                .points
+                .iter()
+                .filter_map(|p| capacity::point::too_few(p, &who))
+                .collect();
+            (capacity::studio(&w.id, slots, searched), warnings)
+        }
+    };
+    let all =
+        futures_util::future::join_all(workers.iter().enumerate().map(|(i, w)| one(i, w))).await;
+    let mut warnings = Vec::new();
+    let studios = all
+        .into_iter()
+        .map(|(s, w)| {
+            warnings.extend(w);
+            s
+        })
+        .collect();
+    (studios, warnings)
 }
 
 /// Whether the model is loaded, where the studio says so.

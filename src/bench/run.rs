@@ -7,12 +7,13 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use super::capacity;
 use super::diagnose;
 use super::load::{self, LoadReport, LoadSpec, RunEvidence, RunOptions};
 use super::probe::{self, ProbeSettings};
 use super::report::{
     BalancerDelta, BatonSample, BenchResult, Evidence, HostFacts, HostUsage, Level, LevelEvidence,
-    PreflightFacts, PreflightSummary, Settings, StudioFacts,
+    PreflightFacts, PreflightSummary, Settings, Slo, StudioFacts,
 };
 use super::scaling;
 use crate::balancer::Balancer;
@@ -26,6 +27,8 @@ pub enum Mode {
     Concurrency,
     Scaling,
     Both,
+    /// The most agents the pool serves under a service level (`Plan::slo`).
+    Capacity,
 }
 
 impl Mode {
@@ -34,6 +37,7 @@ impl Mode {
             Mode::Concurrency => "concurrency",
             Mode::Scaling => "scaling",
             Mode::Both => "both",
+            Mode::Capacity => "capacity",
         }
     }
 }
@@ -86,6 +90,8 @@ pub struct Plan {
     /// the concurrency), as HTTP client libraries cap connections; the
     /// diagnosis then finds the client the limit.
     pub max_connections: Option<usize>,
+    /// The service level of `Mode::Capacity`.
+    pub slo: Slo,
 }
 
 /// Events for whoever shows progress.
@@ -159,6 +165,7 @@ pub async fn run(
         worker_scaling_benchmark: Vec::new(),
         evidence: None,
         diagnosis: None,
+        capacity: None,
     };
     let mut evidence = Evidence::default();
     let workers: Vec<Worker> = match &plan.target {
@@ -198,6 +205,36 @@ pub async fn run(
         .map(|p| p.worker.clone())
         .collect();
 
+    if !result.interrupted && plan.mode == Mode::Capacity {
+        let alone = capacity::drive::studios_alone(
+            plan,
+            &probe_settings(plan),
+            &workers,
+            &down,
+            &*obs,
+            &cancel,
+        )
+        .await;
+        match alone {
+            None => result.interrupted = true,
+            Some(alone) => {
+                let ep = Endpoint::open(plan, &workers, &down, &*obs).await?;
+                let (c, cut) = capacity::drive::pool(
+                    plan,
+                    &ep.url,
+                    ep.api_key.clone(),
+                    &workers,
+                    alone,
+                    &obs,
+                    &cancel,
+                )
+                .await;
+                ep.close().await;
+                result.interrupted |= cut;
+                result.capacity = Some(c);
+            }
+        }
+    }
     if !result.interrupted && matches!(plan.mode, Mode::Concurrency | Mode::Both) {
         let endpoint = Endpoint::open(plan, &workers, &down, &*obs).await?;
         for &c in &plan.concurrency_levels {
@@ -305,23 +342,11 @@ async fn probe_studios(
     workers: &[Worker],
     obs: &dyn Observer,
 ) -> Vec<super::report::StudioProbe> {
-    let settings = balancer_settings(plan);
     obs.note(&format!(
         "measuring each of {} studio(s) alone, directly...",
         workers.len()
     ));
-    let s = ProbeSettings {
-        model: plan.model.clone(),
-        max_tokens: plan.max_tokens,
-        prompt: plan
-            .prompts
-            .first()
-            .cloned()
-            .unwrap_or_else(|| DEFAULT_PROMPT.to_string()),
-        connect_timeout: settings.connect_timeout.max(Duration::from_secs(1)),
-        read_timeout: settings.first_token_timeout.max(Duration::from_secs(10)),
-    };
-    let probes = probe::probe_all(workers, &s).await;
+    let probes = probe::probe_all(workers, &probe_settings(plan)).await;
     for p in &probes {
         let line = match (&p.error, &p.single, &p.full) {
             (Some(e), _, _) => format!("unreachable: {e}"),
@@ -410,6 +435,22 @@ fn studio_facts(
             }
         })
         .collect()
+}
+
+/// What each studio is asked when measured alone.
+fn probe_settings(plan: &Plan) -> ProbeSettings {
+    let settings = balancer_settings(plan);
+    ProbeSettings {
+        model: plan.model.clone(),
+        max_tokens: plan.max_tokens,
+        prompt: plan
+            .prompts
+            .first()
+            .cloned()
+            .unwrap_or_else(|| DEFAULT_PROMPT.to_string()),
+        connect_timeout: settings.connect_timeout.max(Duration::from_secs(1)),
+        read_timeout: settings.first_token_timeout.max(Duration::from_secs(10)),
+    }
 }
 
 fn balancer_settings(plan: &Plan) -> crate::config::BalancerSettings {

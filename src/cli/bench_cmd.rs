@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
-use baton::bench::report::BenchResult;
+use baton::bench::report::{BenchResult, Slo};
 use baton::bench::run::{Gate, Mode};
 use baton::engine::jobs::{JobResult, JobUpdate};
 use baton::engine::{BenchRequest, Options as EngineOptions, SimProfile};
@@ -18,6 +18,8 @@ enum ModeArg {
     Concurrency,
     Scaling,
     Both,
+    /// The most agents served at once under the service level (--slo-*)
+    Capacity,
 }
 
 #[derive(Args, Debug)]
@@ -77,6 +79,62 @@ pub struct BenchArgs {
     label: Option<String>,
     #[arg(long)]
     no_charts: bool,
+    /// Capacity mode: 95 of 100 first tokens within this time (e.g. 2s, 1500ms; off to not apply it)
+    #[arg(long, value_name = "TIME", default_value = "2s", value_parser = parse_ttft)]
+    slo_ttft_p95: Limit,
+    /// Capacity mode: tokens per second each answer streams at least (median; off to not apply it)
+    #[arg(long, value_name = "N", default_value = "20", value_parser = parse_rate)]
+    slo_tokens_per_s: Limit,
+    /// Benchmark only these studios of the pool (ids, comma-separated), e.g. to check a what-if
+    #[arg(
+        long,
+        value_delimiter = ',',
+        value_name = "ID,ID",
+        conflicts_with = "url"
+    )]
+    only: Vec<String>,
+}
+
+/// A service-level limit from the command line (`None`: off).
+type Limit = Option<f64>;
+
+/// `2s`, `1500ms`, `0.5s`, `1m`, or `off`, as milliseconds.
+fn parse_ttft(text: &str) -> Result<Limit, String> {
+    let t = text.trim();
+    if t == "off" {
+        return Ok(None);
+    }
+    let (number, scale) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1.0)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000.0)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000.0)
+    } else {
+        return Err(format!(
+            "`{t}` has no unit: write it as 2s or 1500ms (or off)"
+        ));
+    };
+    match number.trim().parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(Some(v * scale)),
+        _ => Err(format!(
+            "`{t}` is not a time above zero: write it as 2s or 1500ms (or off)"
+        )),
+    }
+}
+
+/// `20`, `12.5`, or `off`.
+fn parse_rate(text: &str) -> Result<Limit, String> {
+    let t = text.trim();
+    if t == "off" {
+        return Ok(None);
+    }
+    match t.parse::<f64>() {
+        Ok(v) if v > 0.0 && v.is_finite() => Ok(Some(v)),
+        _ => Err(format!(
+            "`{t}` is not a number of tokens per second above zero (e.g. 20, or off)"
+        )),
+    }
 }
 
 /// Progress bars on a terminal, plain lines otherwise, drawn from the
@@ -191,6 +249,7 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
             ModeArg::Concurrency => Mode::Concurrency,
             ModeArg::Scaling => Mode::Scaling,
             ModeArg::Both => Mode::Both,
+            ModeArg::Capacity => Mode::Capacity,
         }),
         requests: a.requests,
         duration_s: a.duration,
@@ -212,6 +271,11 @@ pub async fn run(a: BenchArgs) -> anyhow::Result<ExitCode> {
         }),
         url: a.url.clone(),
         url_api_key: url_key,
+        slo: Some(Slo {
+            ttft_p95_ms: a.slo_ttft_p95,
+            tokens_per_s: a.slo_tokens_per_s,
+        }),
+        only: a.only.clone(),
     };
     let mut console = Console {
         bar: None,
@@ -306,6 +370,10 @@ fn save(
 }
 
 fn print_summary(r: &BenchResult) {
+    // The capacity's sentence comes first: it is the answer to the question.
+    if let Some(c) = &r.capacity {
+        print!("{}", baton::bench::capacity::render(c));
+    }
     if !r.concurrency_benchmark.is_empty() {
         println!("\nConcurrency benchmark ({})", r.settings.model);
         println!(
@@ -350,7 +418,11 @@ fn print_summary(r: &BenchResult) {
     if r.interrupted {
         println!("\n(interrupted: later levels were not run)");
     }
-    if let Some(d) = &r.diagnosis {
+    // A capacity run has no sweep for the diagnosis to judge: only what it
+    // found about the studios is worth printing.
+    if let Some(d) = &r.diagnosis
+        && (r.capacity.is_none() || !d.findings.is_empty())
+    {
         print!("{}", baton::bench::diagnose::render(d));
     }
 }

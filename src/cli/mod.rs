@@ -48,6 +48,8 @@ pub enum Command {
     Runs(results_cmd::RunsArgs),
     /// Draw charts (SVG and PNG) of one or more runs
     Chart(results_cmd::ChartArgs),
+    /// Write one run as a self-contained HTML report to share (charts inline)
+    Report(results_cmd::ReportArgs),
     /// Find studios on the LAN (port scan, mDNS) and optionally add them to a workers file
     Discover(discover_cmd::DiscoverArgs),
     /// Check the network to every studio: ping, port, server, model, latency
@@ -83,6 +85,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Diagnose(a) => diagnose_cmd::run(a),
         Command::Runs(a) => results_cmd::runs(a),
         Command::Chart(a) => results_cmd::chart(a),
+        Command::Report(a) => results_cmd::report(a),
         Command::Key(a) => key_cmd::run(a),
         Command::Config(a) => config_cmd::run(a),
     }

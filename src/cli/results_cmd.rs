@@ -147,3 +147,34 @@ pub fn chart(a: ChartArgs) -> anyhow::Result<ExitCode> {
     }
     Ok(ExitCode::SUCCESS)
 }
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A run id (see `baton runs`) or a results file
+    run: String,
+    /// The HTML file to write (default: report-<run>.html here)
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+}
+
+pub fn report(a: ReportArgs) -> anyhow::Result<ExitCode> {
+    let (name, r) = load(&a.run)?;
+    // A results file is named by its file name, not the path it was read from.
+    let name = std::path::Path::new(&name)
+        .file_stem()
+        .filter(|_| PathBuf::from(&a.run).exists())
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or(name);
+    let html = baton::bench::html::render(&name, &r)?;
+    let out = a.output.unwrap_or_else(|| {
+        let stem: String = name
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        PathBuf::from(format!("report-{}.html", stem.trim_matches('-')))
+    });
+    baton::files::write_atomic(&out, html.as_bytes())
+        .with_context(|| format!("writing {}", out.display()))?;
+    println!("{}", out.display());
+    Ok(ExitCode::SUCCESS)
+}

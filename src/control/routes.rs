@@ -52,6 +52,8 @@ pub(super) fn router(engine: Engine, guard: Guard, stop: CancellationToken) -> R
         .route("/api/runs", get(runs))
         .route("/api/runs/{id}", get(run).delete(run_delete))
         .route("/api/runs/{id}/charts", get(run_charts))
+        .route("/api/runs/{id}/report.html", get(run_report))
+        .route("/api/capacity", get(capacity))
         .route("/api/compare", get(compare))
         .route("/api/compare/chart", get(compare_chart))
         .route("/api/batch", get(batch_jobs).post(batch_start))
@@ -276,6 +278,36 @@ fn charts(runs: &[(String, BenchResult)]) -> Api<Vec<crate::chart::Rendered>> {
 
 async fn run_charts(State(a): St, Path(id): Path<i64>) -> Api<Response> {
     Ok(Json(charts(&[named(&a, id)?])?).into_response())
+}
+
+/// The pool's capacity on record (`null`: none for the pool as it is now).
+async fn capacity(State(a): St) -> Api<Response> {
+    Ok(Json(json!({ "record": a.engine.capacity_on_record()? })).into_response())
+}
+
+/// The run as `baton report` writes it, as a download.
+async fn run_report(State(a): St, Path(id): Path<i64>) -> Api<Response> {
+    let (name, result) = named(&a, id)?;
+    let html = crate::bench::html::render(&name, &result).map_err(|e| {
+        ApiError(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            json!({"error": {"message": format!("cannot write the report: {e}")}}),
+        )
+    })?;
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/html; charset=utf-8".to_string(),
+            ),
+            (
+                axum::http::header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"baton-run-{id}.html\""),
+            ),
+        ],
+        html,
+    )
+        .into_response())
 }
 
 #[derive(Deserialize)]

@@ -258,6 +258,17 @@ impl Engine {
         Ok(Store::open(&self.inner.store_path)?)
     }
 
+    /// The capacity measured for the pool as it is now (the headroom
+    /// gauge's denominator), if one is on record.
+    pub fn capacity_on_record(
+        &self,
+    ) -> Result<Option<crate::bench::capacity::record::Record>, EngineError> {
+        Ok(crate::bench::capacity::record::on_record(
+            &self.store()?,
+            &self.config(),
+        )?)
+    }
+
     pub fn balancer_status(&self) -> BalancerStatus {
         self.inner.status.lock().expect("status lock").clone()
     }

@@ -40,6 +40,11 @@ pub struct BenchRequest {
     pub url: Option<String>,
     #[serde(skip)]
     pub url_api_key: Option<String>,
+    /// The service level of the capacity mode (`None`: the defaults, 2 s
+    /// and 20 tok/s; an absent limit inside it is not applied).
+    pub slo: Option<crate::bench::report::Slo>,
+    /// Benchmark only these studios of the pool (the CLI's `--only`).
+    pub only: Vec<String>,
 }
 
 impl BenchRequest {
@@ -56,7 +61,7 @@ impl BenchRequest {
                         "the pool has no enabled studios to benchmark\n  fix: add or enable a studio first".into(),
                     ));
                 }
-                Target::Balancer(config.clone())
+                Target::Balancer(only(config, &self.only)?)
             }
         };
         let model = match (&self.model, &target) {
@@ -82,6 +87,14 @@ impl BenchRequest {
                 "concurrency levels and worker counts start at 1".into(),
             ));
         }
+        if let Some(slo) = &self.slo {
+            let bad = |x: Option<f64>| x.is_some_and(|v| !(v > 0.0 && v.is_finite()));
+            if bad(slo.ttft_p95_ms) || bad(slo.tokens_per_s) {
+                return Err(EngineError::Invalid(
+                    "a service level's limits must be numbers above 0\n  fix: leave a limit out to not apply it".into(),
+                ));
+            }
+        }
         let simulated = simulated && self.url.is_none();
         let mut prompts = self.prompts;
         if let Some(p) = self.prompt {
@@ -98,7 +111,11 @@ impl BenchRequest {
             duration: self
                 .duration_s
                 .map(Duration::from_secs_f64)
-                .or((simulated && self.requests.is_none()).then(|| Duration::from_secs(4))),
+                // A capacity point is sized by its answers, not a time.
+                .or(
+                    (simulated && self.requests.is_none() && self.mode != Some(Mode::Capacity))
+                        .then(|| Duration::from_secs(4)),
+                ),
             warmup_requests: self.warmup.unwrap_or(1),
             repeat: self.repeat.unwrap_or(1).max(1),
             concurrency_levels: if !self.concurrency_levels.is_empty() {
@@ -116,8 +133,26 @@ impl BenchRequest {
             gate: self.gate.unwrap_or(Gate::Require),
             probe_studios: true,
             max_connections: None,
+            slo: self.slo.unwrap_or(crate::bench::capacity::DEFAULT_SLO),
         })
     }
+}
+
+/// The pool narrowed to the studios named (all of them when none is).
+fn only(config: &Config, ids: &[String]) -> Result<Config, EngineError> {
+    if ids.is_empty() {
+        return Ok(config.clone());
+    }
+    let known: Vec<&str> = config.enabled_workers().map(|w| w.id.as_str()).collect();
+    if let Some(bad) = ids.iter().find(|id| !known.contains(&id.as_str())) {
+        return Err(EngineError::Invalid(format!(
+            "--only: no enabled studio `{bad}` in the pool\n  fix: name some of {}",
+            known.join(", ")
+        )));
+    }
+    let mut narrowed = config.clone();
+    narrowed.workers.retain(|w| ids.contains(&w.id));
+    Ok(narrowed)
 }
 
 /// A discovery as the dashboard (and the CLI) ask for it.

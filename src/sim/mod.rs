@@ -43,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 use crate::studio::StudioKind;
 
 pub use log::LogEntry;
+pub(crate) use ollama::rfc3339;
 
 /// How a simulated studio behaves when healthy.
 #[derive(Clone, Debug)]

@@ -26,7 +26,7 @@ fn error(status: StatusCode, message: &str) -> Response {
 }
 
 /// A time as Go writes it in JSON (RFC 3339, nanoseconds, UTC).
-fn rfc3339(t: SystemTime) -> String {
+pub(crate) fn rfc3339(t: SystemTime) -> String {
     let d = t.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, sod) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));

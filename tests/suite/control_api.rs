@@ -481,6 +481,21 @@ async fn a_benchmark_job_is_stored_and_its_charts_and_comparison_are_served() {
             .unwrap()
             .contains("concurrent requests 1")
     );
+    // "Download report": the page `baton report` writes, as a file.
+    let report = d
+        .req(
+            reqwest::Method::GET,
+            &format!("/api/runs/{}/report.html", ids[0]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(report.status(), 200);
+    let header = |k: &str| report.headers()[k].to_str().unwrap().to_string();
+    assert_eq!(header("content-type"), "text/html; charset=utf-8");
+    assert!(header("content-disposition").starts_with("attachment; filename="));
+    let page = report.text().await.unwrap();
+    assert!(page.starts_with("<!doctype html>") && page.contains("<svg") && page.contains("first"));
     let (s, cmp) = d
         .get(&format!("/api/compare?runs={},{}", ids[0], ids[1]))
         .await;
@@ -502,6 +517,54 @@ async fn a_benchmark_job_is_stored_and_its_charts_and_comparison_are_served() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(d.get(&format!("/api/runs/{}", ids[0])).await.0, 404);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_capacity_on_record_follows_the_pool_it_was_measured_on() {
+    let d = Dash::start(2).await;
+    let (s, v) = d.get("/api/capacity").await;
+    assert_eq!(
+        (s, &v),
+        (200, &json!({"record": null})),
+        "nothing measured yet"
+    );
+    // What the dashboard's "Measure capacity" sends.
+    let (s, v) = d
+        .send(
+            reqwest::Method::POST,
+            "/api/bench",
+            json!({"mode": "capacity", "max_tokens": 8, "slo": {"ttft_p95_ms": 60.0}}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let job = d.job(v["job"].as_u64().unwrap()).await;
+    assert_eq!(job["status"], "finished", "{job}");
+    let run_id = job["result"]["run_id"].as_i64().unwrap();
+    let (_, run) = d.get(&format!("/api/runs/{run_id}")).await;
+    let measured = run["capacity"]["max_concurrency"].as_u64().unwrap();
+    assert!(measured >= 1, "{}", run["capacity"]);
+    let (_, v) = d.get("/api/capacity").await;
+    let record = &v["record"];
+    assert_eq!(record["run_id"], run_id);
+    assert_eq!(record["max_concurrency"].as_u64(), Some(measured));
+    assert_eq!(record["slo"], json!({"ttft_p95_ms": 60.0}));
+    assert!(
+        record["sentence"]
+            .as_str()
+            .unwrap()
+            .starts_with("This pool serves"),
+        "{record}"
+    );
+    // Another pool (a studio disabled) has no capacity on record.
+    let (s, _) = d
+        .send(
+            reqwest::Method::POST,
+            "/api/workers/studio-1/disable",
+            json!({}),
+        )
+        .await;
+    assert_eq!(s, 200);
+    assert_eq!(d.get("/api/capacity").await.1, json!({"record": null}));
 }
 
 /// Read SSE events from a response until `n` events came (or a second

@@ -25,6 +25,7 @@ pub fn plan(cfg: Config, levels: &[usize], secs: f64) -> Plan {
         gate: Gate::Require,
         probe_studios: false,
         max_connections: None,
+        slo: baton::bench::capacity::DEFAULT_SLO,
     }
 }
 

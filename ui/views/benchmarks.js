@@ -1,7 +1,7 @@
 // Benchmarks: run a concurrency and/or worker-scaling sweep with live
 // progress, read its tables, charts and diagnosis, keep a history, compare.
 
-import { del, enc, get, post } from '../api.js';
+import { del, download, enc, get, post } from '../api.js';
 import { act, badge, confirmDialog, errorBox, field, fill, h } from '../dom.js';
 import { chartFigure } from '../charts.js';
 import { int, jobStatus, num, pct, secs, severityTone, speedup, when } from '../format.js';
@@ -150,9 +150,13 @@ export function mount(root, life) {
     if (!shown) return fill(resultBox, h('p', { class: 'hint', text: 'No run selected.' })), fill(charts);
     const r = shown.result;
     const summary = runs.find((x) => x.id === shown.id);
+    const id = shown.id;
+    const report = h('button', { type: 'button', text: 'Download report', title: 'One HTML file with the tables, charts, diagnosis and capacity, to send to someone' });
+    report.addEventListener('click', () => act(report, errSlot, () => download(`/api/runs/${enc(id)}/report.html`, `baton-run-${id}.html`)));
     fill(resultBox,
       h('h2', { text: `Run ${shown.id}${summary?.label ? `: ${summary.label}` : ''}` }),
       h('p', { class: 'hint', text: `${r.mode}, ${r.target}, model ${r.settings?.model || '–'}, ${r.settings?.max_tokens} max tokens${r.interrupted ? ' (interrupted: later levels were not run)' : ''}` }),
+      h('div', { class: 'row' }, report),
       diagnosisCard(shown.diagnosis || r.diagnosis),
       resultTables(r));
   }

@@ -1,12 +1,14 @@
-// Live figures: the pool's rates and one row per studio (status dot, slots,
-// in flight, tokens/s, TTFT, share, a one-minute sparkline, why it is out).
+// Live figures: the pool's rates, its headroom against the capacity on
+// record, and one row per studio (status dot, slots, in flight, tokens/s,
+// TTFT, share, a one-minute sparkline, why it is out).
 // Rows are built when the studio list changes and only their text is updated
 // on each stats event.
 
 import { sparkBox, sparkline } from '../charts.js';
-import { dot, fill, h } from '../dom.js';
+import { get, post } from '../api.js';
+import { act, dot, errorBox, fill, h } from '../dom.js';
 import { failureWord, int, ms, num, pct, studioStatus } from '../format.js';
-import { liveOf, on, state } from '../state.js';
+import { liveOf, on, state, trackJob } from '../state.js';
 
 // "declared 4, runs 2 in parallel": what the user set, and what Baton
 // learned, once it has (before, slow start gives a studio a cautious few).
@@ -108,4 +110,58 @@ export function studioRows(life, { compact = false } = {}) {
   life.push(on('workers', build), on('state', build), on('stats', update), on('balancer', update));
   build();
   return compact ? list : h('div', { class: 'studios-wrap' }, head, list);
+}
+
+// Headroom: the agents at work now (requests in flight and queued) against
+// the capacity measured for this pool under its service level, amber past
+// 80%; without a measurement, the way to take one.
+export function headroomGauge(life, { compact = false } = {}) {
+  const slot = h('div', { class: 'slot' });
+  const words = h('span', { class: 'v' });
+  const bar = h('span', { class: 'fill' });
+  const note = h('p', { class: 'hint' });
+  const measure = h('button', { type: 'button', text: 'Measure capacity' });
+  measure.addEventListener('click', () => act(measure, slot, async () => {
+    trackJob('bench', (await post('/api/bench', { mode: 'capacity' })).job);
+  }));
+  const el = h('section', { class: `headroom ${compact ? 'compact' : 'card'}`, 'aria-label': 'Headroom' },
+    h('div', { class: 'row' }, h('span', { class: 'k grow', text: 'Headroom' }), words),
+    h('div', { class: 'gauge', role: 'meter', 'aria-label': 'Agents now against capacity', 'aria-valuemin': '0' }, bar),
+    note, measure, slot);
+  let record = null;
+  const render = () => {
+    const j = state.jobs.bench;
+    measure.hidden = Boolean(record);
+    measure.disabled = j?.status === 'running';
+    if (!record) {
+      el.classList.remove('amber');
+      el.querySelector('.gauge').hidden = true;
+      words.textContent = 'not measured';
+      note.textContent = 'No capacity on record for this pool: measure how many agents it serves at once within 2 s to first token and 20 tok/s (a few minutes).';
+      return;
+    }
+    const p = state.balancer?.running ? state.stats?.pool : null;
+    const now = p ? (p.in_flight || 0) + (p.queue_depth || 0) : null;
+    const cap = record.max_concurrency;
+    const share = now == null || !cap ? 0 : now / cap;
+    el.querySelector('.gauge').hidden = false;
+    el.querySelector('.gauge').setAttribute('aria-valuemax', String(cap));
+    el.querySelector('.gauge').setAttribute('aria-valuenow', String(now ?? 0));
+    bar.style.width = `${Math.min(100, share * 100)}%`;
+    el.classList.toggle('amber', share > 0.8);
+    words.textContent = `${now == null ? '–' : int(now)} of ${int(cap)} agents`;
+    note.textContent = `${record.sentence} (run ${record.run_id}).`;
+  };
+  const load = async () => {
+    try {
+      record = (await get('/api/capacity')).record;
+      render();
+    } catch (e) {
+      fill(slot, errorBox(e, load));
+    }
+  };
+  life.push(on('stats', render), on('balancer', render), on('state', render), on('workers', load),
+    on('job', (j) => { if (j.kind === 'bench' && j.status !== 'running') load(); else render(); }));
+  load();
+  return el;
 }

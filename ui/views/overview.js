@@ -4,7 +4,7 @@ import { fill, h } from '../dom.js';
 import { on, state } from '../state.js';
 import { balancerControls } from './balancer.js';
 import { firstRunCard } from './firstrun.js';
-import { poolFigures, studioRows } from './live.js';
+import { headroomGauge, poolFigures, studioRows } from './live.js';
 
 export function mount(root, life) {
   const first = h('div');
@@ -16,6 +16,7 @@ export function mount(root, life) {
     first,
     balancerControls(life),
     poolFigures(life),
+    headroomGauge(life),
     h('section', { class: 'card', 'aria-label': 'Studios now' }, h('h2', { text: 'Studios' }), studioRows(life)),
   );
 }

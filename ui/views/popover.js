@@ -6,7 +6,7 @@ import { on, state } from '../state.js';
 import { balancerControls } from './balancer.js';
 import { discoverPanel } from './discover.js';
 import { firstRunCard } from './firstrun.js';
-import { studioRows } from './live.js';
+import { headroomGauge, studioRows } from './live.js';
 import { runPreflight, shownHosts, summaryLine } from './preflight.js';
 
 function openDashboard() {
@@ -59,6 +59,7 @@ export function mount(root, life) {
   root.append(
     first,
     balancerControls(life, { lan: false }),
+    headroomGauge(life, { compact: true }),
     h('section', { class: 'pop-studios', 'aria-label': 'Studios' }, studioRows(life, { compact: true })),
     preflightBlock(life),
     h('div', { class: 'row end' }, h('button', { type: 'button', text: 'Open dashboard', onclick: openDashboard })),

@@ -213,6 +213,7 @@ fn result(levels: Vec<Level>, evidence: Option<Evidence>, slots: &[(&str, u32)])
         worker_scaling_benchmark: vec![],
         evidence,
         diagnosis: None,
+        capacity: None,
     }
 }
 

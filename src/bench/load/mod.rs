@@ -85,6 +85,9 @@ pub struct LoadReport {
     /// Request-seconds in flight before `sending`: over it, the
     /// concurrency the client kept up while it had requests to send.
     pub sending_busy_s: f64,
+    /// Successful answers that met every [`AnswerLimits`] of the run (all
+    /// of them when it had none).
+    pub good: u64,
 }
 
 impl LoadReport {
@@ -183,6 +186,33 @@ pub struct RunOptions {
     pub worker: Option<String>,
     /// A live count of requests on the wire, for whoever samples it.
     pub in_flight: Option<Arc<AtomicU64>>,
+    /// Count the answers that meet these limits (goodput).
+    pub limits: Option<AnswerLimits>,
+}
+
+/// What one answer must meet to count toward goodput.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct AnswerLimits {
+    pub ttft: Option<Duration>,
+    /// Tokens per second after the first token.
+    pub min_tokens_per_s: Option<f64>,
+}
+
+impl AnswerLimits {
+    /// Whether an answer of `tokens` tokens, first one after `ttft`, whole
+    /// after `latency`, meets the limits. An answer of one token has no
+    /// streaming rate to judge.
+    pub fn met(&self, ttft: Option<Duration>, tokens: u64, latency: Duration) -> bool {
+        let first = ttft.unwrap_or(latency);
+        if self.ttft.is_some_and(|limit| first > limit) {
+            return false;
+        }
+        let streaming = latency.saturating_sub(first).as_secs_f64();
+        match self.min_tokens_per_s {
+            Some(min) if tokens > 1 && streaming > 0.0 => (tokens - 1) as f64 / streaming >= min,
+            _ => true,
+        }
+    }
 }
 
 /// [`run_observed`] with every option.
@@ -200,6 +230,8 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
     let window_tokens = Arc::new(AtomicU64::new(0));
     // Microseconds after the start; MAX until a client runs out.
     let idle = Arc::new(AtomicU64::new(u64::MAX));
+    let good = Arc::new(AtomicU64::new(0));
+    let limits = opts.limits;
     let start = Instant::now();
     let window = spec.duration.map(|d| (spec.warmup.min(d), d));
     let bodies = Arc::new(bodies(spec));
@@ -224,6 +256,7 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
                 &idle,
                 window,
                 s,
+                0,
             );
         }
     };
@@ -239,7 +272,13 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
             seq.clone(),
             progress.clone(),
         );
-        let (gate, named, live, idle) = (gate.clone(), named.clone(), live.clone(), idle.clone());
+        let (gate, named, live, idle, good) = (
+            gate.clone(),
+            named.clone(),
+            live.clone(),
+            idle.clone(),
+            good.clone(),
+        );
         let counter = WindowCounter {
             start,
             window,
@@ -279,6 +318,9 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
                         ok.fetch_add(1, Ordering::Relaxed);
                         tokens.fetch_add(o.tokens, Ordering::Relaxed);
                         let latency = t0.elapsed();
+                        if limits.is_none_or(|l| l.met(o.ttft, o.tokens, latency)) {
+                            good.fetch_add(1, Ordering::Relaxed);
+                        }
                         let in_window = counter.share(t0, latency);
                         s.answered(o, latency, in_window, named.as_deref());
                     }
@@ -302,6 +344,7 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
             all.merge(s);
         }
     }
+    let good = good.load(Ordering::Relaxed);
     report(
         start,
         &ok,
@@ -311,6 +354,7 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
         &idle,
         window,
         all,
+        good,
     )
 }
 
@@ -324,6 +368,7 @@ fn report(
     idle: &AtomicU64,
     window: Option<(Duration, Duration)>,
     s: Tally,
+    good: u64,
 ) -> LoadReport {
     let elapsed = start.elapsed();
     LoadReport {
@@ -347,6 +392,7 @@ fn report(
         window: window.map(|(a, b)| b - a).unwrap_or_default(),
         window_tokens: window_tokens.load(Ordering::Relaxed),
         evidence: s.evidence.ended(start.elapsed().as_secs_f64()),
+        good,
     }
 }
 

@@ -15,16 +15,21 @@
 //! - `split`: where a request's time went (one type for an answer, a
 //!   studio and the pool)
 //! - `diagnosis`: the verdict as stored
+//! - `capacity`: the capacity search under a service level
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use serde_with::skip_serializing_none;
 
+mod capacity;
 mod diagnosis;
 mod evidence;
 mod split;
 
+pub use capacity::{
+    Capacity, CapacityPoint, Change, LimitedBy, Prediction, Slo, StudioCapacity, WhatIf,
+};
 pub use diagnosis::{Cause, Diagnosis, Finding, Severity, WaterfallStep};
 pub use evidence::{
     BalancerDelta, BatonSample, Evidence, LevelEvidence, PreflightFacts, ProbeRun, RequestSample,
@@ -64,6 +69,9 @@ pub struct BenchResult {
     /// What went wrong and what to change (`baton diagnose` recomputes it
     /// from the evidence).
     pub diagnosis: Option<Diagnosis>,
+    /// `--mode capacity`: the most agents the pool serves under the
+    /// service level, and what each studio adds.
+    pub capacity: Option<Capacity>,
 }
 
 #[skip_serializing_none]

@@ -178,6 +178,7 @@ async fn a_run_made_today_writes_the_keys_of_one_made_before() {
         gate: Gate::Require,
         probe_studios: true,
         max_connections: None,
+        slo: crate::bench::capacity::DEFAULT_SLO,
     };
     let r = run::run(&plan, Arc::new(Quiet), CancellationToken::new())
         .await

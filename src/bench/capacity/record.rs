@@ -1,0 +1,100 @@
+//! The capacity on record for the pool as it is now: the newest finished
+//! capacity run through Baton over exactly the studios enabled now (the
+//! same ids, models and declared slots; not their addresses, which change
+//! with DHCP or a simulated studio's new port). The live headroom gauge
+//! reads requests in flight against it.
+
+use serde::Serialize;
+use serde_json::Value;
+
+use super::render::sentence;
+use crate::bench::report::Slo;
+use crate::config::Config;
+use crate::store::{Store, StoreError};
+
+/// A capacity result that applies to the pool now.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Record {
+    pub run_id: i64,
+    /// Unix seconds.
+    pub measured_at: i64,
+    /// The most agents the pool served at once within `slo`.
+    pub max_concurrency: usize,
+    pub slo: Slo,
+    /// "This pool serves 11 agents at once with ...".
+    pub sentence: String,
+}
+
+/// A pool's identity from its workers-file entries.
+pub fn key(workers: &[Value]) -> String {
+    let text = |v: &Value| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        v => v.to_string(),
+    };
+    let mut parts: Vec<String> = workers
+        .iter()
+        .filter(|w| w["enabled"].as_bool() != Some(false))
+        .map(|w| {
+            format!(
+                "{}/{}/{}",
+                text(&w["id"]),
+                text(&w["model"]),
+                text(&w["max_concurrent_requests"])
+            )
+        })
+        .collect();
+    parts.sort();
+    parts.join(",")
+}
+
+/// The newest capacity result for `config`'s enabled studios, if any.
+pub fn on_record(store: &Store, config: &Config) -> Result<Option<Record>, StoreError> {
+    let now: Vec<Value> = config.enabled_workers().map(|w| w.to_json()).collect();
+    if now.is_empty() {
+        return Ok(None);
+    }
+    let want = key(&now);
+    let mut runs = store.list_runs()?;
+    runs.retain(|r| r.mode == "capacity" && r.target == "balancer" && !r.interrupted);
+    for summary in runs.iter().rev() {
+        let run = store.get_run(summary.id)?;
+        let Some(c) = &run.capacity else { continue };
+        let workers = run.config["workers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if key(&workers) == want {
+            return Ok(Some(Record {
+                run_id: summary.id,
+                measured_at: summary.created_at,
+                max_concurrency: c.max_concurrency,
+                slo: c.slo,
+                sentence: sentence(c),
+            }));
+        }
+    }
+    Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_pool_is_its_studios_models_and_slots_not_their_addresses_or_order() {
+        let a =
+            json!({"id": "mac-1", "host": "10.0.0.2", "model": "m", "max_concurrent_requests": 4});
+        let b =
+            json!({"id": "mac-2", "host": "10.0.0.3", "model": "m", "max_concurrent_requests": 2});
+        let moved =
+            json!({"id": "mac-1", "host": "10.0.0.9", "model": "m", "max_concurrent_requests": 4});
+        assert_eq!(key(&[a.clone(), b.clone()]), key(&[b.clone(), moved]));
+        let more_slots = json!({"id": "mac-2", "model": "m", "max_concurrent_requests": 3});
+        assert_ne!(key(&[a.clone(), b.clone()]), key(&[a.clone(), more_slots]));
+        let off =
+            json!({"id": "mac-2", "model": "m", "max_concurrent_requests": 2, "enabled": false});
+        assert_eq!(key(&[a.clone(), off]), key(&[a]));
+    }
+}
