@@ -133,6 +133,10 @@ pub struct Snapshot {
     pub uptime_s: f64,
     pub queue_depth: usize,
     pub retries: u64,
+    /// Requests served by a fallback model because no studio could serve
+    /// the one asked for.
+    #[serde(default)]
+    pub fallbacks: u64,
     pub rejected_queue_full: u64,
     pub rejected_queue_timeout: u64,
     pub workers: Vec<WorkerStats>,
@@ -148,6 +152,7 @@ pub fn snapshot(pool: &Pool, uptime: Duration) -> Snapshot {
         uptime_s: uptime.as_secs_f64(),
         queue_depth: pool.queue_depth(),
         retries: pool.retries.load(Ordering::Relaxed),
+        fallbacks: pool.fallbacks.load(Ordering::Relaxed),
         rejected_queue_full: pool.rejected_queue_full.load(Ordering::Relaxed),
         rejected_queue_timeout: pool.rejected_queue_timeout.load(Ordering::Relaxed),
         workers: workers.iter().map(|w| worker_stats(w, total)).collect(),

@@ -62,6 +62,10 @@ pub use worker::Capability;
 /// Response header naming the worker that served a request.
 pub const WORKER_HEADER: &str = "x-baton-worker";
 
+/// Response header naming the model that served a request (as the studio
+/// was asked for it: an alias's name there, or a fallback).
+pub const MODEL_HEADER: &str = "x-baton-model";
+
 /// Default listen address: loopback only.
 pub use crate::config::DEFAULT_LISTEN;
 
@@ -149,6 +153,7 @@ impl Core {
 pub(crate) struct Shared {
     core: Arc<Core>,
     aliases: RwLock<Arc<crate::config::Aliases>>,
+    fallbacks: RwLock<Arc<crate::config::Fallbacks>>,
     affinity: affinity::Affinity,
     metrics: metrics::Metrics,
     api_key: Option<String>,
@@ -177,6 +182,10 @@ impl Shared {
 
     fn aliases(&self) -> Arc<crate::config::Aliases> {
         self.aliases.read().expect("aliases lock").clone()
+    }
+
+    fn fallbacks(&self) -> Arc<crate::config::Fallbacks> {
+        self.fallbacks.read().expect("fallbacks lock").clone()
     }
 
     fn start_worker(self: &Arc<Self>, w: Arc<WorkerEntry>) {
@@ -332,6 +341,7 @@ impl Balancer {
                 via: hop_name(),
             }),
             aliases: RwLock::new(Arc::new(config.aliases.clone())),
+            fallbacks: RwLock::new(Arc::new(config.fallbacks.clone())),
             affinity: affinity::Affinity::new(),
             metrics: metrics::Metrics::default(),
             api_key,
@@ -431,6 +441,7 @@ impl Balancer {
         s.pool().set_settings(queue_settings(&settings));
         *s.core.settings.write().expect("settings lock") = Arc::new(settings);
         *s.aliases.write().expect("aliases lock") = Arc::new(config.aliases.clone());
+        *s.fallbacks.write().expect("fallbacks lock") = Arc::new(config.fallbacks.clone());
 
         let current: Vec<Arc<WorkerEntry>> = s
             .pool()

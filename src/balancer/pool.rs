@@ -113,6 +113,8 @@ pub struct Pool {
     /// Where every change of a studio's state is announced.
     signal: Signal,
     pub retries: AtomicU64,
+    /// Requests served by a fallback model (config `fallbacks`).
+    pub fallbacks: AtomicU64,
     pub rejected_queue_full: AtomicU64,
     pub rejected_queue_timeout: AtomicU64,
 }
@@ -174,6 +176,7 @@ impl Pool {
             settings: Mutex::new(settings),
             signal: Signal::new(),
             retries: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
             rejected_queue_full: AtomicU64::new(0),
             rejected_queue_timeout: AtomicU64::new(0),
         })

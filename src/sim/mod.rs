@@ -155,7 +155,7 @@ impl SimConfig {
             .iter()
             .map(|m| match &self.loaded {
                 Some(l) => l.contains(m),
-                None => self.load_ms == 0 && !self.model_load_ms.get(m).is_some_and(|t| *t > 0),
+                None => self.load_ms == 0 && self.model_load_ms.get(m).is_none_or(|t| *t == 0),
             })
             .collect()
     }

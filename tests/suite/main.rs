@@ -23,6 +23,7 @@ mod dashboard_ui;
 mod discover;
 mod every_client;
 mod fuzz_request;
+mod models;
 mod security;
 mod server_behaviours;
 mod sim;
