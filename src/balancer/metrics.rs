@@ -81,6 +81,10 @@ pub struct WorkerStats {
     pub url: String,
     pub state: State,
     pub models: Vec<String>,
+    /// Its models with their state (loaded or only available), size,
+    /// context length and learned load time, from the studio's own API.
+    #[serde(default)]
+    pub inventory: Vec<super::inventory::ModelInfo>,
     /// Requests it is given at once now (learned).
     pub slots: u64,
     /// The declared `max_concurrent_requests` (`None`: "auto").
@@ -170,6 +174,7 @@ fn worker_stats(w: &Arc<WorkerEntry>, total_successes: u64) -> WorkerStats {
         url: w.base_url.clone(),
         state,
         models: w.models(),
+        inventory: w.inventory.models(),
         slots: w.slots(),
         slots_declared: w.cfg.max_concurrent_requests.declared(),
         slots_ceiling: w.cfg.max_concurrent_requests.ceiling(),

@@ -27,6 +27,7 @@ mod answer;
 mod attempt;
 mod catalog;
 mod health;
+mod inventory;
 mod limit;
 mod liveness;
 mod metrics;
@@ -55,6 +56,7 @@ use pool::{Pool, QueueSettings};
 use worker::WorkerEntry;
 
 pub use crate::studio::{AUTO_CEILING, health_path};
+pub use inventory::{LoadError, ModelInfo, Residency, can_load, cannot_load_reason};
 pub use metrics::{Snapshot, WorkerStats};
 pub use state::{Failure, State, Transition};
 pub use worker::Capability;
@@ -232,6 +234,7 @@ fn queue_settings(s: &BalancerSettings) -> QueueSettings {
         limit: s.queue_limit,
         timeout: s.queue_timeout,
         strategy: s.strategy,
+        prefer_loaded: s.prefer_loaded,
     }
 }
 
@@ -251,6 +254,41 @@ pub struct StatsSource(Arc<Shared>);
 impl StatsSource {
     pub fn snapshot(&self) -> Snapshot {
         metrics::snapshot(self.0.pool(), self.0.started.elapsed())
+    }
+}
+
+/// Loads and unloads models on a running balancer's studios.
+#[derive(Clone)]
+pub struct Models(Arc<Shared>);
+
+impl Models {
+    /// Load `model` on studio `id` through its kind's API (LM Studio's
+    /// `/api/v1/models/load`, Ollama's `/api/generate` with `keep_alive`);
+    /// returns how long it took, which routing learns as its load time.
+    /// Both kinds answer HTTP while generating, so this may run while the
+    /// studio serves.
+    pub async fn load(&self, id: &str, model: &str) -> Result<Duration, LoadError> {
+        let w = self.live_worker(id)?;
+        inventory::load(&self.0.core, &w, model).await
+    }
+
+    /// Unload `model` from studio `id` through its kind's API.
+    pub async fn unload(&self, id: &str, model: &str) -> Result<(), LoadError> {
+        let w = self.live_worker(id)?;
+        inventory::unload(&self.0.core, &w, model).await
+    }
+
+    fn live_worker(&self, id: &str) -> Result<Arc<WorkerEntry>, LoadError> {
+        self.0
+            .pool()
+            .workers()
+            .into_iter()
+            .find(|w| w.id() == id && w.state().is_live())
+            .ok_or_else(|| {
+                LoadError(format!(
+                    "no studio `{id}` in the running balancer\n  fix: name one of the pool's studios"
+                ))
+            })
     }
 }
 
@@ -492,6 +530,11 @@ impl Balancer {
         // Only ready <-> draining: an ejected studio stays out either way.
         self.shared.pool().transition(&w, state::Change::Drain(on));
         Ok(())
+    }
+
+    /// A cheap handle that loads and unloads models on the studios.
+    pub fn models(&self) -> Models {
+        Models(self.shared.clone())
     }
 
     /// A cheap handle that holds studios still for Baton's own HTTP
