@@ -27,11 +27,48 @@ pub struct Config {
     /// Other names for models: a request for an alias (or any of its
     /// names) may go to any studio serving any of the names.
     pub aliases: Aliases,
+    /// Models to serve instead when no studio can serve the one asked for,
+    /// and the aliases that must never be served by another model.
+    pub fallbacks: Fallbacks,
 }
 
-/// `{"mistral-7b": ["mistral-7b-instruct-v0.2", "mistral:7b-instruct"]}`.
+/// `{"mistral-7b": ["mistral-7b-instruct-v0.2", "mistral:7b-instruct"]}`:
+/// the names in order of preference (a studio that has several of them is
+/// sent the first it has loaded, else the first it lists).
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct Aliases(pub std::collections::BTreeMap<String, Vec<String>>);
+
+/// `"fallbacks": {"qwen3-32b": ["qwen3-14b"]}`: when no studio can serve a
+/// model (none has it, or all of those are down), the first of its
+/// fallbacks that can. Fallbacks are not followed further.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct Fallbacks {
+    /// A model (or alias) and the models to try instead, in order.
+    pub to: std::collections::BTreeMap<String, Vec<String>>,
+    /// Aliases written with `"fallbacks": false`: a client asking for one
+    /// of their names wants exactly that model, never a stand-in.
+    pub pinned: std::collections::BTreeSet<String>,
+}
+
+impl Fallbacks {
+    /// Whether any of `names` (an alias group) is pinned.
+    pub fn pinned_any(&self, names: &[String]) -> bool {
+        names.iter().any(|n| self.pinned.contains(n))
+    }
+
+    /// What a request for `model` may fall back to, in order: none when its
+    /// alias is pinned.
+    pub fn for_model(&self, aliases: &Aliases, model: &str) -> &[String] {
+        let group = aliases.names_for(model);
+        if self.pinned_any(&group) {
+            return &[];
+        }
+        group
+            .iter()
+            .find_map(|n| self.to.get(n))
+            .map_or(&[], Vec::as_slice)
+    }
+}
 
 impl Aliases {
     /// Every name a request for `model` may be served under: its alias
@@ -201,6 +238,10 @@ pub struct BalancerSettings {
     /// `*` (any page) only together with an API key. Requests without an
     /// `Origin` are not affected.
     pub allowed_origins: Vec<String>,
+    /// Route a request to a studio that has its model loaded rather than
+    /// one that would load it first (`false`: as if every listed model were
+    /// loaded, Baton's routing before it read the studios' inventories).
+    pub prefer_loaded: bool,
 }
 
 impl Default for BalancerSettings {
@@ -230,6 +271,7 @@ impl Default for BalancerSettings {
             apis: vec![ClientApi::Openai],
             allowed_hosts: Vec::new(),
             allowed_origins: Vec::new(),
+            prefer_loaded: true,
         }
     }
 }
@@ -309,9 +351,25 @@ impl Config {
             root.insert("balancer".into(), balancer);
         }
         if !self.aliases.0.is_empty() {
+            let aliases: Map<String, Value> = self
+                .aliases
+                .0
+                .iter()
+                .map(|(alias, names)| {
+                    let v = if self.fallbacks.pinned.contains(alias) {
+                        serde_json::json!({"models": names, "fallbacks": false})
+                    } else {
+                        names.clone().into()
+                    };
+                    (alias.clone(), v)
+                })
+                .collect();
+            root.insert("aliases".into(), Value::Object(aliases));
+        }
+        if !self.fallbacks.to.is_empty() {
             root.insert(
-                "aliases".into(),
-                serde_json::to_value(&self.aliases.0).expect("names serialize"),
+                "fallbacks".into(),
+                serde_json::to_value(&self.fallbacks.to).expect("names serialize"),
             );
         }
         Value::Object(root)
@@ -410,6 +468,9 @@ impl BalancerSettings {
                 self.allowed_origins.clone().into(),
             );
         }
+        if self.prefer_loaded != d.prefer_loaded {
+            m.insert("prefer_loaded".into(), self.prefer_loaded.into());
+        }
         if self.strategy != d.strategy {
             m.insert(
                 "strategy".into(),
@@ -425,7 +486,8 @@ impl BalancerSettings {
     }
 }
 
-const TOP_FIELDS: &[&str] = &["workers", "balancer", "aliases"];
+const TOP_FIELDS: &[&str] = &["workers", "balancer", "aliases", "fallbacks"];
+const ALIAS_FIELDS: &[&str] = &["models", "fallbacks"];
 const WORKER_FIELDS: &[&str] = &[
     "id",
     "host",
@@ -452,6 +514,7 @@ const BALANCER_FIELDS: &[&str] = &[
     "apis",
     "allowed_hosts",
     "allowed_origins",
+    "prefer_loaded",
 ];
 
 struct Validator<'a> {
@@ -562,21 +625,30 @@ impl Validator<'_> {
             None => BalancerSettings::default(),
             Some(b) => self.balancer(b)?,
         };
-        let aliases = match top.get("aliases") {
-            None => Aliases::default(),
+        let (aliases, pinned) = match top.get("aliases") {
+            None => Default::default(),
             Some(a) => self.aliases(a)?,
+        };
+        let to = match top.get("fallbacks") {
+            None => Default::default(),
+            Some(f) => self.fallbacks(f, &aliases, &pinned)?,
         };
         let config = Config {
             workers: out,
             balancer,
             aliases,
+            fallbacks: Fallbacks { to, pinned },
         };
         let listen = config.balancer.listen.unwrap_or(DEFAULT_LISTEN);
         config.check_self_loop(listen, &[], self.file)?;
         Ok(config)
     }
 
-    fn aliases(&self, v: &Value) -> Result<Aliases, ConfigError> {
+    /// The aliases, and those that never fall back.
+    fn aliases(
+        &self,
+        v: &Value,
+    ) -> Result<(Aliases, std::collections::BTreeSet<String>), ConfigError> {
         let Some(m) = v.as_object() else {
             return Err(self.err(
                 "aliases",
@@ -585,9 +657,10 @@ impl Validator<'_> {
             ));
         };
         let mut out = std::collections::BTreeMap::new();
+        let mut pinned = std::collections::BTreeSet::new();
         // Where each name was first seen, so a name in two groups is caught.
         let mut seen: std::collections::HashMap<String, String> = Default::default();
-        for (alias, names) in m {
+        for (alias, entry) in m {
             let path = format!("aliases.{alias}");
             if alias.trim().is_empty() {
                 return Err(self.err(
@@ -596,9 +669,39 @@ impl Validator<'_> {
                     "give every alias a name, e.g. \"mistral-7b\"",
                 ));
             }
+            // A list of names, or {"models": [...], "fallbacks": false}.
+            let (names, names_path) = match entry {
+                Value::Object(_) => {
+                    let o = self.object(entry, &path, ALIAS_FIELDS)?;
+                    match o.get("fallbacks") {
+                        None | Some(Value::Bool(true)) => {}
+                        Some(Value::Bool(false)) => {
+                            pinned.insert(alias.clone());
+                        }
+                        Some(other) => {
+                            return Err(self.err(
+                                &format!("{path}.fallbacks"),
+                                format!("expected false (or true), found {}", describe(other)),
+                                "write \"fallbacks\": false to never serve this alias with another model",
+                            ));
+                        }
+                    }
+                    let Some(names) = o.get("models") else {
+                        return Err(self.err(
+                            &path,
+                            "missing field `models`",
+                            format!(
+                                "list the names, e.g. \"{alias}\": {{\"models\": [\"qwen3-32b@q8_0\", \"qwen3:32b-q8_0\"], \"fallbacks\": false}}"
+                            ),
+                        ));
+                    };
+                    (names, format!("{path}.models"))
+                }
+                other => (other, path.clone()),
+            };
             let Some(list) = names.as_array().filter(|l| !l.is_empty()) else {
                 return Err(self.err(
-                    &path,
+                    &names_path,
                     format!(
                         "expected a non-empty list of model names, found {}",
                         describe(names)
@@ -612,7 +715,7 @@ impl Validator<'_> {
             for (i, n) in list.iter().enumerate() {
                 let Some(name) = n.as_str().filter(|s| !s.trim().is_empty()) else {
                     return Err(self.err(
-                        &format!("{path}[{i}]"),
+                        &format!("{names_path}[{i}]"),
                         format!("expected a model name, found {}", describe(n)),
                         "write each name as a string, as the studio lists it in /v1/models",
                     ));
@@ -632,7 +735,96 @@ impl Validator<'_> {
             }
             out.insert(alias.clone(), group);
         }
-        Ok(Aliases(out))
+        Ok((Aliases(out), pinned))
+    }
+
+    /// `"fallbacks": {"qwen3-32b": ["qwen3-14b"]}`.
+    fn fallbacks(
+        &self,
+        v: &Value,
+        aliases: &Aliases,
+        pinned: &std::collections::BTreeSet<String>,
+    ) -> Result<std::collections::BTreeMap<String, Vec<String>>, ConfigError> {
+        let example = "write it as {\"qwen3-32b\": [\"qwen3-14b\", \"qwen3-8b\"]}: a model, and the models to serve instead, in order";
+        let Some(m) = v.as_object() else {
+            return Err(self.err(
+                "fallbacks",
+                format!("expected an object, found {}", describe(v)),
+                example,
+            ));
+        };
+        let mut out = std::collections::BTreeMap::new();
+        // The alias group each key belongs to, so one model is given once.
+        let mut keyed: std::collections::HashMap<String, String> = Default::default();
+        for (model, list) in m {
+            let path = format!("fallbacks.{model}");
+            if model.trim().is_empty() {
+                return Err(self.err("fallbacks", "a model has an empty name", example));
+            }
+            let group = aliases.names_for(model);
+            if let Some(p) = group.iter().find(|n| pinned.contains(*n)) {
+                return Err(self.err(
+                    &path,
+                    format!(
+                        "`{model}` is pinned (\"fallbacks\": false in aliases.{p}), so it never falls back"
+                    ),
+                    format!(
+                        "remove fallbacks.{model}, or the \"fallbacks\": false of aliases.{p}"
+                    ),
+                ));
+            }
+            if let Some(other) = keyed.insert(group[0].clone(), model.clone()) {
+                return Err(self.err(
+                    &path,
+                    format!(
+                        "`{model}` and `{other}` are names of the alias `{}`: its fallbacks are given twice",
+                        group[0]
+                    ),
+                    format!("give them once, under \"{}\"", group[0]),
+                ));
+            }
+            let Some(items) = list.as_array().filter(|l| !l.is_empty()) else {
+                return Err(self.err(
+                    &path,
+                    format!(
+                        "expected a non-empty list of model names, found {}",
+                        describe(list)
+                    ),
+                    format!("e.g. \"{model}\": [\"qwen3-14b\"]"),
+                ));
+            };
+            let mut to: Vec<String> = Vec::with_capacity(items.len());
+            for (i, n) in items.iter().enumerate() {
+                let at = format!("{path}[{i}]");
+                let Some(name) = n.as_str().filter(|s| !s.trim().is_empty()) else {
+                    return Err(self.err(
+                        &at,
+                        format!("expected a model name, found {}", describe(n)),
+                        "write each name as a string, as the studio lists it in /v1/models (or an alias)",
+                    ));
+                };
+                if group.iter().any(|g| g == name) {
+                    return Err(self.err(
+                        &at,
+                        format!("`{model}` falls back to itself (`{name}` is the same model)"),
+                        "list other models only: the request already goes to every studio serving this one",
+                    ));
+                }
+                if to
+                    .iter()
+                    .any(|t| aliases.names_for(t).iter().any(|g| g == name))
+                {
+                    return Err(self.err(
+                        &at,
+                        format!("`{name}` is already in the list"),
+                        "list each fallback once",
+                    ));
+                }
+                to.push(name.to_string());
+            }
+            out.insert(model.clone(), to);
+        }
+        Ok(out)
     }
 
     fn worker(&self, v: &Value, path: &str) -> Result<Worker, ConfigError> {
@@ -949,6 +1141,15 @@ impl Validator<'_> {
                 "\"http://localhost:3000\"",
                 check_origin,
             )?;
+        }
+        if let Some(x) = m.get("prefer_loaded") {
+            s.prefer_loaded = x.as_bool().ok_or_else(|| {
+                self.err(
+                    "balancer.prefer_loaded",
+                    format!("expected true or false, found {}", describe(x)),
+                    "write true (the default: requests go where their model is loaded) or false, without quotes",
+                )
+            })?;
         }
         if let Some(x) = m.get("strategy") {
             s.strategy = match x.as_str() {

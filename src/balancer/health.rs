@@ -272,6 +272,7 @@ pub(super) async fn run(core: Arc<Core>, w: Arc<WorkerEntry>, stop: Cancellation
                 match probe(&core, &w, Probe::Models).await {
                     Ok((models, rtt)) => {
                         discover_apis(&core, &w).await;
+                        super::inventory::refresh(&core, &w).await;
                         admit(&core, &w, models, rtt)
                     }
                     Err((reason, detail)) => {
@@ -369,6 +370,10 @@ async fn check_serving(core: &Core, w: &Arc<WorkerEntry>) {
         return;
     };
     let result = probe(core, w, kind).await;
+    if kind == Probe::Models && result.is_ok() {
+        // Still holding the slot: what it has loaded, read while idle.
+        super::inventory::refresh(core, w).await;
+    }
     drop(slot);
     match result {
         Ok((models, rtt)) => admit(core, w, models, rtt),

@@ -93,6 +93,10 @@ pub struct WorkerStats {
     pub url: String,
     pub state: State,
     pub models: Vec<String>,
+    /// Its models with their state (loaded or only available), size,
+    /// context length and learned load time, from the studio's own API.
+    #[serde(default)]
+    pub inventory: Vec<super::inventory::ModelInfo>,
     /// Requests it is given at once now (learned).
     pub slots: u64,
     /// Whether `slots` is measured yet.
@@ -147,6 +151,10 @@ pub struct Snapshot {
     pub uptime_s: f64,
     pub queue_depth: usize,
     pub retries: u64,
+    /// Requests served by a fallback model because no studio could serve
+    /// the one asked for.
+    #[serde(default)]
+    pub fallbacks: u64,
     pub rejected_queue_full: u64,
     pub rejected_queue_timeout: u64,
     pub workers: Vec<WorkerStats>,
@@ -162,6 +170,7 @@ pub fn snapshot(pool: &Pool, uptime: Duration) -> Snapshot {
         uptime_s: uptime.as_secs_f64(),
         queue_depth: pool.queue_depth(),
         retries: pool.retries.load(Ordering::Relaxed),
+        fallbacks: pool.fallbacks.load(Ordering::Relaxed),
         rejected_queue_full: pool.rejected_queue_full.load(Ordering::Relaxed),
         rejected_queue_timeout: pool.rejected_queue_timeout.load(Ordering::Relaxed),
         workers: workers.iter().map(|w| worker_stats(w, total)).collect(),
@@ -179,6 +188,7 @@ fn worker_stats(w: &Arc<WorkerEntry>, total_successes: u64) -> WorkerStats {
         url: w.base_url.clone(),
         state,
         models: w.models(),
+        inventory: w.inventory.models(),
         slots: w.slots(),
         slots_basis: if w.limit.measured() {
             SlotsBasis::Measured

@@ -27,6 +27,7 @@ mod answer;
 mod attempt;
 mod catalog;
 mod health;
+mod inventory;
 mod limit;
 mod liveness;
 mod metrics;
@@ -55,12 +56,17 @@ use pool::{Pool, QueueSettings};
 use worker::WorkerEntry;
 
 pub use crate::studio::{AUTO_CEILING, health_path};
+pub use inventory::{LoadError, ModelInfo, Residency, can_load, cannot_load_reason};
 pub use metrics::{SlotsBasis, Snapshot, WorkerStats};
 pub use state::{Failure, State, Transition};
 pub use worker::Capability;
 
 /// Response header naming the worker that served a request.
 pub const WORKER_HEADER: &str = "x-baton-worker";
+
+/// Response header naming the model that served a request (as the studio
+/// was asked for it: an alias's name there, or a fallback).
+pub const MODEL_HEADER: &str = "x-baton-model";
 
 /// Default listen address: loopback only.
 pub use crate::config::DEFAULT_LISTEN;
@@ -149,6 +155,7 @@ impl Core {
 pub(crate) struct Shared {
     core: Arc<Core>,
     aliases: RwLock<Arc<crate::config::Aliases>>,
+    fallbacks: RwLock<Arc<crate::config::Fallbacks>>,
     affinity: affinity::Affinity,
     metrics: metrics::Metrics,
     api_key: Option<String>,
@@ -177,6 +184,10 @@ impl Shared {
 
     fn aliases(&self) -> Arc<crate::config::Aliases> {
         self.aliases.read().expect("aliases lock").clone()
+    }
+
+    fn fallbacks(&self) -> Arc<crate::config::Fallbacks> {
+        self.fallbacks.read().expect("fallbacks lock").clone()
     }
 
     fn start_worker(self: &Arc<Self>, w: Arc<WorkerEntry>) {
@@ -223,6 +234,7 @@ fn queue_settings(s: &BalancerSettings) -> QueueSettings {
         limit: s.queue_limit,
         timeout: s.queue_timeout,
         strategy: s.strategy,
+        prefer_loaded: s.prefer_loaded,
     }
 }
 
@@ -242,6 +254,41 @@ pub struct StatsSource(Arc<Shared>);
 impl StatsSource {
     pub fn snapshot(&self) -> Snapshot {
         metrics::snapshot(self.0.pool(), self.0.started.elapsed())
+    }
+}
+
+/// Loads and unloads models on a running balancer's studios.
+#[derive(Clone)]
+pub struct Models(Arc<Shared>);
+
+impl Models {
+    /// Load `model` on studio `id` through its kind's API (LM Studio's
+    /// `/api/v1/models/load`, Ollama's `/api/generate` with `keep_alive`);
+    /// returns how long it took, which routing learns as its load time.
+    /// Both kinds answer HTTP while generating, so this may run while the
+    /// studio serves.
+    pub async fn load(&self, id: &str, model: &str) -> Result<Duration, LoadError> {
+        let w = self.live_worker(id)?;
+        inventory::load(&self.0.core, &w, model).await
+    }
+
+    /// Unload `model` from studio `id` through its kind's API.
+    pub async fn unload(&self, id: &str, model: &str) -> Result<(), LoadError> {
+        let w = self.live_worker(id)?;
+        inventory::unload(&self.0.core, &w, model).await
+    }
+
+    fn live_worker(&self, id: &str) -> Result<Arc<WorkerEntry>, LoadError> {
+        self.0
+            .pool()
+            .workers()
+            .into_iter()
+            .find(|w| w.id() == id && w.state().is_live())
+            .ok_or_else(|| {
+                LoadError(format!(
+                    "no studio `{id}` in the running balancer\n  fix: name one of the pool's studios"
+                ))
+            })
     }
 }
 
@@ -332,6 +379,7 @@ impl Balancer {
                 via: hop_name(),
             }),
             aliases: RwLock::new(Arc::new(config.aliases.clone())),
+            fallbacks: RwLock::new(Arc::new(config.fallbacks.clone())),
             affinity: affinity::Affinity::new(),
             metrics: metrics::Metrics::default(),
             api_key,
@@ -431,6 +479,7 @@ impl Balancer {
         s.pool().set_settings(queue_settings(&settings));
         *s.core.settings.write().expect("settings lock") = Arc::new(settings);
         *s.aliases.write().expect("aliases lock") = Arc::new(config.aliases.clone());
+        *s.fallbacks.write().expect("fallbacks lock") = Arc::new(config.fallbacks.clone());
 
         let current: Vec<Arc<WorkerEntry>> = s
             .pool()
@@ -481,6 +530,11 @@ impl Balancer {
         // Only ready <-> draining: an ejected studio stays out either way.
         self.shared.pool().transition(&w, state::Change::Drain(on));
         Ok(())
+    }
+
+    /// A cheap handle that loads and unloads models on the studios.
+    pub fn models(&self) -> Models {
+        Models(self.shared.clone())
     }
 
     /// A cheap handle that holds studios still for Baton's own HTTP

@@ -235,7 +235,7 @@ fn allow(r: &mut Response, origin: &HeaderValue) {
 }
 
 /// The headers a page may read besides the simple ones.
-const EXPOSED: &str = "x-baton-worker, retry-after";
+const EXPOSED: &str = "x-baton-worker, x-baton-model, retry-after";
 
 #[cfg(test)]
 mod tests {

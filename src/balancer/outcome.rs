@@ -168,7 +168,14 @@ impl Attempt {
         health::on_first_byte(&w);
         self.first_byte_at = Instant::now();
         self.ttft = self.first_byte_at - self.sent_at;
-        w.learn_ttft(self.ttft);
+        // The first answer after a cold start teaches the load time, not
+        // the studio's speed.
+        let loaded = w
+            .serves_any(&self.job.demand.models)
+            .is_some_and(|m| w.inventory.first_byte(m, self.ttft, w.learned().ttft_ms));
+        if !loaded {
+            w.learn_ttft(self.ttft);
+        }
         if self.job.api.generates() {
             self.learn_limit(&w);
         }

@@ -6,19 +6,26 @@
 //!
 //! **Invariant (work conservation).** No request waits while a ready
 //! worker that serves its model and API (and that it has not already failed
-//! on) has a free slot, with two exceptions, both only ever decided while
+//! on) has a free slot, with three exceptions, each only ever decided while
 //! a particular worker is busy, so that worker's next release re-examines
 //! the decision: it cannot outlive the moment that slot frees.
 //! - a *hold-back*: every free worker is far slower than a busy one that
 //!   will free a slot sooner than the slow one would finish;
 //! - an *affinity hold* (strategy `cache_affinity`): the busy worker holds
 //!   the request's conversation in its prompt cache, and waiting for it is
-//!   expected to cost less than the prefill the cache saves.
+//!   expected to cost less than the prefill the cache saves;
+//! - a *warm hold* (`prefer_loaded`): the free worker would have to load
+//!   the request's model (it is only *available* there), while a busy
+//!   worker has it loaded (or loading) and the expected wait there (queue
+//!   x learned answer time, plus what is left of its load) is no longer
+//!   than the free worker's learned load time; or the free worker is busy
+//!   with another model, which a load may evict (see [`cold_admissible`]).
 //!
 //! To keep this true,
 //! every event that can change a decision calls [`Pool::dispatch`]: a slot
 //! released, a worker ready or readmitted, ejected, drained or removed, a
-//! speed learned, and a request enqueued. [`Pool::check_invariant`] states
+//! speed learned, an inventory read or a model loaded or unloaded, and a
+//! request enqueued. [`Pool::check_invariant`] states
 //! the same rule independently; the randomized tests below check it after
 //! every step. A studio's state changes only through [`Pool::transition`],
 //! so no change of state can forget to call it.
@@ -35,6 +42,7 @@ use tokio::sync::oneshot;
 
 use super::affinity::Hit;
 use super::answer::Api;
+use super::inventory::Residency;
 use super::state::{self, Change, Signal, State, Transition};
 use super::worker::{EWMA_ALPHA, WorkerEntry};
 use crate::config::Strategy;
@@ -113,6 +121,8 @@ pub struct Pool {
     /// Where every change of a studio's state is announced.
     signal: Signal,
     pub retries: AtomicU64,
+    /// Requests served by a fallback model (config `fallbacks`).
+    pub fallbacks: AtomicU64,
     pub rejected_queue_full: AtomicU64,
     pub rejected_queue_timeout: AtomicU64,
 }
@@ -122,6 +132,8 @@ pub struct QueueSettings {
     pub limit: usize,
     pub timeout: Duration,
     pub strategy: Strategy,
+    /// Route by where models are loaded (the warm hold).
+    pub prefer_loaded: bool,
 }
 
 /// Why no slot could be had.
@@ -174,6 +186,7 @@ impl Pool {
             settings: Mutex::new(settings),
             signal: Signal::new(),
             retries: AtomicU64::new(0),
+            fallbacks: AtomicU64::new(0),
             rejected_queue_full: AtomicU64::new(0),
             rejected_queue_timeout: AtomicU64::new(0),
         })
@@ -299,8 +312,7 @@ impl Pool {
             // Take a slot directly only when nobody older is waiting.
             let ahead = if is_retry { 0 } else { s.queue.len() };
             if ahead == 0
-                && let Pick::Take(w) =
-                    pick(&mut s, demand, tokens, exclude, 0, None, settings.strategy)
+                && let Pick::Take(w) = pick(&mut s, demand, tokens, exclude, 0, None, settings)
             {
                 let (end, level) = w.claim(tokens);
                 return Ok(SlotGuard {
@@ -331,7 +343,7 @@ impl Pool {
             // The waiters ahead may be unable to use a slot this request
             // can (another model, a hold-back): look again now, or this
             // request could wait with a free slot in front of it.
-            dispatch_locked(self, &mut s, settings.strategy);
+            dispatch_locked(self, &mut s, settings);
             rx
         };
         match tokio::time::timeout(settings.timeout, rx).await {
@@ -365,9 +377,9 @@ impl Pool {
     /// Hand free slots to waiters, oldest first. Called on every event that
     /// can change a scheduling decision (see the module's invariant).
     pub fn dispatch(&self) {
-        let strategy = self.settings().strategy;
+        let settings = self.settings();
         let mut s = self.sched.lock().expect("sched lock");
-        dispatch_locked(self, &mut s, strategy);
+        dispatch_locked(self, &mut s, settings);
     }
 
     /// The work-conservation invariant, checked independently of `pick`:
@@ -377,11 +389,14 @@ impl Pool {
     pub(crate) fn check_invariant(&self) -> Result<(), String> {
         let s = self.sched.lock().expect("sched lock");
         let typical = *self.typical_tokens.lock().expect("tokens lock");
+        let prefer_loaded = self.settings().prefer_loaded;
+        let mut position = 0;
         for (i, waiter) in s.queue.iter().enumerate() {
             if waiter.tx.is_closed() {
                 continue;
             }
-            let usable: Vec<&Arc<WorkerEntry>> = s
+            position += 1;
+            let serving: Vec<&Arc<WorkerEntry>> = s
                 .workers
                 .iter()
                 .filter(|w| {
@@ -389,6 +404,15 @@ impl Pool {
                         && !excluded(&waiter.exclude, w)
                         && waiter.demand.usable_by(w)
                 })
+                .collect();
+            // A warm hold keeps a cold worker out of the waiter's choice.
+            let usable: Vec<&Arc<WorkerEntry>> = serving
+                .iter()
+                .filter(|w| {
+                    !prefer_loaded
+                        || cold_admissible(w, &serving, &waiter.demand, waiter.tokens, position - 1)
+                })
+                .copied()
                 .collect();
             let several = usable.len() > 1;
             let speed_known = |w: &WorkerEntry| w.learned().expected_ms(typical).is_some();
@@ -446,7 +470,7 @@ fn excluded(exclude: &[Arc<WorkerEntry>], w: &Arc<WorkerEntry>) -> bool {
     exclude.iter().any(|e| Arc::ptr_eq(e, w))
 }
 
-fn dispatch_locked(pool: &Pool, s: &mut Sched, strategy: Strategy) {
+fn dispatch_locked(pool: &Pool, s: &mut Sched, settings: QueueSettings) {
     let mut i = 0;
     while i < s.queue.len() {
         if s.queue[i].tx.is_closed() {
@@ -462,7 +486,7 @@ fn dispatch_locked(pool: &Pool, s: &mut Sched, strategy: Strategy) {
         }
         let (demand, exclude) = (s.queue[i].demand.clone(), s.queue[i].exclude.clone());
         let (tokens, hold_until) = (s.queue[i].tokens, s.queue[i].hold_until);
-        match pick(s, &demand, tokens, &exclude, i, hold_until, strategy) {
+        match pick(s, &demand, tokens, &exclude, i, hold_until, settings) {
             Pick::Take(w) => {
                 let waiter = s.queue.remove(i).expect("index in range");
                 let (end, level) = w.claim(tokens);
@@ -516,7 +540,6 @@ fn dispatch_locked(pool: &Pool, s: &mut Sched, strategy: Strategy) {
 /// fast slot would finish sooner (so a 10x slower studio does not drag the
 /// tail); only busy workers can justify it, since only their release wakes
 /// the queue again.
-#[allow(clippy::too_many_arguments)]
 fn pick(
     s: &mut Sched,
     demand: &Demand,
@@ -524,17 +547,111 @@ fn pick(
     exclude: &[Arc<WorkerEntry>],
     position: usize,
     hold_until: Option<Instant>,
-    strategy: Strategy,
+    settings: QueueSettings,
 ) -> Pick {
+    let p = pick_among(s, demand, tokens, exclude, position, hold_until, settings);
+    // A request sent where its model must load first: that studio counts
+    // as warm from now on, so one load serves the requests that follow
+    // instead of a load on every studio at once.
+    if let Pick::Take(w) = &p
+        && settings.prefer_loaded
+        && is_cold(w, demand)
+        && let Some(name) = w.serves_any(&demand.models)
+    {
+        w.inventory.start_load(name);
+    }
+    p
+}
+
+/// The model is only available on `w`: a request there waits for its load.
+fn is_cold(w: &WorkerEntry, demand: &Demand) -> bool {
+    w.inventory.residency(&demand.models) == Residency::Available
+}
+
+/// The shortest expected wait for a slot on a worker that has the model
+/// warm, for the waiter at `position`: what is left of a load it started,
+/// plus, when it is full (or still learning its speed with a request out),
+/// the queue ahead at its learned answer time. `None`: no warm candidate.
+fn warm_wait(
+    candidates: &[&Arc<WorkerEntry>],
+    demand: &Demand,
+    tokens: f64,
+    position: usize,
+) -> Option<Duration> {
+    candidates
+        .iter()
+        .filter(|w| !is_cold(w, demand))
+        .map(|w| {
+            let answer_ms = w.learned().expected_ms(tokens);
+            let free = w.has_free_slot() && (answer_ms.is_some() || w.in_flight() == 0);
+            let queue_ms = if free {
+                0.0
+            } else {
+                (position as f64 + 1.0) / w.slots().max(1) as f64 * answer_ms.unwrap_or(0.0)
+            };
+            w.inventory.loading_left(&demand.models) + Duration::from_secs_f64(queue_ms / 1000.0)
+        })
+        .min()
+}
+
+/// Whether a cold worker `c` (one that would have to load the model) may
+/// take the request: when no candidate has the model warm, any idle one
+/// (one busy with another model only when every cold one is); else only an
+/// idle one whose learned load time is shorter than the wait for a warm
+/// slot. Warm workers are always admissible.
+pub(crate) fn cold_admissible(
+    c: &WorkerEntry,
+    candidates: &[&Arc<WorkerEntry>],
+    demand: &Demand,
+    tokens: f64,
+    position: usize,
+) -> bool {
+    if !is_cold(c, demand) {
+        return true;
+    }
+    match warm_wait(candidates, demand, tokens, position) {
+        None => {
+            c.in_flight() == 0
+                || candidates
+                    .iter()
+                    .all(|w| w.in_flight() > 0 || !is_cold(w, demand))
+        }
+        Some(wait) => {
+            let name = c.serves_any(&demand.models).unwrap_or_default();
+            c.in_flight() == 0 && wait > c.inventory.load_time(name)
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn pick_among(
+    s: &mut Sched,
+    demand: &Demand,
+    tokens: f64,
+    exclude: &[Arc<WorkerEntry>],
+    position: usize,
+    hold_until: Option<Instant>,
+    settings: QueueSettings,
+) -> Pick {
+    let strategy = settings.strategy;
     let n = s.workers.len();
     if n == 0 {
         return Pick::Wait;
     }
-    let candidates: Vec<&Arc<WorkerEntry>> = s
+    let usable: Vec<&Arc<WorkerEntry>> = s
         .workers
         .iter()
         .filter(|w| w.state() == State::Ready && !excluded(exclude, w) && demand.usable_by(w))
         .collect();
+    let candidates: Vec<&Arc<WorkerEntry>> = if settings.prefer_loaded {
+        usable
+            .iter()
+            .filter(|w| cold_admissible(w, &usable, demand, tokens, position))
+            .copied()
+            .collect()
+    } else {
+        usable
+    };
     if candidates.is_empty() {
         return Pick::Wait;
     }
@@ -680,6 +797,7 @@ fn hold_back(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::balancer::inventory::ModelInfo;
     use crate::config::Worker;
     use crate::studio::StudioKind;
     use proptest::prelude::{
@@ -691,6 +809,7 @@ mod tests {
             limit: 1000,
             timeout: Duration::from_secs(600),
             strategy: Strategy::LeastTime,
+            prefer_loaded: true,
         }
     }
 
@@ -767,6 +886,17 @@ mod tests {
             slots: u32,
             model: usize,
         },
+        /// The studio's inventory read: each model loaded or only available.
+        Inventory {
+            worker: usize,
+            loaded: [bool; 2],
+        },
+        /// A load of a model seen taking this long.
+        LearnLoad {
+            worker: usize,
+            model: usize,
+            ms: u64,
+        },
     }
 
     fn op() -> impl Gen<Value = Op> {
@@ -784,6 +914,10 @@ mod tests {
                 .prop_map(|(worker, latency_us, ttft_us, tps)| Op::Learn { worker, latency_us, ttft_us, tps }),
             1 => (0..6usize).prop_map(Op::Remove),
             1 => (1..5u32, 0..2usize).prop_map(|(slots, model)| Op::Add { slots, model }),
+            2 => (0..6usize, prop::array::uniform2(prop::bool::ANY))
+                .prop_map(|(worker, loaded)| Op::Inventory { worker, loaded }),
+            1 => (0..6usize, 0..2usize, prop::sample::select(vec![1u64, 50, 5_000, 60_000]))
+                .prop_map(|(worker, model, ms)| Op::LearnLoad { worker, model, ms }),
         ]
     }
 
@@ -878,6 +1012,36 @@ mod tests {
                     pool.dispatch();
                     ws.push(w);
                 }
+                Op::Inventory { worker, loaded } => {
+                    if let Some(w) = ws.get(worker % ws.len().max(1)) {
+                        w.set_models(MODELS.iter().map(|m| m.to_string()).collect());
+                        w.inventory.set(
+                            MODELS
+                                .iter()
+                                .zip(loaded)
+                                .map(|(m, l)| ModelInfo {
+                                    name: m.to_string(),
+                                    state: if l {
+                                        Residency::Loaded
+                                    } else {
+                                        Residency::Available
+                                    },
+                                    size_bytes: None,
+                                    context_length: None,
+                                    expires_at: None,
+                                    load_ms: None,
+                                })
+                                .collect(),
+                        );
+                        pool.dispatch();
+                    }
+                }
+                Op::LearnLoad { worker, model, ms } => {
+                    if let Some(w) = ws.get(worker % ws.len().max(1)) {
+                        w.inventory.loaded(MODELS[model], Duration::from_millis(ms));
+                        pool.dispatch();
+                    }
+                }
             }
             settle().await;
             while let Ok(g) = rx.try_recv() {
@@ -893,9 +1057,11 @@ mod tests {
         #![proptest_config(ProptestConfig { cases: 300, .. ProptestConfig::default() })]
 
         /// Random arrivals, answers from instant to slow (releases in any
-        /// order), ejections, readmissions, drains, reloads: after every
-        /// step no request waits while a slot it may use is free, unless a
-        /// faster busy worker justifies the wait.
+        /// order), ejections, readmissions, drains, reloads, models loaded
+        /// and unloaded with load times from instant to a minute: after
+        /// every step no request waits while a slot it may use is free,
+        /// unless a faster busy worker, or a busy one with its model warm,
+        /// justifies the wait.
         #[test]
         fn no_request_waits_while_a_usable_slot_is_free(
             initial in prop::collection::vec((1..5u32, 0..2usize), 1..5),

@@ -224,18 +224,16 @@ async fn forward(State(s): St, req: Request) -> Response {
             return family.error(StatusCode::BAD_REQUEST, &msg, "invalid_request");
         }
     };
-    let names = match parsed.model.as_deref() {
-        Some(m) => {
-            let names = s.aliases().names_for(m);
-            if !s
-                .pool()
-                .any_worker(|w| w.state().is_live() && w.serves_any(&names).is_some())
-            {
-                return unknown_model(&s, family, Some(m));
-            }
+    let Some(asked) = parsed.model.as_deref() else {
+        return unknown_model(&s, family, None, None);
+    };
+    let names = match fallback(&s, &parts.headers, asked, api) {
+        Route::Asked(names) => names,
+        Route::Fallback(names) => {
+            s.pool().fallbacks.fetch_add(1, Ordering::Relaxed);
             names
         }
-        None => return unknown_model(&s, family, None),
+        Route::Unknown(refused) => return unknown_model(&s, family, Some(asked), refused),
     };
     let affinity = (settings.strategy == Strategy::CacheAffinity && parsed.worth_caching(api))
         .then(|| s.affinity.lookup(&parsed.prefixes))
@@ -273,7 +271,15 @@ async fn forward(State(s): St, req: Request) -> Response {
         let w = slot.worker.clone();
         let at = Attempt::new(s.clone(), job.clone(), settings.clone(), slot);
         match attempt::run(at).await {
-            Ok(resp) => return resp,
+            Ok(mut resp) => {
+                if let Some(v) = w
+                    .serves_any(&job.demand.models)
+                    .and_then(|m| HeaderValue::from_str(m).ok())
+                {
+                    resp.headers_mut().insert(super::MODEL_HEADER, v);
+                }
+                return resp;
+            }
             Err(attempt::Retry { detail, verdict }) => {
                 tracing::debug!(
                     worker = w.id(),
@@ -308,11 +314,81 @@ fn via_after(headers: &HeaderMap, ours: &HeaderValue) -> HeaderValue {
     HeaderValue::from_bytes(&hops.join(&b", "[..])).unwrap_or_else(|_| ours.clone())
 }
 
-fn unknown_model(s: &Shared, family: Family, model: Option<&str>) -> Response {
+/// Where a request for `asked` may go: its own names, a fallback's, or
+/// nowhere.
+enum Route {
+    Asked(Vec<String>),
+    Fallback(Vec<String>),
+    /// No live studio serves it; the reason a fallback was not taken, if
+    /// one was configured.
+    Unknown(Option<&'static str>),
+}
+
+/// Header a client sends to get exactly the model it asked for, or an error.
+const NO_FALLBACK_HEADER: &str = "x-baton-no-fallback";
+
+/// The names a request for `asked` goes to: its own while a ready studio
+/// serves them on this API; else the first configured fallback that has one
+/// (unless the client or the alias refuses stand-ins); else its own names
+/// while a studio is merely down (the queue waits for it), or none.
+fn fallback(s: &Shared, headers: &HeaderMap, asked: &str, api: Api) -> Route {
+    let aliases = s.aliases();
+    let names = aliases.names_for(asked);
+    let serves = |names: &[String], ready: bool| {
+        s.pool().any_worker(|w| {
+            let state = w.state();
+            (if ready {
+                state == state::State::Ready
+            } else {
+                state.is_live()
+            }) && w.serves_any(names).is_some()
+                && w.capable(api)
+        })
+    };
+    if serves(&names, true) {
+        return Route::Asked(names);
+    }
+    let fallbacks = s.fallbacks();
+    let list = fallbacks.for_model(&aliases, asked);
+    let refused_by_client = headers
+        .get(NO_FALLBACK_HEADER)
+        .is_some_and(|v| matches!(v.as_bytes(), b"1" | b"true"));
+    let refused = if fallbacks.pinned_any(&names) {
+        Some("its alias is pinned (\"fallbacks\": false)")
+    } else if refused_by_client && !list.is_empty() {
+        Some("the request carries x-baton-no-fallback")
+    } else {
+        None
+    };
+    if refused.is_none()
+        && let Some(f) = list
+            .iter()
+            .map(|f| aliases.names_for(f))
+            .find(|f| serves(f, true))
+    {
+        return Route::Fallback(f);
+    }
+    if s.pool()
+        .any_worker(|w| w.state().is_live() && w.serves_any(&names).is_some())
+    {
+        return Route::Asked(names);
+    }
+    Route::Unknown(refused)
+}
+
+fn unknown_model(
+    s: &Shared,
+    family: Family,
+    model: Option<&str>,
+    refused: Option<&str>,
+) -> Response {
     s.metrics.unknown_model.fetch_add(1, Ordering::Relaxed);
-    let what = match model {
-        Some(m) => format!("model `{m}` is not served by any worker"),
-        None => "no `model` given".to_string(),
+    let what = match (model, refused) {
+        (Some(m), Some(why)) => format!(
+            "model `{m}` is not served by any worker, and no fallback was tried because {why}"
+        ),
+        (Some(m), None) => format!("model `{m}` is not served by any worker"),
+        (None, _) => "no `model` given".to_string(),
     };
     family.error(
         StatusCode::NOT_FOUND,

@@ -404,6 +404,7 @@ mod tests {
             limit: 10,
             timeout: Duration::from_secs(1),
             strategy: Strategy::LeastTime,
+            prefer_loaded: true,
         });
         let w = Arc::new(WorkerEntry::new(
             Worker {

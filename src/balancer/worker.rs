@@ -104,6 +104,8 @@ pub struct WorkerEntry {
     concurrent_http: AtomicBool,
     /// When the latest response head from it arrived (health clock, ms).
     last_head_ms: AtomicU64,
+    /// Its models, loaded or not, and their load times.
+    pub(crate) inventory: super::inventory::Inventory,
 }
 
 /// A response head that came this long before another answer's last byte
@@ -144,6 +146,7 @@ impl WorkerEntry {
             slot_ends: Mutex::new(Vec::new()),
             concurrent_http: AtomicBool::new(cfg.kind.serves_http_concurrently()),
             last_head_ms: AtomicU64::new(0),
+            inventory: Default::default(),
             cfg_id: std::sync::Arc::from(cfg.id.as_str()),
             cfg,
         }

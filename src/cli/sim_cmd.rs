@@ -88,6 +88,20 @@ pub struct SimArgs {
     /// Model load time paid by the first generation (and after POST /sim/unload), in ms
     #[arg(long, default_value_t = 0)]
     load_ms: u64,
+    /// A model in memory at start (repeat for several; default: every model when
+    /// --load-ms is 0, none otherwise)
+    #[arg(long = "loaded", value_name = "MODEL")]
+    loaded: Vec<String>,
+    /// One model's load time, instead of --load-ms (repeat: --model-load-ms big=20000)
+    #[arg(long = "model-load-ms", value_name = "MODEL=MS", value_parser = parse_model_ms)]
+    model_load_ms: Vec<(String, u64)>,
+    /// Memory the loaded models may take, in GB (each takes 4.1 GB): loading past it
+    /// unloads the idle model used longest ago, or waits for a busy one
+    #[arg(long)]
+    memory_gb: Option<f64>,
+    /// Imitate LM Studio before 0.4: /api/v0/models only, no /api/v1 load and unload
+    #[arg(long)]
+    lm_studio_v0: bool,
     /// Prompt tokens per second a slot prefills; with it, each slot caches its last
     /// prompt and only the uncached part costs time
     #[arg(long)]
@@ -105,6 +119,16 @@ pub struct SimArgs {
 
 fn parse_kind(s: &str) -> Result<StudioKind, String> {
     s.parse()
+}
+
+fn parse_model_ms(s: &str) -> Result<(String, u64), String> {
+    let (m, ms) = s
+        .rsplit_once('=')
+        .ok_or_else(|| format!("`{s}`: write MODEL=MS, e.g. qwen3-32b=20000"))?;
+    let ms = ms
+        .parse()
+        .map_err(|_| format!("`{ms}` is not a number of milliseconds"))?;
+    Ok((m.to_string(), ms))
 }
 
 pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
@@ -148,6 +172,11 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
         load_ms: a.load_ms,
         prefill_tps: a.prefill_tps,
         anthropic: a.anthropic,
+        loaded: (!a.loaded.is_empty()).then(|| a.loaded.clone()),
+        model_load_ms: a.model_load_ms.iter().cloned().collect(),
+        model_size: Default::default(),
+        memory_bytes: a.memory_gb.map(|g| (g * 1e9) as u64),
+        lm_studio_v1: !a.lm_studio_v0,
     };
     let sims = sim::start_many(a.base, a.port, a.count, &cfg)
         .await

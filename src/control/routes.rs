@@ -41,6 +41,8 @@ pub(super) fn router(engine: Engine, guard: Guard, stop: CancellationToken) -> R
         )
         .route("/api/workers/{id}/key", put(worker_key))
         .route("/api/workers/{id}/{action}", post(worker_action))
+        .route("/api/models", get(models))
+        .route("/api/models/{*action}", post(model_action))
         .route("/api/discover", post(discover))
         .route("/api/discover/add", post(discover_add))
         .route("/api/preflight", post(preflight))
@@ -224,6 +226,47 @@ async fn preflight_last(State(a): St) -> Api<Response> {
 
 async fn bench(State(a): St, JsonBody(req): JsonBody<BenchRequest>) -> Api<Response> {
     Ok(accepted(a.engine.start_bench(req)?))
+}
+
+async fn models(State(a): St) -> Json<crate::engine::ModelsView> {
+    Json(a.engine.models().await)
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ModelTarget {
+    studio: Option<String>,
+}
+
+/// `POST /api/models/{model}/load|unload {studio}` and
+/// `/api/models/{model}/warm`; a model name may hold `/` (LM Studio's keys
+/// do), so the action is the path's last segment.
+async fn model_action(
+    State(a): St,
+    Path(path): Path<String>,
+    JsonBody(t): JsonBody<ModelTarget>,
+) -> Api<Response> {
+    use crate::engine::ModelAction;
+    let Some((model, action)) = path.rsplit_once('/').filter(|(m, _)| !m.is_empty()) else {
+        return Err(bad_request(
+            &format!("`/api/models/{path}` names no action"),
+            "POST /api/models/<model>/load, /unload or /warm",
+        ));
+    };
+    let action = match action {
+        "load" => ModelAction::Load,
+        "unload" => ModelAction::Unload,
+        "warm" => ModelAction::WarmUp,
+        other => {
+            return Err(bad_request(
+                &format!("unknown action `{other}`"),
+                "use load, unload or warm",
+            ));
+        }
+    };
+    Ok(accepted(
+        a.engine.start_model_job(model, action, t.studio).await?,
+    ))
 }
 
 async fn jobs(State(a): St) -> Response {

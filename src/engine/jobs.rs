@@ -26,6 +26,8 @@ pub enum JobKind {
     Discover,
     Bench,
     Batch,
+    /// Loading or unloading a model on studios.
+    Models,
 }
 
 impl JobKind {
@@ -35,6 +37,7 @@ impl JobKind {
             JobKind::Discover => "discover",
             JobKind::Bench => "bench",
             JobKind::Batch => "batch",
+            JobKind::Models => "model load",
         }
     }
 }
@@ -85,6 +88,7 @@ pub enum JobResult {
         result: Box<BenchResult>,
     },
     Batch(Summary),
+    Models(super::models::ModelOutcome),
 }
 
 /// One step of a job, as events carry it.

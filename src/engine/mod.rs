@@ -23,6 +23,7 @@ mod error;
 pub mod events;
 pub mod jobs;
 pub mod live;
+mod models;
 mod run;
 mod simulated;
 mod view;
@@ -46,6 +47,7 @@ use jobs::{Job, JobId, Jobs};
 use live::{Live, LiveStats};
 
 pub use error::EngineError;
+pub use models::{ModelAction, ModelOutcome, ModelStep, ModelsView, PoolModel, StudioModels};
 pub use run::{BatchRequest, BenchRequest, DiscoverRequest};
 use simulated::simulated_pool;
 pub use simulated::{SimProfile, demo_studio, uniform_studio};

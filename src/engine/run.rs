@@ -463,7 +463,7 @@ impl Engine {
     }
 
     /// Register a job of `kind`, refusing a second one at once.
-    fn begin(&self, kind: JobKind) -> Result<Reporter, EngineError> {
+    pub(super) fn begin(&self, kind: JobKind) -> Result<Reporter, EngineError> {
         if let Some(id) = self.inner.jobs.running(kind) {
             return Err(EngineError::Busy(kind.as_str(), id));
         }

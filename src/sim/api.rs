@@ -2,6 +2,7 @@
 //! answers, its identifying endpoints, and the `/sim/*` control plane.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use axum::Json;
@@ -15,7 +16,7 @@ use serde_json::{Value, json};
 
 use super::generation::wedge;
 use super::openai::error;
-use super::{Faults, SimState, anthropic, ollama, openai};
+use super::{Faults, ModelStatus, SimState, anthropic, ollama, openai};
 use crate::studio::StudioKind;
 
 type St = State<Arc<SimState>>;
@@ -31,7 +32,8 @@ pub(super) fn router(state: Arc<SimState>) -> Router {
         .route("/sim/fault", get(get_fault).post(set_fault))
         .route("/sim/log", get(get_log).delete(clear_log))
         .route("/sim/log/clear", post(clear_log))
-        .route("/sim/unload", post(unload));
+        .route("/sim/unload", post(unload))
+        .route("/sim/models", get(sim_models));
     if state.config.serves_anthropic() {
         r = r.route("/v1/messages", post(anthropic::messages));
         // LM Studio and Ollama serve messages but not token counting.
@@ -40,6 +42,14 @@ pub(super) fn router(state: Arc<SimState>) -> Router {
         }
     }
     r = match kind {
+        StudioKind::LmStudio if state.config.lm_studio_v1 => r
+            .route("/api/v1/models", get(lmstudio_v1_models))
+            .route("/api/v1/models/load", post(lmstudio_load))
+            .route("/api/v1/models/unload", post(lmstudio_unload))
+            .route("/api/v0/models", get(lmstudio_models))
+            .route("/api/v0/chat/completions", post(openai::lmstudio_chat))
+            .route("/api/v0/completions", post(openai::lmstudio_completions))
+            .route("/api/v0/embeddings", post(openai::embeddings)),
         StudioKind::LmStudio => r
             .route("/api/v0/models", get(lmstudio_models))
             .route("/api/v0/chat/completions", post(openai::lmstudio_chat))
@@ -98,32 +108,122 @@ pub(super) fn router(state: Arc<SimState>) -> Router {
 async fn models(State(s): St) -> Json<Value> {
     wedge(&s).await;
     let data: Vec<Value> = s
-        .config
         .models
+        .snapshot()
         .iter()
-        .map(|m| json!({"id": m, "object": "model", "owned_by": "organization_owner"}))
+        .map(|m| {
+            let mut v = json!({"id": m.name, "object": "model", "owned_by": "organization_owner"});
+            // What each server adds to OpenAI's list.
+            match s.config.kind {
+                StudioKind::Vllm => v["max_model_len"] = m.context_length.into(),
+                StudioKind::LlamaCpp => {
+                    v["meta"] = json!({"n_ctx_train": m.context_length, "size": m.size_bytes})
+                }
+                _ => {}
+            }
+            v
+        })
         .collect();
     Json(json!({"object": "list", "data": data}))
 }
 
+/// LM Studio 0.3's `/api/v0/models`: every model with `state`.
 async fn lmstudio_models(State(s): St) -> Json<Value> {
     wedge(&s).await;
-    let state = if s.model.is_loaded() {
-        "loaded"
-    } else {
-        "not-loaded"
-    };
     let data: Vec<Value> = s
-        .config
         .models
+        .snapshot()
         .iter()
         .map(|m| {
-            json!({"id": m, "object": "model", "type": "llm", "publisher": "baton-sim",
+            let state = if m.status == ModelStatus::Loaded {
+                "loaded"
+            } else {
+                "not-loaded"
+            };
+            json!({"id": m.name, "object": "model", "type": "llm", "publisher": "baton-sim",
                    "arch": "llama", "compatibility_type": "gguf", "quantization": "Q4_K_M",
-                   "state": state, "max_context_length": 32768})
+                   "state": state, "max_context_length": m.context_length})
         })
         .collect();
     Json(json!({"object": "list", "data": data}))
+}
+
+/// Context length LM Studio loads models with unless told otherwise.
+const LM_STUDIO_CONTEXT: u32 = 4096;
+
+/// LM Studio 0.4's `/api/v1/models`: every model, with its loaded instances.
+async fn lmstudio_v1_models(State(s): St) -> Json<Value> {
+    wedge(&s).await;
+    let models: Vec<Value> = s
+        .models
+        .snapshot()
+        .iter()
+        .map(|m| {
+            let instances: Vec<Value> = if m.status == ModelStatus::Loaded {
+                vec![json!({"id": m.name, "config": {"context_length": LM_STUDIO_CONTEXT}})]
+            } else {
+                Vec::new()
+            };
+            json!({"type": "llm", "publisher": "baton-sim", "key": m.name,
+                   "display_name": m.name, "architecture": "llama",
+                   "quantization": {"name": "Q4_K_M", "bits_per_weight": 4},
+                   "size_bytes": m.size_bytes, "params_string": "7B",
+                   "loaded_instances": instances, "max_context_length": m.context_length,
+                   "format": "gguf",
+                   "capabilities": {"vision": false, "trained_for_tool_use": false},
+                   "description": null})
+        })
+        .collect();
+    Json(json!({ "models": models }))
+}
+
+fn lmstudio_error(status: StatusCode, message: &str) -> Response {
+    (
+        status,
+        Json(
+            json!({"error": {"message": message, "type": "invalid_request_error",
+                              "code": "model_not_found"}}),
+        ),
+    )
+        .into_response()
+}
+
+/// `POST /api/v1/models/load {model}`: answers once the model is loaded.
+async fn lmstudio_load(State(s): St, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(name) = v.get("model").and_then(Value::as_str) else {
+        return lmstudio_error(StatusCode::BAD_REQUEST, "`model` is required");
+    };
+    let Some(i) = s.models.index(name) else {
+        return lmstudio_error(StatusCode::NOT_FOUND, &format!("Model not found: {name}"));
+    };
+    let t0 = std::time::Instant::now();
+    if s.models.load(i, None).await {
+        s.counters.loads.fetch_add(1, Ordering::Relaxed);
+    }
+    let context = v
+        .pointer("/config/context_length")
+        .and_then(Value::as_u64)
+        .unwrap_or(u64::from(LM_STUDIO_CONTEXT));
+    Json(json!({"model_instance_id": s.models.spec(i).name,
+                "config": {"context_length": context},
+                "load_time_seconds": t0.elapsed().as_secs_f64()}))
+    .into_response()
+}
+
+/// `POST /api/v1/models/unload {instance_id}`.
+async fn lmstudio_unload(State(s): St, body: Bytes) -> Response {
+    let v: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let Some(id) = v.get("instance_id").and_then(Value::as_str) else {
+        return lmstudio_error(StatusCode::BAD_REQUEST, "`instance_id` is required");
+    };
+    match s.models.index(id) {
+        Some(i) if s.models.unload(i) => Json(json!({ "instance_id": id })).into_response(),
+        _ => lmstudio_error(
+            StatusCode::NOT_FOUND,
+            &format!("No loaded model instance with id {id}"),
+        ),
+    }
 }
 
 async fn llamacpp_props(State(s): St) -> Json<Value> {
@@ -184,6 +284,10 @@ async fn clear_log(State(s): St) -> StatusCode {
 }
 
 async fn unload(State(s): St) -> Json<Value> {
-    s.model.unload();
+    s.models.unload_all();
     Json(json!({"unloaded": true}))
+}
+
+async fn sim_models(State(s): St) -> Json<Vec<super::SimModel>> {
+    Json(s.models.snapshot())
 }

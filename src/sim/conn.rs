@@ -265,7 +265,7 @@ async fn handle(
             log_id: id,
             arrival,
         });
-        if state.config.kind == StudioKind::LlamaCpp && state.model.is_loading() {
+        if state.config.kind == StudioKind::LlamaCpp && state.models.is_loading_any() {
             // llama-server answers every route this way until the model is in.
             early = Some(loading_answer());
         } else if faults.serial {

@@ -256,6 +256,8 @@ pub(super) struct Generation {
     state: Arc<SimState>,
     tracker: Option<Tracker>,
     slot: Option<SlotGuard>,
+    /// The model in use (not unloaded to make room until the answer ends).
+    model: Option<super::load::InUse>,
     pub(super) stream: bool,
     seed: u64,
     n: u32,
@@ -283,11 +285,9 @@ impl Generation {
         let faults = state.faults();
         let cfg = &state.config;
         let t = Instant::now();
-        if state
-            .model
-            .ensure_loaded(Duration::from_millis(cfg.load_ms))
-            .await
-        {
+        let index = state.models.index(&ask.model).unwrap_or(0);
+        let (model, started) = state.models.use_model(index).await;
+        if started {
             state.counters.loads.fetch_add(1, Ordering::Relaxed);
         }
         let load = t.elapsed();
@@ -317,6 +317,7 @@ impl Generation {
             state: state.clone(),
             tracker: Some(tracker),
             slot: Some(slot),
+            model: Some(model),
             seed: text::stable_hash(&ask.prompt),
             stream: ask.stream,
             n,
@@ -414,6 +415,7 @@ impl Generation {
         }
         let timings = *t;
         self.slot = None;
+        self.model = None;
         let c = &self.state.counters;
         let tracker = self.tracker.take();
         match how {
@@ -615,5 +617,5 @@ pub(super) fn cut_body(whole: Vec<u8>, content_type: &'static str) -> Response {
 
 /// Whether `name` is one of the models served.
 pub(super) fn serves(state: &SimState, name: &str) -> bool {
-    state.config.models.iter().any(|m| m == name)
+    state.models.index(name).is_some()
 }

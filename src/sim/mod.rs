@@ -28,6 +28,7 @@ mod ollama;
 mod openai;
 pub mod text;
 
+use std::collections::BTreeMap;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -42,6 +43,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::studio::StudioKind;
 
+pub use load::{SimModel, Status as ModelStatus};
 pub use log::LogEntry;
 pub(crate) use ollama::rfc3339;
 
@@ -70,6 +72,20 @@ pub struct SimConfig {
     /// Serve Anthropic's `/v1/messages`. `None`: as the kind does (on for
     /// llama_cpp, lm_studio and ollama).
     pub anthropic: Option<bool>,
+    /// Models in memory at start (of `models`). `None`: every model when
+    /// `load_ms` is 0, none otherwise.
+    pub loaded: Option<Vec<String>>,
+    /// Load time of a model, instead of `load_ms`.
+    pub model_load_ms: BTreeMap<String, u64>,
+    /// Memory a model takes once loaded, bytes (default [`MODEL_SIZE`]).
+    pub model_size: BTreeMap<String, u64>,
+    /// Most memory the loaded models may take: a load past it unloads the
+    /// least recently used idle models (and waits for busy ones). `None`:
+    /// no limit.
+    pub memory_bytes: Option<u64>,
+    /// LM Studio 0.4's REST API (`/api/v1/models`, load, unload); `false`:
+    /// an older LM Studio with `/api/v0/models` only.
+    pub lm_studio_v1: bool,
 }
 
 impl Default for SimConfig {
@@ -86,6 +102,11 @@ impl Default for SimConfig {
             load_ms: 0,
             prefill_tps: None,
             anthropic: None,
+            loaded: None,
+            model_load_ms: BTreeMap::new(),
+            model_size: BTreeMap::new(),
+            memory_bytes: None,
+            lm_studio_v1: true,
         }
     }
 }
@@ -102,6 +123,44 @@ impl SimConfig {
 
 /// The model simulated studios serve unless told otherwise (the user's).
 pub const DEFAULT_MODEL: &str = "mistral-7b-instruct-v0.2";
+
+/// Memory a simulated model takes once loaded unless told otherwise (a
+/// 7B model at 4 bits).
+pub const MODEL_SIZE: u64 = 4_109_865_159;
+
+/// Context length simulated models report.
+pub const CONTEXT_LENGTH: u32 = 32768;
+
+/// How long Ollama keeps an idle model loaded unless asked otherwise.
+const OLLAMA_KEEP_ALIVE: Duration = Duration::from_secs(300);
+
+impl SimConfig {
+    /// Each model's load time, size and context.
+    fn specs(&self) -> Vec<load::Spec> {
+        self.models
+            .iter()
+            .map(|m| load::Spec {
+                name: m.clone(),
+                size_bytes: self.model_size.get(m).copied().unwrap_or(MODEL_SIZE),
+                load: Duration::from_millis(
+                    self.model_load_ms.get(m).copied().unwrap_or(self.load_ms),
+                ),
+                context_length: CONTEXT_LENGTH,
+            })
+            .collect()
+    }
+
+    /// Which models are in memory at start.
+    fn loaded_at_start(&self) -> Vec<bool> {
+        self.models
+            .iter()
+            .map(|m| match &self.loaded {
+                Some(l) => l.contains(m),
+                None => self.load_ms == 0 && self.model_load_ms.get(m).is_none_or(|t| *t == 0),
+            })
+            .collect()
+    }
+}
 
 /// Faults to inject. All off by default.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -263,7 +322,7 @@ struct SimState {
     counters: Counters,
     dice: Mutex<u64>,
     listening: watch::Sender<bool>,
-    model: load::ModelLoad,
+    models: Arc<load::Models>,
     log: log::RequestLog,
     metrics: metrics::Histograms,
 }
@@ -345,9 +404,14 @@ impl SimHandle {
         self.state.log.clear();
     }
 
-    /// Unload the model: the next generation pays `load_ms` again.
+    /// Unload every model: the next generation pays its load again.
     pub fn unload(&self) {
-        self.state.model.unload();
+        self.state.models.unload_all();
+    }
+
+    /// Every model it can serve, with its state (loaded or not, loads so far).
+    pub fn models(&self) -> Vec<SimModel> {
+        self.state.models.snapshot()
     }
 
     /// Stop listening and close every open connection (`false`), as a
@@ -400,6 +464,20 @@ fn validate(config: &SimConfig) -> io::Result<()> {
     if config.prefill_tps.is_some_and(|p| p.is_nan() || p <= 0.0) {
         return invalid("prefill tokens per second must be above 0");
     }
+    let named = config
+        .loaded
+        .iter()
+        .flatten()
+        .chain(config.model_load_ms.keys())
+        .chain(config.model_size.keys());
+    for m in named {
+        if !config.models.contains(m) {
+            return invalid(&format!(
+                "`{m}` is not one of the studio's models ({})",
+                config.models.join(", ")
+            ));
+        }
+    }
     Ok(())
 }
 
@@ -415,7 +493,12 @@ fn serve(listener: TcpListener, config: SimConfig) -> io::Result<SimHandle> {
         counters: Counters::default(),
         dice: Mutex::new(config.seed.max(1)),
         listening,
-        model: load::ModelLoad::new(config.load_ms == 0),
+        models: load::Models::new(
+            config.specs(),
+            &config.loaded_at_start(),
+            config.memory_bytes,
+            (config.kind == StudioKind::Ollama).then_some(OLLAMA_KEEP_ALIVE),
+        ),
         log: log::RequestLog::new(),
         metrics: metrics::Histograms::default(),
         config,

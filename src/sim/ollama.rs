@@ -60,8 +60,7 @@ fn nanos(d: Duration) -> u64 {
 
 /// Names match with or without Ollama's default `:latest` tag.
 fn served(state: &SimState, name: &str) -> bool {
-    let base = |n: &str| n.strip_suffix(":latest").unwrap_or(n).to_string();
-    state.config.models.iter().any(|m| base(m) == base(name))
+    state.models.index(name).is_some()
 }
 
 /// A refusal, answered in Ollama's plain shape.
@@ -112,13 +111,30 @@ pub(super) async fn generate_text(
     generate(s, ctx, body, Api::Generate).await
 }
 
-/// `keep_alive: 0` asks for the model to be unloaded.
-fn keep_alive_zero(v: &Value) -> bool {
-    match v.get("keep_alive") {
-        Some(Value::Number(n)) => n.as_f64() == Some(0.0),
-        Some(Value::String(s)) => matches!(s.as_str(), "0" | "0s" | "0m"),
-        _ => false,
-    }
+/// A request's `keep_alive`: `None` when it sets none, `Some(None)` to
+/// keep the model loaded forever (a negative value), `Some(Some(0))` to
+/// unload it now. Numbers are seconds; strings are Go durations ("5m").
+fn keep_alive(v: &Value) -> Option<Option<Duration>> {
+    let secs = match v.get("keep_alive")? {
+        Value::Number(n) => n.as_f64()?,
+        Value::String(s) => {
+            let s = s.trim();
+            let (num, unit) = match s.find(|c: char| c.is_ascii_alphabetic()) {
+                Some(i) => s.split_at(i),
+                None => (s, "s"),
+            };
+            let n: f64 = num.parse().ok()?;
+            n * match unit {
+                "ms" => 0.001,
+                "s" => 1.0,
+                "m" => 60.0,
+                "h" => 3600.0,
+                _ => return None,
+            }
+        }
+        _ => return None,
+    };
+    Some((secs >= 0.0).then(|| Duration::from_secs_f64(secs)))
 }
 
 async fn generate(state: Arc<SimState>, ctx: ReqCtx, body: Bytes, api: Api) -> Response {
@@ -154,17 +170,15 @@ async fn generate(state: Arc<SimState>, ctx: ReqCtx, body: Bytes, api: Api) -> R
                 None => p.to_string(),
             }),
     };
+    let index = state.models.index(&model).unwrap_or(0);
     let Some(prompt) = prompt else {
         // No prompt: a request to load (or, with keep_alive 0, unload) the model.
-        let reason = if keep_alive_zero(&v) {
-            state.model.unload();
+        let keep = keep_alive(&v);
+        let reason = if keep == Some(Some(Duration::ZERO)) {
+            state.models.unload(index);
             "unload"
         } else {
-            if state
-                .model
-                .ensure_loaded(Duration::from_millis(state.config.load_ms))
-                .await
-            {
+            if state.models.load(index, keep).await {
                 state.counters.loads.fetch_add(1, Ordering::Relaxed);
             }
             "load"
@@ -336,38 +350,37 @@ fn details() -> Value {
            "parameter_size": "7B", "quantization_level": "Q4_K_M"})
 }
 
-const SIZE: u64 = 4_109_865_159;
-
 /// `GET /api/tags`: every model on disk.
 pub(super) async fn tags(State(s): St) -> Json<Value> {
     let data: Vec<Value> = s
-        .config
         .models
+        .snapshot()
         .iter()
         .map(|m| {
-            json!({"name": m, "model": m, "modified_at": now(), "size": SIZE,
-                   "digest": digest(m), "details": details()})
+            json!({"name": m.name, "model": m.name, "modified_at": now(), "size": m.size_bytes,
+                   "digest": digest(&m.name), "details": details()})
         })
         .collect();
     Json(json!({"models": data}))
 }
 
+/// Far in the future: what a model kept loaded forever expires at.
+const FOREVER: Duration = Duration::from_secs(300 * 365 * 86_400);
+
 /// `GET /api/ps`: the models in memory.
 pub(super) async fn ps(State(s): St) -> Json<Value> {
-    let expires = rfc3339(SystemTime::now() + Duration::from_secs(300));
-    let data: Vec<Value> = if s.model.is_loaded() {
-        s.config
-            .models
-            .iter()
-            .map(|m| {
-                json!({"name": m, "model": m, "size": SIZE, "digest": digest(m),
-                       "details": details(), "expires_at": expires, "size_vram": SIZE,
-                       "context_length": 4096})
-            })
-            .collect()
-    } else {
-        Vec::new()
-    };
+    let data: Vec<Value> = s
+        .models
+        .snapshot()
+        .iter()
+        .filter(|m| m.status == super::ModelStatus::Loaded)
+        .map(|m| {
+            let expires = m.expires_at.unwrap_or_else(|| SystemTime::now() + FOREVER);
+            json!({"name": m.name, "model": m.name, "size": m.size_bytes, "digest": digest(&m.name),
+                   "details": details(), "expires_at": rfc3339(expires), "size_vram": m.size_bytes,
+                   "context_length": 4096})
+        })
+        .collect();
     Json(json!({"models": data}))
 }
 

@@ -241,8 +241,10 @@ fn every_field_round_trips_through_the_files_one_serialization() {
                    "probe_interval_ms": 300, "probe_timeout_ms": 400, "max_body_bytes": 1000,
                    "strategy": "round_robin", "apis": ["openai", "anthropic", "ollama"],
                    "allowed_hosts": ["my-mac.local", "192.168.1.20", "fe80::1"],
-                   "allowed_origins": ["http://localhost:3000", "https://chat.example.com"]},
-      "aliases": {"mistral": ["m", "m:7b"]}
+                   "allowed_origins": ["http://localhost:3000", "https://chat.example.com"],
+                   "prefer_loaded": false},
+      "aliases": {"mistral": ["m", "m:7b"], "qwen-q8": {"models": ["qwen@q8", "qwen:q8"], "fallbacks": false}},
+      "fallbacks": {"mistral": ["qwen-14b", "qwen-8b"]}
     }"#;
     let path = std::path::Path::new("workers.json");
     let c = Config::parse(text, path).unwrap();
@@ -256,6 +258,75 @@ fn every_field_round_trips_through_the_files_one_serialization() {
     assert_eq!(c.aliases.names_for("m:7b"), ["mistral", "m", "m:7b"]);
     assert_eq!(c.balancer.allowed_hosts.len(), 3);
     assert_eq!(c.balancer.allowed_origins[0], "http://localhost:3000");
+    assert!(!c.balancer.prefer_loaded);
+    assert_eq!(
+        c.aliases.names_for("qwen:q8"),
+        ["qwen-q8", "qwen@q8", "qwen:q8"]
+    );
+    assert!(c.fallbacks.pinned.contains("qwen-q8"));
+    // Any name of the alias finds its fallbacks; a pinned one has none.
+    assert_eq!(
+        c.fallbacks.for_model(&c.aliases, "m:7b"),
+        ["qwen-14b", "qwen-8b"]
+    );
+    assert!(c.fallbacks.for_model(&c.aliases, "qwen@q8").is_empty());
+    assert!(c.fallbacks.for_model(&c.aliases, "other").is_empty());
+    // The pinned alias is written back as an object, the others as lists.
+    let json = c.to_json();
+    assert_eq!(json["aliases"]["qwen-q8"]["fallbacks"], false);
+    assert!(json["aliases"]["mistral"].is_array());
+    assert_eq!(json["fallbacks"]["mistral"][1], "qwen-8b");
+}
+
+#[test]
+fn fallback_mistakes_are_named_with_their_fix() {
+    let base = r#"{"workers":[{"id":"a","host":"10.0.0.5","port":1234,"type":"openai","model":"m"}],"aliases":{"big":["m","m:32b"],"pin":{"models":["p1"],"fallbacks":false}},"fallbacks":"#;
+    let err = |f: &str| {
+        Config::parse(&format!("{base}{f}}}"), std::path::Path::new("w.json")).unwrap_err()
+    };
+    let e = err(r#"["x"]"#);
+    assert_eq!(e.json_path, "fallbacks");
+    assert!(e.fix.contains("\"qwen3-32b\": [\"qwen3-14b\""), "{e}");
+    let e = err(r#"{"big": []}"#);
+    assert_eq!(e.json_path, "fallbacks.big");
+    assert!(e.problem.contains("non-empty list"), "{e}");
+    let e = err(r#"{"big": ["small", 7]}"#);
+    assert_eq!(e.json_path, "fallbacks.big[1]");
+    let e = err(r#"{"big": ["m:32b"]}"#);
+    assert_eq!(e.json_path, "fallbacks.big[0]");
+    assert!(e.problem.contains("falls back to itself"), "{e}");
+    let e = err(r#"{"big": ["small", "small"]}"#);
+    assert!(e.problem.contains("already in the list"), "{e}");
+    let e = err(r#"{"m": ["a"], "m:32b": ["b"]}"#);
+    assert!(e.problem.contains("names of the alias `big`"), "{e}");
+    assert!(e.fix.contains("under \"big\""), "{e}");
+    let e = err(r#"{"p1": ["small"]}"#);
+    assert_eq!(e.json_path, "fallbacks.p1");
+    assert!(e.problem.contains("pinned"), "{e}");
+    assert!(e.fix.contains("aliases.pin"), "{e}");
+    // An alias object is checked like any object.
+    let alias = |a: &str| {
+        Config::parse(
+            &format!(r#"{{"workers":[{{"id":"a","host":"10.0.0.5","port":1234,"type":"openai","model":"m"}}],"aliases":{{"x":{a}}}}}"#),
+            std::path::Path::new("w.json"),
+        )
+        .unwrap_err()
+    };
+    let e = alias(r#"{"models": ["m"], "fallback": false}"#);
+    assert_eq!(e.json_path, "aliases.x.fallback");
+    assert!(e.fix.contains("did you mean `fallbacks`"), "{e}");
+    let e = alias(r#"{"fallbacks": false}"#);
+    assert!(e.problem.contains("missing field `models`"), "{e}");
+    let e = alias(r#"{"models": ["m"], "fallbacks": "no"}"#);
+    assert_eq!(e.json_path, "aliases.x.fallbacks");
+    let e = alias(r#"{"models": []}"#);
+    assert_eq!(e.json_path, "aliases.x.models");
+    let e = Config::parse(
+        r#"{"workers":[],"balancer":{"prefer_loaded":"yes"}}"#,
+        std::path::Path::new("w.json"),
+    )
+    .unwrap_err();
+    assert_eq!(e.json_path, "balancer.prefer_loaded");
 }
 
 #[test]

@@ -26,9 +26,7 @@ struct Dash {
 
 impl Dash {
     async fn start(sims: usize) -> Dash {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("workers.json");
-        let handles = start_sims((0..sims).map(|i| {
+        Self::over((0..sims).map(|i| {
             baton::sim::SimConfig {
                 ttft: Duration::from_millis(20),
                 tokens_per_second: 500.0,
@@ -36,7 +34,15 @@ impl Dash {
             }
             .with_seed(i as u64 + 1)
         }))
-        .await;
+        .await
+    }
+
+    /// Over a workers file of these simulated studios (`studio-0`, ...).
+    async fn over(cfgs: impl IntoIterator<Item = baton::sim::SimConfig>) -> Dash {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("workers.json");
+        let handles = start_sims(cfgs).await;
+        let sims = handles.len();
         let workers: Vec<_> = workers_for(&handles, |i| format!("studio-{i}"))
             .iter()
             .map(|w| w.to_json())
@@ -1625,4 +1631,146 @@ fn no_sequence_of_dashboard_edits_loses_a_studio_or_a_setting() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn models_load_and_unload_through_lm_studio_and_ollama_and_the_studios_say_so() {
+    use baton::sim::{ModelStatus, SimConfig};
+    use baton::studio::StudioKind;
+    let studio = |kind: StudioKind, models: &[&str], loaded: &[&str]| SimConfig {
+        kind,
+        models: models.iter().map(|m| m.to_string()).collect(),
+        loaded: Some(loaded.iter().map(|m| m.to_string()).collect()),
+        model_load_ms: models.iter().map(|m| (m.to_string(), 50)).collect(),
+        ..Default::default()
+    };
+    let d = Dash::over([
+        studio(StudioKind::LmStudio, &["x", "y"], &["x"]),
+        studio(StudioKind::Ollama, &["x", "y"], &["x"]),
+        // llama.cpp's server serves the one model it was started with.
+        studio(StudioKind::LlamaCpp, &["x"], &["x"]),
+    ])
+    .await;
+    let (s, v) = d
+        .send(reqwest::Method::POST, "/api/balancer/start", json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    // Per model: where it is loaded, where only available.
+    let mut seen = Value::Null;
+    for _ in 0..100 {
+        (_, seen) = d.get("/api/models").await;
+        let studios = seen["studios"].as_array().cloned().unwrap_or_default();
+        if studios.len() == 3 && studios.iter().all(|s| s["models"] != json!([])) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let model = |v: &Value, name: &str| {
+        v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} in {v}"))
+    };
+    let y = model(&seen, "y");
+    assert_eq!(y["loaded_on"], json!([]), "{seen}");
+    assert_eq!(y["available_on"], json!(["studio-0", "studio-1"]), "{seen}");
+    assert!(y["context_length"].as_u64().is_some(), "{seen}");
+    let llama = &seen["studios"][2];
+    assert_eq!(llama["can_load"], false);
+    assert!(llama["cannot_load"].as_str().unwrap().contains("llama.cpp"));
+
+    // Load y on each kind with an API: the studio's own state follows.
+    for (i, id) in ["studio-0", "studio-1"].iter().enumerate() {
+        let (s, v) = d
+            .send(
+                reqwest::Method::POST,
+                "/api/models/y/load",
+                json!({"studio": id}),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let job = d.job(v["job"].as_u64().unwrap()).await;
+        assert_eq!(job["status"], "finished", "{job}");
+        assert_eq!(job["kind"], "models");
+        assert!(
+            job["result"]["steps"][0]["took_ms"].as_u64().is_some(),
+            "{job}"
+        );
+        let y = d._sims[i]
+            .models()
+            .into_iter()
+            .find(|m| m.name == "y")
+            .unwrap();
+        assert_eq!(y.status, ModelStatus::Loaded, "{id}");
+    }
+    let (_, v) = d.get("/api/models").await;
+    assert_eq!(model(&v, "y")["loaded_on"], json!(["studio-0", "studio-1"]));
+    // And unload it.
+    for (i, id) in ["studio-0", "studio-1"].iter().enumerate() {
+        let (s, v) = d
+            .send(
+                reqwest::Method::POST,
+                "/api/models/y/unload",
+                json!({"studio": id}),
+            )
+            .await;
+        assert_eq!(s, 202, "{v}");
+        let job = d.job(v["job"].as_u64().unwrap()).await;
+        assert_eq!(job["status"], "finished", "{job}");
+        let y = d._sims[i]
+            .models()
+            .into_iter()
+            .find(|m| m.name == "y")
+            .unwrap();
+        assert_ne!(y.status, ModelStatus::Loaded, "{id}");
+    }
+    // Warm up the pool: every studio that has it and can load.
+    let (s, v) = d
+        .send(reqwest::Method::POST, "/api/models/y/warm", json!({}))
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let job = d.job(v["job"].as_u64().unwrap()).await;
+    assert_eq!(job["result"]["steps"].as_array().unwrap().len(), 2, "{job}");
+    for sim in &d._sims[..2] {
+        let y = sim.models().into_iter().find(|m| m.name == "y").unwrap();
+        assert_eq!(y.status, ModelStatus::Loaded);
+    }
+    // A kind without such an API says so; a model it lacks fails the job
+    // with the studio's reason and a fix.
+    let (s, v) = d
+        .send(
+            reqwest::Method::POST,
+            "/api/models/x/unload",
+            json!({"studio": "studio-2"}),
+        )
+        .await;
+    assert_eq!(s, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("llama.cpp"),
+        "{v}"
+    );
+    let (s, v) = d
+        .send(
+            reqwest::Method::POST,
+            "/api/models/nope/load",
+            json!({"studio": "studio-0"}),
+        )
+        .await;
+    assert_eq!(s, 202, "{v}");
+    let job = d.job(v["job"].as_u64().unwrap()).await;
+    assert_eq!(job["status"], "failed", "{job}");
+    assert!(
+        job["error"]["fix"].as_str().unwrap().contains("studio-0"),
+        "{job}"
+    );
+    let (s, v) = d
+        .send(reqwest::Method::POST, "/api/models/y/explode", json!({}))
+        .await;
+    assert_eq!(s, 400, "{v}");
 }

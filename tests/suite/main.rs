@@ -24,6 +24,7 @@ mod dashboard_ui;
 mod discover;
 mod every_client;
 mod fuzz_request;
+mod models;
 mod report;
 mod security;
 mod server_behaviours;

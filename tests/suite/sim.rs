@@ -1906,3 +1906,235 @@ async fn every_wire_format_shares_the_same_slots_faults_and_counters() {
         .unwrap();
     assert!(e["error"].is_string());
 }
+
+/// Three models on one studio, `a` loaded, each with its own load time, and
+/// room for two of them in memory.
+fn inventory(kind: StudioKind) -> SimConfig {
+    let m = |s: &str| s.to_string();
+    SimConfig {
+        kind,
+        models: vec![m("a"), m("b"), m("c")],
+        loaded: Some(vec![m("a")]),
+        model_load_ms: [(m("b"), 150), (m("c"), 300)].into(),
+        memory_bytes: Some(2 * sim::MODEL_SIZE),
+        ..sim_cfg(4, 10, 400.0)
+    }
+}
+
+fn states(s: &SimHandle) -> Vec<(String, sim::ModelStatus)> {
+    s.models().into_iter().map(|m| (m.name, m.status)).collect()
+}
+
+fn loaded_names(s: &SimHandle) -> Vec<String> {
+    s.models()
+        .into_iter()
+        .filter(|m| m.status == sim::ModelStatus::Loaded)
+        .map(|m| m.name)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_first_request_for_an_unloaded_model_pays_its_own_load_time() {
+    let s = start_sim(inventory(StudioKind::LmStudio)).await;
+    let c = client();
+    let ask = |model: &str| json!({"model": model, "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]});
+    let t = Instant::now();
+    assert_eq!(chat(&c, &s, &ask("a")).await.status(), 200);
+    assert!(t.elapsed() < Duration::from_millis(120), "a was loaded");
+    let t = Instant::now();
+    assert_eq!(chat(&c, &s, &ask("c")).await.status(), 200);
+    assert!(
+        t.elapsed() >= Duration::from_millis(300),
+        "c's load is 300 ms"
+    );
+    let t = Instant::now();
+    assert_eq!(chat(&c, &s, &ask("c")).await.status(), 200);
+    assert!(
+        t.elapsed() < Duration::from_millis(120),
+        "then it is loaded"
+    );
+    assert_eq!(loaded_names(&s), ["a", "c"]);
+    // Room for two: loading b unloads a, the one used longest ago.
+    assert_eq!(chat(&c, &s, &ask("b")).await.status(), 200);
+    assert_eq!(loaded_names(&s), ["b", "c"]);
+    let loads: Vec<u64> = s.models().iter().map(|m| m.loads).collect();
+    assert_eq!(loads, [0, 1, 1]);
+    assert_eq!(s.stats().loads, 2);
+}
+
+#[tokio::test]
+async fn lm_studio_v1_lists_loads_and_unloads_models_as_0_4_does() {
+    let s = start_sim(inventory(StudioKind::LmStudio)).await;
+    let c = client();
+    let list: Value = get(&c, &s, "/api/v1/models").await.json().await.unwrap();
+    let models = list["models"].as_array().unwrap();
+    assert_eq!(models.len(), 3);
+    assert_eq!(models[0]["key"], "a");
+    assert_eq!(models[0]["loaded_instances"][0]["id"], "a");
+    assert!(models[0]["loaded_instances"][0]["config"]["context_length"].is_u64());
+    assert_eq!(models[1]["loaded_instances"], json!([]));
+    assert_eq!(models[1]["size_bytes"], sim::MODEL_SIZE);
+    assert!(models[1]["max_context_length"].is_u64());
+    // Load answers once the model is in memory, with the time it took.
+    let t = Instant::now();
+    let r = post(&c, &s, "/api/v1/models/load", &json!({"model": "c"})).await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(300));
+    assert_eq!(v["model_instance_id"], "c");
+    assert!(v["load_time_seconds"].as_f64().unwrap() >= 0.3);
+    assert_eq!(loaded_names(&s), ["a", "c"]);
+    let r = post(
+        &c,
+        &s,
+        "/api/v1/models/unload",
+        &json!({"instance_id": "a"}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(loaded_names(&s), ["c"]);
+    // What is not there is said so.
+    let r = post(
+        &c,
+        &s,
+        "/api/v1/models/unload",
+        &json!({"instance_id": "a"}),
+    )
+    .await;
+    assert_eq!(r.status(), 404);
+    let r = post(&c, &s, "/api/v1/models/load", &json!({"model": "nope"})).await;
+    assert_eq!(r.status(), 404);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "model_not_found");
+    // The older list says the same.
+    let v0: Value = get(&c, &s, "/api/v0/models").await.json().await.unwrap();
+    let st: Vec<&str> = v0["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["state"].as_str().unwrap())
+        .collect();
+    assert_eq!(st, ["not-loaded", "not-loaded", "loaded"]);
+}
+
+#[tokio::test]
+async fn an_older_lm_studio_has_only_the_v0_list() {
+    let s = start_sim(SimConfig {
+        lm_studio_v1: false,
+        ..inventory(StudioKind::LmStudio)
+    })
+    .await;
+    let c = client();
+    // LM Studio answers 200 with an error object on paths it does not know.
+    let r = get(&c, &s, "/api/v1/models").await;
+    assert_eq!(r.status(), 200);
+    let v: Value = r.json().await.unwrap();
+    assert!(v["error"].as_str().unwrap().contains("Unexpected endpoint"));
+    let v0: Value = get(&c, &s, "/api/v0/models").await.json().await.unwrap();
+    assert_eq!(v0["data"][0]["state"], "loaded");
+}
+
+#[tokio::test]
+async fn ollama_lists_what_is_on_disk_and_in_memory_and_loads_per_model() {
+    let s = start_sim(inventory(StudioKind::Ollama)).await;
+    let c = client();
+    let names = |v: &Value| -> Vec<String> {
+        v["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let tags: Value = get(&c, &s, "/api/tags").await.json().await.unwrap();
+    assert_eq!(names(&tags), ["a", "b", "c"]);
+    let ps: Value = get(&c, &s, "/api/ps").await.json().await.unwrap();
+    assert_eq!(names(&ps), ["a"]);
+    assert!(ps["models"][0]["size_vram"].is_u64());
+    assert!(ps["models"][0]["expires_at"].is_string());
+    // No prompt and a keep_alive: load (kept forever with -1).
+    let t = Instant::now();
+    let v: Value = post(
+        &c,
+        &s,
+        "/api/generate",
+        &json!({"model": "b", "keep_alive": -1}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["done_reason"], "load");
+    assert!(t.elapsed() >= Duration::from_millis(150));
+    let ps: Value = get(&c, &s, "/api/ps").await.json().await.unwrap();
+    assert_eq!(names(&ps), ["a", "b"]);
+    let b = &ps["models"][1];
+    assert!(
+        b["expires_at"].as_str().unwrap() > "2200",
+        "kept forever: {b}"
+    );
+    // keep_alive 0 unloads that one model only.
+    let v: Value = post(
+        &c,
+        &s,
+        "/api/generate",
+        &json!({"model": "a", "keep_alive": "0s"}),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["done_reason"], "unload");
+    assert_eq!(
+        states(&s),
+        [
+            ("a".to_string(), sim::ModelStatus::Unloaded),
+            ("b".to_string(), sim::ModelStatus::Loaded),
+            ("c".to_string(), sim::ModelStatus::Unloaded)
+        ]
+    );
+    // The control plane shows the same.
+    let sm: Value = get(&c, &s, "/sim/models").await.json().await.unwrap();
+    assert_eq!(sm[1]["status"], "loaded");
+    assert_eq!(sm[1]["loads"], 1);
+}
+
+#[tokio::test]
+async fn a_load_that_needs_a_busy_models_memory_waits_until_it_is_idle() {
+    // Room for one model: a long answer on `a` holds it; a request for `b`
+    // waits for that answer to end, then for its own load.
+    let s = start_sim(SimConfig {
+        memory_bytes: Some(sim::MODEL_SIZE),
+        ..inventory(StudioKind::Ollama)
+    })
+    .await;
+    let c = client();
+    let long = {
+        let (c, url) = (c.clone(), format!("{}/v1/chat/completions", s.url()));
+        tokio::spawn(async move {
+            c.post(url)
+                .json(&json!({"model": "a", "max_tokens": 160, "messages": [{"role": "user", "content": "hi"}]}))
+                .send()
+                .await
+                .unwrap()
+                .status()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let t = Instant::now();
+    let r = chat(
+        &c,
+        &s,
+        &json!({"model": "b", "max_tokens": 1, "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(r.status(), 200);
+    assert_eq!(long.await.unwrap(), 200);
+    // `a`'s answer: 160 tokens at 400/s, 0.4 s, started 0.1 s before.
+    assert!(
+        t.elapsed() >= Duration::from_millis(300 + 150),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(loaded_names(&s), ["b"]);
+}

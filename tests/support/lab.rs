@@ -11,7 +11,7 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use baton::balancer::{Balancer, WorkerStats};
-use baton::config::{Aliases, BalancerSettings, Config};
+use baton::config::{Aliases, BalancerSettings, Config, Fallbacks};
 use baton::sim::{SimConfig, SimHandle};
 use serde_json::Value;
 
@@ -53,6 +53,7 @@ pub struct LabBuilder {
     settings: BalancerSettings,
     key: Option<String>,
     aliases: Aliases,
+    fallbacks: Fallbacks,
     namespaces: bool,
     real: Option<(Kit, Flavor, usize)>,
     ready_within: Duration,
@@ -68,6 +69,7 @@ impl Lab {
             settings: test_settings(),
             key: None,
             aliases: Aliases::default(),
+            fallbacks: Fallbacks::default(),
             namespaces: false,
             real: None,
             ready_within: Duration::from_secs(5),
@@ -135,6 +137,11 @@ impl LabBuilder {
         self
     }
 
+    pub fn fallbacks(mut self, fallbacks: Fallbacks) -> LabBuilder {
+        self.fallbacks = fallbacks;
+        self
+    }
+
     /// Each studio in a network namespace of its own (a [`Host`], port
     /// 1234), so its network can fail for real. Needs root: check
     /// [`super::netlab::unavailable`] first.
@@ -193,6 +200,7 @@ impl LabBuilder {
             workers,
             balancer: self.settings.clone(),
             aliases: std::mem::take(&mut self.aliases),
+            fallbacks: std::mem::take(&mut self.fallbacks),
         };
         (sims, hosts, servers, config)
     }
