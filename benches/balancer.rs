@@ -36,7 +36,7 @@ fn main() {
     let sections: Vec<u32> = args.iter().filter_map(|a| a.parse().ok()).collect();
     let opts = Opts {
         sections: if sections.is_empty() {
-            vec![1, 2, 3, 4, 5, 7, 8]
+            vec![1, 2, 3, 4, 5, 7, 8, 9, 10]
         } else {
             sections
         },
@@ -68,6 +68,8 @@ fn main() {
                 6 => client_speed(&opts).await,
                 7 => server_behaviours(&opts).await,
                 8 => conversations(&opts).await,
+                9 => no_slow_start_twice(&opts).await,
+                10 => idle_cost(&opts).await,
                 _ => continue,
             };
             verdicts.extend(v);
@@ -1006,6 +1008,212 @@ async fn conversations(opts: &Opts) -> Vec<Verdict> {
             "single-turn: affinity costs nothing (>= 0.97)".into(),
             single_ratio >= 0.97,
             format!("{single_ratio:.3}x"),
+        ),
+    ]
+}
+
+// ---------------------------------------------------------------- section 9
+
+/// TTFT p50 (ms) of 12 streams for `d` from the start, on `b`.
+async fn ttft_p50(b: &baton::balancer::Balancer, d: Duration) -> (f64, LoadReport) {
+    let spec = LoadSpec {
+        url: format!("{}/chat/completions", b.url()),
+        body: chat(64),
+        concurrency: 12,
+        duration: Some(d),
+        requests: None,
+        api_key: None,
+        warmup: Duration::ZERO,
+        prompts: Vec::new(),
+    };
+    let r = load::run(&client(), &spec).await;
+    (r.ttft_us.value_at_quantile(0.5) as f64 / 1000.0, r)
+}
+
+async fn no_slow_start_twice(opts: &Opts) -> Vec<Verdict> {
+    use baton::balancer::Balancer;
+    println!(
+        "\n9. No slow start twice: two studios of 4 slots (\"auto\"), 12 streams, TTFT p50 of the first 15 s"
+    );
+    let sims = [
+        start_sim(sim_cfg(4, 100, 40.0)).await,
+        start_sim(sim_cfg(4, 100, 40.0)).await,
+    ];
+    let mut cfg = config_for(&sims.iter().collect::<Vec<_>>(), Strategy::LeastTime);
+    for w in &mut cfg.workers {
+        w.max_concurrent_requests = Slots::Auto;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("baton.sqlite3");
+    let d = secs(opts, 15.0);
+    let start = || async {
+        let b = Balancer::start_remembering(&cfg, None, None, &store)
+            .await
+            .expect("balancer starts");
+        assert!(b.wait_all_ready(Duration::from_secs(10)).await);
+        b
+    };
+    let first = start().await;
+    let (fresh, r) = ttft_p50(&first, d).await;
+    line("fresh balancer, first 15 s", &r);
+    let (warm, r) = ttft_p50(&first, d).await;
+    line("same balancer, warm", &r);
+    let slots = |b: &Balancer| {
+        b.stats()
+            .workers
+            .iter()
+            .map(|w| w.slots.to_string())
+            .collect::<Vec<_>>()
+            .join("/")
+    };
+    println!("  learned slots {}", slots(&first));
+    first.shutdown().await;
+    let again = start().await;
+    let recalled = slots(&again);
+    let (restarted, r) = ttft_p50(&again, d).await;
+    line("restarted, first 15 s", &r);
+    let ratio = restarted / warm;
+    println!(
+        "  TTFT p50: fresh {fresh:.0} ms, warm {warm:.0} ms, restarted {restarted:.0} ms ({ratio:.2}x warm; started at slots {recalled})"
+    );
+    vec![(
+        "restart TTFT p50 within 10% of warm".into(),
+        ratio <= 1.10,
+        format!(
+            "restarted {restarted:.0} ms vs warm {warm:.0} ms ({ratio:.2}x; a fresh start: {fresh:.0} ms)"
+        ),
+    )]
+}
+
+// --------------------------------------------------------------- section 10
+
+/// What a process and its descendants have used so far, from `/proc`: CPU
+/// seconds (user + system, all threads), voluntary context switches (each
+/// one a wake-up after sleeping; summed over every thread), RSS in KiB.
+#[derive(Clone, Copy, Debug, Default)]
+struct Usage {
+    cpu_s: f64,
+    wakeups: u64,
+    rss_kb: u64,
+}
+
+fn usage(root: u32) -> Usage {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    // The process and every descendant (a webview's helpers, say).
+    let mut pids = vec![root];
+    let mut i = 0;
+    while i < pids.len() {
+        let parent = pids[i];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rfind(')')
+                .and_then(|at| stat[at + 2..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) && !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        i += 1;
+    }
+    let mut u = Usage::default();
+    for pid in pids {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if let Some(at) = stat.rfind(')') {
+            // After the name: state is field 3; utime and stime are 14, 15.
+            let f: Vec<&str> = stat[at + 2..].split_whitespace().collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            u.cpu_s += (t(11) + t(12)) / ticks;
+        }
+        let status = |path: String, key: &str| -> u64 {
+            std::fs::read_to_string(path)
+                .unwrap_or_default()
+                .lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+                .unwrap_or(0)
+        };
+        u.rss_kb += status(format!("/proc/{pid}/status"), "VmRSS:");
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            u.wakeups += status(
+                format!("{}/status", t.path().display()),
+                "voluntary_ctxt_switches:",
+            );
+        }
+    }
+    u
+}
+
+/// CPU (% of one core) and wake-ups per second of `pid` over `window`,
+/// and its RSS (MB) at the end.
+async fn idle_figures(pid: u32, window: Duration) -> (f64, f64, f64) {
+    let a = usage(pid);
+    tokio::time::sleep(window).await;
+    let b = usage(pid);
+    let s = window.as_secs_f64();
+    (
+        (b.cpu_s - a.cpu_s) / s * 100.0,
+        (b.wakeups - a.wakeups) as f64 / s,
+        b.rss_kb as f64 / 1024.0,
+    )
+}
+
+async fn idle_cost(opts: &Opts) -> Vec<Verdict> {
+    println!(
+        "\n10. Idle cost: `baton serve` over three studios, nobody using it (Linux: /proc, every thread)"
+    );
+    let sims = [
+        start_sim(sim_cfg(4, 100, 40.0)).await,
+        start_sim(sim_cfg(4, 100, 40.0)).await,
+        start_sim(sim_cfg(2, 100, 20.0)).await,
+    ];
+    let cfg = config_for(&sims.iter().collect::<Vec<_>>(), Strategy::LeastTime);
+    let baton = serve(&cfg);
+    // Some traffic first, as a pool that was used and then left alone.
+    let r = drive(
+        baton.at("/v1/chat/completions"),
+        4,
+        Duration::from_secs(3),
+        16,
+    )
+    .await;
+    line("a little traffic first", &r);
+    let window = secs(opts, 60.0);
+    let (cpu, wake, rss) = idle_figures(baton.pid(), window).await;
+    println!(
+        "  {:<34} {cpu:>6.3}% of a core  {wake:>6.2} wake-ups/s  RSS {rss:.1} MB",
+        "the first minute after it"
+    );
+    // The probers slow down once the pool has had no request for 2 min.
+    let rest = Duration::from_secs(125).saturating_sub(window);
+    tokio::time::sleep(rest).await;
+    let (cpu, wake, rss) = idle_figures(baton.pid(), window).await;
+    println!(
+        "  {:<34} {cpu:>6.3}% of a core  {wake:>6.2} wake-ups/s  RSS {rss:.1} MB",
+        "at rest (no request for 2+ min)"
+    );
+    vec![
+        (
+            "engine idle CPU < 0.1% of a core".into(),
+            cpu < 0.1,
+            format!("{cpu:.3}% over {:.0} s", window.as_secs_f64()),
+        ),
+        (
+            "engine idle wake-ups < 2/s".into(),
+            wake < 2.0,
+            format!("{wake:.2}/s (voluntary context switches, all threads)"),
+        ),
+        (
+            "engine idle RSS < 30 MB".into(),
+            rss < 30.0,
+            format!("{rss:.1} MB"),
         ),
     ]
 }

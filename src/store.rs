@@ -1,6 +1,6 @@
 //! The SQLite store: benchmark runs (with their config, levels, per-worker
-//! stats and preflight summary), preflight reports, and batch jobs with
-//! their tasks. One file in the platform data dir, WAL mode, versioned
+//! stats and preflight summary), preflight reports, batch jobs with their
+//! tasks, and what the balancer learned of each studio. One file in the platform data dir, WAL mode, versioned
 //! schema migrations. All SQL of the project lives here, behind typed
 //! methods.
 
@@ -59,6 +59,21 @@ const MIGRATIONS: &[&str] = &[
          latency_ms REAL,
          result_path TEXT,
          UNIQUE (job_id, document, doc_hash, part, prompt_id)
+     );",
+    // 3: what the balancer learned of each studio, so a restart does not
+    // slow-start it again.
+    "CREATE TABLE studio_memory (
+         address TEXT NOT NULL,
+         model TEXT NOT NULL,
+         updated_at INTEGER NOT NULL,
+         slots INTEGER NOT NULL,
+         confirmed INTEGER NOT NULL,
+         ttft_ms REAL NOT NULL,
+         tokens_per_second REAL NOT NULL,
+         latency_ms REAL NOT NULL,
+         prefill_per_second REAL NOT NULL,
+         concurrent_http INTEGER NOT NULL,
+         PRIMARY KEY (address, model)
      );",
 ];
 
@@ -209,6 +224,24 @@ pub struct FailedTask {
     pub prompt: String,
     pub attempts: i64,
     pub error: Option<String>,
+}
+
+/// What the balancer last knew of one studio (`host:port`) serving one
+/// model: its learned limit and speed.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StudioMemory {
+    pub address: String,
+    pub model: String,
+    /// The learned limit (requests at once).
+    pub slots: u32,
+    /// The most requests in flight at which one got its first token on time.
+    pub confirmed: u32,
+    pub ttft_ms: f64,
+    pub tokens_per_second: f64,
+    pub latency_ms: f64,
+    pub prefill_per_second: f64,
+    /// It was seen answering HTTP while generating.
+    pub concurrent_http: bool,
 }
 
 /// Holds for a task `t` of the current version of its document: the
@@ -638,10 +671,104 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Every studio the balancer remembers.
+    pub fn studio_memories(&self) -> Result<Vec<StudioMemory>, StoreError> {
+        let mut st = self
+            .conn
+            .prepare(
+                "SELECT address, model, slots, confirmed, ttft_ms, tokens_per_second,
+                        latency_ms, prefill_per_second, concurrent_http
+                 FROM studio_memory",
+            )
+            .map_err(|e| self.err(e))?;
+        st.query_map([], |r| {
+            Ok(StudioMemory {
+                address: r.get(0)?,
+                model: r.get(1)?,
+                slots: r.get(2)?,
+                confirmed: r.get(3)?,
+                ttft_ms: r.get(4)?,
+                tokens_per_second: r.get(5)?,
+                latency_ms: r.get(6)?,
+                prefill_per_second: r.get(7)?,
+                concurrent_http: r.get(8)?,
+            })
+        })
+        .and_then(|rows| rows.collect())
+        .map_err(|e| self.err(e))
+    }
+
+    /// Keep what the balancer knows now of these studios (replacing what
+    /// it knew before), in one transaction.
+    pub fn remember_studios(&self, studios: &[StudioMemory]) -> Result<(), StoreError> {
+        let tx = self.conn.unchecked_transaction().map_err(|e| self.err(e))?;
+        {
+            let mut st = tx
+                .prepare_cached(
+                    "INSERT OR REPLACE INTO studio_memory (address, model, updated_at, slots,
+                         confirmed, ttft_ms, tokens_per_second, latency_ms, prefill_per_second,
+                         concurrent_http)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+                )
+                .map_err(|e| self.err(e))?;
+            for m in studios {
+                st.execute(params![
+                    m.address,
+                    m.model,
+                    now(),
+                    m.slots,
+                    m.confirmed,
+                    m.ttft_ms,
+                    m.tokens_per_second,
+                    m.latency_ms,
+                    m.prefill_per_second,
+                    m.concurrent_http,
+                ])
+                .map_err(|e| self.err(e))?;
+            }
+        }
+        tx.commit().map_err(|e| self.err(e))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn a_studio_is_remembered_by_address_and_model_and_the_latest_figures_win() {
+        let (_d, s) = store();
+        let m = StudioMemory {
+            address: "10.0.0.2:1234".into(),
+            model: "qwen".into(),
+            slots: 4,
+            confirmed: 4,
+            ttft_ms: 110.0,
+            tokens_per_second: 40.0,
+            latency_ms: 1700.0,
+            prefill_per_second: 0.0,
+            concurrent_http: true,
+        };
+        let other = StudioMemory {
+            model: "llama".into(),
+            slots: 2,
+            confirmed: 1,
+            concurrent_http: false,
+            ..m.clone()
+        };
+        s.remember_studios(&[m.clone(), other.clone()]).unwrap();
+        let later = StudioMemory {
+            slots: 3,
+            ttft_ms: 150.0,
+            ..m.clone()
+        };
+        s.remember_studios(std::slice::from_ref(&later)).unwrap();
+        let mut all = s.studio_memories().unwrap();
+        all.sort_by(|a, b| a.model.cmp(&b.model));
+        assert_eq!(all, vec![other, later]);
+    }
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();

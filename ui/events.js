@@ -1,6 +1,10 @@
 // The engine's event stream. EventSource cannot send the Authorization
 // header, so this reads `GET /api/events` with fetch and parses SSE itself,
 // reconnecting with backoff and Last-Event-ID.
+//
+// A hidden page (the app's closed popover, a background tab) holds no
+// stream: the engine samples live figures only while a view is open. Shown
+// again, the page resumes from Last-Event-ID.
 
 import { authHeader } from './api.js';
 
@@ -15,9 +19,24 @@ const SILENCE_MS = 40000;
 export function connect({ onEvent, onStatus }) {
   let lastId = null;
   let delay = MIN_DELAY;
+  let current = null;
+
+  document.addEventListener('visibilitychange', () => {
+    if (document.hidden && current) current.abort();
+  });
+  const visible = () => new Promise((resolve) => {
+    if (!document.hidden) return resolve();
+    const on = () => {
+      if (document.hidden) return;
+      document.removeEventListener('visibilitychange', on);
+      resolve();
+    };
+    document.addEventListener('visibilitychange', on);
+  });
 
   async function once() {
     const ctrl = new AbortController();
+    current = ctrl;
     let watchdog;
     const arm = () => { clearTimeout(watchdog); watchdog = setTimeout(() => ctrl.abort(), SILENCE_MS); };
     try {
@@ -46,6 +65,7 @@ export function connect({ onEvent, onStatus }) {
       // Network error or watchdog abort: reconnect below.
     } finally {
       clearTimeout(watchdog);
+      current = null;
     }
     return 'lost';
   }
@@ -76,7 +96,13 @@ export function connect({ onEvent, onStatus }) {
 
   (async () => {
     for (;;) {
+      await visible();
       const outcome = await once();
+      if (outcome === 'lost' && document.hidden) {
+        // Closed for being hidden, not lost: reconnect when shown.
+        delay = MIN_DELAY;
+        continue;
+      }
       onStatus(outcome);
       if (outcome === 'unauthorized') return;
       await new Promise((r) => setTimeout(r, delay * (0.75 + Math.random() / 2)));

@@ -10,7 +10,12 @@
 //! answers them slowly, and a long prompt keeps every server silent for
 //! tens of seconds before its first token. So:
 //! - an idle studio is probed over HTTP every `probe_interval_ms`, holding
-//!   one of its slots so no request lands on it mid-probe;
+//!   one of its slots so no request lands on it mid-probe; once the whole
+//!   pool has had no request for [`POOL_IDLE_AFTER`], only every
+//!   [`IDLE_PROBE_INTERVAL`] (an app in the menu bar must not wake up
+//!   every second for nobody). Traffic is the better probe anyway: a
+//!   request that finds a studio dead moves on at once (below), and the
+//!   first request after the pause puts the cadence back;
 //! - a busy studio that has gone quiet is judged from below HTTP
 //!   ([`super::liveness`]): its connections' TCP state, else a bare TCP
 //!   connect. Only that, a refused or unreachable connect, or a connect
@@ -31,10 +36,11 @@
 //! HTTP while it generates).
 
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use super::Core;
@@ -72,6 +78,73 @@ const QUIET_CHECK: Duration = Duration::from_millis(250);
 /// How often an idle studio's model list is refreshed when its kind has a
 /// cheaper health endpoint than the model list.
 const MODELS_REFRESH: Duration = Duration::from_secs(30);
+
+/// No request anywhere in the pool for this long: idle studios are probed
+/// only every [`IDLE_PROBE_INTERVAL`].
+pub(crate) const POOL_IDLE_AFTER: Duration = Duration::from_secs(120);
+pub(crate) const IDLE_PROBE_INTERVAL: Duration = Duration::from_secs(30);
+
+/// The pool at rest, as the probers and the request path share it: set
+/// while the probers keep their idle cadence, cleared (and the probers
+/// woken) by the first request after it.
+pub(crate) struct Rest {
+    resting: AtomicBool,
+    woken: watch::Sender<u64>,
+}
+
+impl Rest {
+    pub(crate) fn new() -> Rest {
+        Rest {
+            resting: AtomicBool::new(false),
+            woken: watch::Sender::new(0),
+        }
+    }
+
+    /// A request arrived: one shared read, unless the pool was at rest.
+    pub(crate) fn request(&self) {
+        if self.resting.load(Ordering::Relaxed) && self.resting.swap(false, Ordering::Relaxed) {
+            self.woken.send_modify(|n| *n += 1);
+        }
+    }
+}
+
+/// What one prober knows of the pool's traffic: requests sent to all its
+/// studios so far, and since when that number stands.
+struct Traffic {
+    requests: u64,
+    since: Instant,
+    woken: watch::Receiver<u64>,
+}
+
+impl Traffic {
+    fn new(core: &Core) -> Traffic {
+        Traffic {
+            requests: 0,
+            since: Instant::now(),
+            woken: core.rest.woken.subscribe(),
+        }
+    }
+
+    /// Whether the pool has had no request for [`POOL_IDLE_AFTER`] (then
+    /// it is marked at rest, so the next request wakes the probers).
+    fn idle(&mut self, core: &Core) -> bool {
+        let requests = core
+            .pool
+            .workers()
+            .iter()
+            .fold(0, |n, w| n + w.counters.requests.load(Ordering::Relaxed));
+        if requests != self.requests {
+            self.requests = requests;
+            self.since = Instant::now();
+        }
+        let idle = self.since.elapsed() >= POOL_IDLE_AFTER;
+        if idle {
+            self.woken.borrow_and_update();
+            core.rest.resting.store(true, Ordering::Relaxed);
+        }
+        idle
+    }
+}
 
 /// How long a busy studio may send nothing before it counts as stalled.
 pub(crate) fn stall_window(w: &WorkerEntry) -> Duration {
@@ -263,6 +336,7 @@ fn admit(core: &Core, w: &WorkerEntry, models: Option<Vec<String>>, rtt: Duratio
 
 /// Probe loop for one worker; ends when the worker is removed or `stop` fires.
 pub(super) async fn run(core: Arc<Core>, w: Arc<WorkerEntry>, stop: CancellationToken) {
+    let mut traffic = Traffic::new(&core);
     loop {
         match w.state() {
             State::Removed => return,
@@ -329,10 +403,16 @@ pub(super) async fn run(core: Arc<Core>, w: Arc<WorkerEntry>, stop: Cancellation
         } else if w.in_flight() > 0 {
             interval = interval.min(QUIET_CHECK);
         }
+        let resting = interval >= core.settings().probe_interval && traffic.idle(&core);
+        if resting {
+            interval = interval.max(IDLE_PROBE_INTERVAL);
+        }
         let mut dead = w.health.dead.subscribe();
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tokio::time::sleep(interval) => {}
+            // The first request after a rest: back to the usual cadence.
+            Ok(()) = traffic.woken.changed(), if resting => {}
             _ = w.health.check_now.notified() => {}
             // Found dead by live traffic: start the backoff now.
             _ = dead.changed() => {}

@@ -23,6 +23,11 @@
 //!
 //! A studio slowed by something else (another app, heat) queues sooner, so
 //! it is given less work, and more again when probes succeed.
+//!
+//! What was learned outlives the balancer (the store keeps it per studio
+//! and model): a restarted balancer starts a known studio where it was
+//! last seen to run ([`Limit::recall`]), and the same signals re-learn it
+//! only if it now answers differently.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -97,6 +102,22 @@ impl Limit {
                 probing: false,
             }),
         }
+    }
+
+    /// Start from what this studio was last seen to run: `slots` learned
+    /// (under the ceiling), of which `confirmed` got first tokens on time.
+    /// Slow start then begins from there, not from one.
+    pub fn recall(&self, slots: u32, confirmed: u32) {
+        let ceiling = self.learning.lock().expect("limit lock").ceiling;
+        let slots = slots.clamp(1, ceiling);
+        self.current.store(slots, Ordering::Relaxed);
+        self.confirmed
+            .store(confirmed.min(slots), Ordering::Relaxed);
+    }
+
+    /// What to remember: the learned limit and the confirmed level.
+    pub fn remembered(&self) -> (u32, u32) {
+        (self.learned(), self.confirmed.load(Ordering::Relaxed))
     }
 
     /// The limit: what the studio is given at once now.
@@ -300,6 +321,24 @@ mod tests {
         // Recovered: probes find the room again.
         let back = settle(&limit, 8, 400);
         assert!(back[350..].iter().all(|l| *l >= 7), "{:?}", &back[350..]);
+    }
+
+    #[test]
+    fn a_recalled_limit_starts_where_it_was_and_is_relearned_when_the_studio_runs_fewer() {
+        let learned = Limit::new(None);
+        settle(&learned, 6, 80);
+        let (slots, confirmed) = learned.remembered();
+        assert!((5..=7).contains(&slots), "{slots}");
+        let again = Limit::new(None);
+        again.recall(slots, confirmed);
+        assert_eq!(again.current(), slots, "no slow start for a known studio");
+        // It now runs only 2 at once: the first queued first tokens say so.
+        let seen = settle(&again, 2, 20);
+        assert!(seen[5..].iter().all(|l| *l <= 3), "{seen:?}");
+        // A remembered figure above a (new, lower) declared ceiling is cut to it.
+        let capped = Limit::new(Some(4));
+        capped.recall(slots, confirmed);
+        assert_eq!(capped.current(), 4);
     }
 
     #[test]

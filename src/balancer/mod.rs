@@ -4,6 +4,7 @@
 //! - `worker`: one studio's entry: configuration, counters, learned speed
 //! - `state`: a studio's state, and the one place it changes (announced
 //!   as typed transitions the engine follows)
+//! - `memory`: each studio's learned limit and speed, kept across restarts
 //! - `health`: the one policy for ejection and readmission (real traffic
 //!   first, probes only while idle or stalled); `probe`: the probes
 //! - `liveness`: whether a busy studio is alive, judged below HTTP
@@ -30,6 +31,7 @@ mod health;
 mod inventory;
 mod limit;
 mod liveness;
+mod memory;
 mod metrics;
 mod origin;
 mod outcome;
@@ -142,6 +144,8 @@ pub(crate) struct Core {
     /// `Via` value this balancer adds to what it sends studios: a request
     /// that comes back carrying it went round in a loop.
     via: axum::http::HeaderValue,
+    /// Whether the probers keep their idle cadence (see `health`).
+    rest: health::Rest,
 }
 
 impl Core {
@@ -162,6 +166,9 @@ pub(crate) struct Shared {
     started: Instant,
     probers: Mutex<HashMap<usize, CancellationToken>>,
     shutdown: CancellationToken,
+    /// What was learned of studios before, and where to keep what is
+    /// learned now (none: every start learns from scratch).
+    memory: Option<Arc<memory::Memory>>,
 }
 
 /// This balancer's own hop name for `Via`: random, so one Baton in front
@@ -196,6 +203,9 @@ impl Shared {
             .lock()
             .expect("probers lock")
             .insert(Arc::as_ptr(&w) as usize, stop.clone());
+        if let Some(m) = &self.memory {
+            m.recall(&w);
+        }
         self.pool().add(w.clone());
         tokio::spawn(health::run(self.core.clone(), w, stop));
     }
@@ -355,6 +365,28 @@ impl Balancer {
         listen: Option<SocketAddr>,
         api_key: Option<String>,
     ) -> Result<Balancer, Error> {
+        Balancer::start_with(config, listen, api_key, None).await
+    }
+
+    /// The same, starting each known studio from what the store at `store`
+    /// remembers of it (no slow start twice) and keeping there what it
+    /// learns.
+    pub async fn start_remembering(
+        config: &Config,
+        listen: Option<SocketAddr>,
+        api_key: Option<String>,
+        store: &std::path::Path,
+    ) -> Result<Balancer, Error> {
+        let memory = Arc::new(memory::Memory::open(store));
+        Balancer::start_with(config, listen, api_key, Some(memory)).await
+    }
+
+    async fn start_with(
+        config: &Config,
+        listen: Option<SocketAddr>,
+        api_key: Option<String>,
+        memory: Option<Arc<memory::Memory>>,
+    ) -> Result<Balancer, Error> {
         let settings = config.balancer.clone();
         let addr = listen.or(settings.listen).unwrap_or(DEFAULT_LISTEN);
         if !addr.ip().is_loopback() && api_key.is_none() {
@@ -377,6 +409,7 @@ impl Balancer {
                 pool: Pool::new(queue_settings(&settings)),
                 settings: RwLock::new(Arc::new(settings)),
                 via: hop_name(),
+                rest: health::Rest::new(),
             }),
             aliases: RwLock::new(Arc::new(config.aliases.clone())),
             fallbacks: RwLock::new(Arc::new(config.fallbacks.clone())),
@@ -386,9 +419,17 @@ impl Balancer {
             started: Instant::now(),
             probers: Mutex::new(HashMap::new()),
             shutdown: CancellationToken::new(),
+            memory,
         });
         for w in entries {
             shared.start_worker(Arc::new(w));
+        }
+        if let Some(m) = &shared.memory {
+            tokio::spawn(memory::keep(
+                m.clone(),
+                shared.pool().clone(),
+                shared.shutdown.clone(),
+            ));
         }
         let app = proxy::router(shared.clone());
         let stop = shared.shutdown.clone();
@@ -572,6 +613,10 @@ impl Balancer {
 impl Drop for Balancer {
     fn drop(&mut self) {
         self.shared.shutdown.cancel();
+        // The last of what was learned (a small write, once).
+        if let Some(m) = &self.shared.memory {
+            m.save(&self.shared.pool().workers());
+        }
     }
 }
 

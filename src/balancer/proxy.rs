@@ -259,6 +259,8 @@ async fn forward(State(s): St, req: Request) -> Response {
         started,
     });
 
+    // The first request after a rest puts the probers' cadence back.
+    s.core.rest.request();
     let mut tried: Vec<Arc<WorkerEntry>> = Vec::new();
     let mut congested = 0;
     let mut last_failure: Option<String> = None;

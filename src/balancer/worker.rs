@@ -11,6 +11,7 @@ use super::answer::Api;
 use super::state::{Failure, Health, State};
 use super::upstream::Upstream;
 use crate::config::Worker;
+use crate::store::StudioMemory;
 
 /// Latency figures learned from traffic, as exponentially weighted averages.
 #[derive(Clone, Copy, Debug, Default)]
@@ -343,6 +344,50 @@ impl WorkerEntry {
                 worker = self.id(),
                 "studio answers requests while it generates: probes and model lists may reach it while busy"
             );
+        }
+    }
+
+    /// Where it is remembered: its address and the model it serves.
+    pub(crate) fn memory_key(&self) -> (String, String) {
+        (
+            format!("{}:{}", self.cfg.host, self.cfg.port),
+            self.cfg.model.clone(),
+        )
+    }
+
+    /// What to remember of it, once it has answered anything.
+    pub(crate) fn memory(&self) -> Option<StudioMemory> {
+        let l = self.learned();
+        let (slots, confirmed) = self.limit.remembered();
+        if confirmed == 0 || l.ttft_ms == 0.0 {
+            return None;
+        }
+        let (address, model) = self.memory_key();
+        Some(StudioMemory {
+            address,
+            model,
+            slots,
+            confirmed,
+            ttft_ms: l.ttft_ms,
+            tokens_per_second: l.tokens_per_second,
+            latency_ms: l.latency_ms,
+            prefill_per_second: l.prefill_per_second,
+            concurrent_http: self.serves_http_concurrently(),
+        })
+    }
+
+    /// Start from what it was last seen to run and how fast (traffic
+    /// corrects all of it as answers come).
+    pub(crate) fn recall(&self, m: &StudioMemory) {
+        self.limit.recall(m.slots, m.confirmed);
+        *self.learned.lock().expect("learned lock") = Learned {
+            latency_ms: m.latency_ms,
+            ttft_ms: m.ttft_ms,
+            tokens_per_second: m.tokens_per_second,
+            prefill_per_second: m.prefill_per_second,
+        };
+        if m.concurrent_http {
+            self.concurrent_http.store(true, Ordering::Relaxed);
         }
     }
 

@@ -38,12 +38,15 @@ pub(super) fn stream(engine: &Engine, headers: &HeaderMap, stop: CancellationTok
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.trim().parse::<u64>().ok());
     let (mut rx, replay) = engine.subscribe(after);
+    // The stream shows live figures: they are sampled while it is open.
+    let viewing = engine.view_live();
     let first: Vec<Bytes> = match replay {
         Some(events) => events.iter().map(frame).collect(),
         // Too far behind: tell the client to reload its state.
         None => vec![resync(engine.last_event_seq())],
     };
     let live = async_stream(move |tx| async move {
+        let _viewing = viewing;
         for b in first {
             if tx.send(b).await.is_err() {
                 return;

@@ -1,12 +1,18 @@
 //! Live figures of the running balancer: rates over the last second, pushed
 //! on the bus only when they change, and a one-minute history for
 //! sparklines.
+//!
+//! Only while someone looks: each view that shows them (an event stream of
+//! the control API: the dashboard, the app's popover) holds a
+//! [`LiveViewer`], and with none the figures are neither sampled nor kept,
+//! so an idle engine nobody watches does not wake up for them.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
+use tokio::sync::watch;
 
 use crate::balancer::{Failure, SlotsBasis, Snapshot, State};
 
@@ -86,6 +92,17 @@ pub(crate) struct Live {
     epoch: Instant,
     last: Mutex<Last>,
     history: Mutex<VecDeque<LiveStats>>,
+    /// How many views show the figures now.
+    viewers: watch::Sender<usize>,
+}
+
+/// A view that shows live figures is open; dropping it closes it.
+pub struct LiveViewer(watch::Sender<usize>);
+
+impl Drop for LiveViewer {
+    fn drop(&mut self) {
+        self.0.send_modify(|n| *n = n.saturating_sub(1));
+    }
 }
 
 impl Live {
@@ -94,7 +111,32 @@ impl Live {
             epoch: Instant::now(),
             last: Mutex::new(Last::default()),
             history: Mutex::new(VecDeque::with_capacity(HISTORY)),
+            viewers: watch::Sender::new(0),
         }
+    }
+
+    /// Count a view that shows the figures, until the guard is dropped.
+    pub fn view(&self) -> LiveViewer {
+        self.viewers.send_modify(|n| *n += 1);
+        LiveViewer(self.viewers.clone())
+    }
+
+    /// Changes of the number of views.
+    pub fn viewers(&self) -> watch::Receiver<usize> {
+        self.viewers.subscribe()
+    }
+
+    /// A first view opened after none: rates start over, the next figures
+    /// are pushed whatever they are, and history older than its minute
+    /// (from before the pause) goes.
+    pub fn resume(&self) {
+        self.reset();
+        let now = self.epoch.elapsed().as_millis() as u64;
+        let minute = (HISTORY as u64) * 1000;
+        self.history
+            .lock()
+            .expect("history lock")
+            .retain(|s| now.saturating_sub(s.at_ms) < minute);
     }
 
     /// Figures from a snapshot; `Some` when they differ from the last ones

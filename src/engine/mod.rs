@@ -44,6 +44,7 @@ use crate::sim::SimHandle;
 use crate::store::Store;
 use events::{Bus, Event, Numbered};
 use jobs::{Job, JobId, Jobs};
+pub use live::LiveViewer;
 use live::{Live, LiveStats};
 
 pub use error::EngineError;
@@ -288,7 +289,13 @@ impl Engine {
         }
     }
 
-    /// Live figures of the last minute, one sample a second.
+    /// Live figures are sampled and pushed while the returned guard lives
+    /// (hold one per open view that shows them).
+    pub fn view_live(&self) -> LiveViewer {
+        self.inner.live.view()
+    }
+
+    /// Live figures of the last minute, one sample a second (while viewed).
     pub fn stats_history(&self) -> Vec<LiveStats> {
         self.inner.live.history()
     }
@@ -350,7 +357,9 @@ impl Engine {
                 None
             }
         };
-        let started = Balancer::start(&config, Some(listen), key.clone()).await;
+        let started =
+            Balancer::start_remembering(&config, Some(listen), key.clone(), &self.inner.store_path)
+                .await;
         let balancer = match started {
             Ok(b) => b,
             Err(e) => {

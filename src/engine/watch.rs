@@ -1,5 +1,6 @@
 //! While the balancer runs: every change of a studio's state goes on the
-//! bus as it happens, and the live figures when they change.
+//! bus as it happens, and the live figures when they change while a view
+//! shows them (with none, nothing ticks here: see `live`).
 //!
 //! The balancer announces each transition on its own channel (see
 //! `balancer::state`), so a studio that goes ready -> ejected -> ready
@@ -24,10 +25,20 @@ pub(super) async fn watch(
 ) {
     let mut tick = tokio::time::interval(live::TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut viewers = inner.live.viewers();
+    let mut watching = *viewers.borrow_and_update() > 0;
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick(), if watching => {}
+            Ok(()) = viewers.changed() => {
+                let now = *viewers.borrow_and_update() > 0;
+                if now && !watching {
+                    inner.live.resume();
+                    tick.reset();
+                }
+                watching = now;
+            }
             t = transitions.recv() => match t {
                 Ok(t) => {
                     publish(&inner, t);
@@ -44,6 +55,9 @@ pub(super) async fn watch(
                 }
                 Err(RecvError::Closed) => return,
             },
+        }
+        if !watching {
+            continue;
         }
         if let Some(s) = inner.live.observe(&stats.snapshot()) {
             inner.bus.publish(Event::Stats(s));

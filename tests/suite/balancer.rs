@@ -1113,3 +1113,59 @@ async fn slots_before_the_studio_has_answered_at_them_are_not_measured_yet() {
         "{w:?}"
     );
 }
+
+async fn remembering(
+    cfg: &baton::config::Config,
+    store: &std::path::Path,
+) -> baton::balancer::Balancer {
+    let b = baton::balancer::Balancer::start_remembering(
+        cfg,
+        Some("127.0.0.1:0".parse().unwrap()),
+        None,
+        store,
+    )
+    .await
+    .unwrap();
+    assert!(b.wait_ready(Duration::from_secs(3)).await);
+    b
+}
+
+/// What one balancer learned of a studio, the next one (same store)
+/// starts from: no slow start twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_balancer_starts_a_known_studio_at_its_learned_limit() {
+    let sim = start_sim(sim_cfg(4, 5, 400.0)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let store = dir.path().join("baton.sqlite3");
+    let cfg = baton::config::Config {
+        workers: vec![support::worker_for("s", &sim)],
+        balancer: test_settings(),
+        ..Default::default()
+    };
+    let slots = |b: &baton::balancer::Balancer| b.stats().workers[0].slots;
+    let first = remembering(&cfg, &store).await;
+    assert_eq!(slots(&first), 1, "a studio nobody knows starts low");
+    let c = client();
+    for _ in 0..10 {
+        if slots(&first) == 4 {
+            break;
+        }
+        let rounds: Vec<_> = (0..4)
+            .map(|_| {
+                let (c, url) = (c.clone(), first.url());
+                tokio::spawn(async move { stream_chat(&c, &url, 5).await })
+            })
+            .collect();
+        for r in rounds {
+            assert_eq!(r.await.unwrap().0, 200);
+        }
+    }
+    assert_eq!(slots(&first), 4, "learned what the studio runs");
+    first.shutdown().await;
+    let again = remembering(&cfg, &store).await;
+    assert_eq!(slots(&again), 4, "started where it was last seen to run");
+    again.shutdown().await;
+    // Another store knows nothing of it.
+    let fresh = remembering(&cfg, &dir.path().join("other.sqlite3")).await;
+    assert_eq!(slots(&fresh), 1);
+}

@@ -322,6 +322,8 @@ impl Served {
             .arg(&file)
             .args(["--listen", &listen.to_string()])
             .env("BATON_LOG", "error")
+            // Its own store: what it learns of studios stays with it.
+            .home(dir.path())
             .stdout(Stdio::piped())
             .stderr(stderr);
         for (k, v) in env {
