@@ -1,6 +1,9 @@
-//! Charts of benchmark results with plotters: SVG (for the UI) and PNG (for
-//! files), 1200x800, text in an embedded font so nothing depends on the
-//! fonts a machine has.
+//! Charts of benchmark results with plotters: SVG (for the UI, and files)
+//! and PNG (files), text in an embedded font so nothing depends on the
+//! fonts a machine has. Each is drawn for the size it is seen at: the SVG
+//! is 420x280, so its text is 10-16 px in the dashboard's 330-520 px
+//! charts (12 or more at 400); the PNG is 1200x800 with text that reads at
+//! that size.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;
@@ -8,12 +11,55 @@ use std::sync::Once;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 use plotters::style::FontStyle;
+use plotters::style::text_anchor::{HPos, Pos, VPos};
 
 use crate::bench::report::BenchResult;
 
-const W: u32 = 1200;
-const H: u32 = 800;
 const FONT: &str = "sans-serif";
+
+/// The size a chart is drawn at and how big its text and lines are there.
+#[derive(Clone, Copy)]
+struct Look {
+    w: u32,
+    h: u32,
+    /// Lines and marks, against the SVG's 420 units of width.
+    line: f64,
+    /// Text, against the SVG's.
+    text: f64,
+}
+
+impl Look {
+    /// The dashboard shows the SVG 330-520 px wide: a 16 px font (plotters
+    /// writes 0.81 of it) is 10-16 px there (at 1200 units it was 4-7).
+    const SVG: Look = Look {
+        w: 420,
+        h: 280,
+        line: 1.0,
+        text: 1.0,
+    };
+    /// A file seen at its own size: text a little larger than a page's.
+    const PNG: Look = Look {
+        w: 1200,
+        h: 800,
+        line: 2.85,
+        text: 1.5,
+    };
+
+    /// A font size, from its size in the SVG.
+    fn font(&self, size: f64) -> (&'static str, f64) {
+        (FONT, size * self.text)
+    }
+
+    /// A length of lines and marks, from its length in the SVG.
+    fn px(&self, v: f64) -> u32 {
+        (v * self.line).round().max(1.0) as u32
+    }
+
+    /// A length that holds text (axis label areas).
+    fn text_px(&self, v: f64) -> u32 {
+        (v * self.text).round() as u32
+    }
+}
 
 static FONT_ONCE: Once = Once::new();
 
@@ -89,18 +135,23 @@ type DrawResult<T, DB> = Result<T, DrawingAreaErrorKind<<DB as DrawingBackend>::
 fn draw_lines<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     c: &LineChart,
+    k: Look,
 ) -> DrawResult<Vec<Point>, DB> {
     area.fill(&WHITE)?;
     let pts = c.series.iter().flat_map(|s| s.points.iter());
     let x_max = pts.clone().map(|p| p.0).fold(1.0, f64::max);
     let y_max = pts.map(|p| p.1).fold(0.0, f64::max).max(1e-9);
     // Headroom for the legend, so it never sits on the data.
-    let y_top = y_max * (1.15 + 0.07 * c.series.len() as f64);
+    // The legend's height (a line of text per series and its padding)
+    // over the plot's (the area less caption, margins and x labels).
+    let legend = (c.series.len() as f64 * 20.0 + 16.0) * k.text;
+    let plot = f64::from(k.h) - (19.0 * 1.3 + 40.0) * k.text - 16.0 * k.line;
+    let y_top = y_max * 1.08 / (1.0 - (legend / plot).min(0.6));
     let mut chart = ChartBuilder::on(area)
-        .caption(&c.title, (FONT, 30))
-        .margin(20)
-        .x_label_area_size(60)
-        .y_label_area_size(90)
+        .caption(&c.title, k.font(19.0))
+        .margin(k.px(8.0))
+        .x_label_area_size(k.text_px(40.0))
+        .y_label_area_size(k.text_px(56.0))
         .build_cartesian_2d(0.0..x_max * 1.05, 0.0..y_top)?;
     let whole = |x: &f64| {
         if x.fract().abs() < 1e-9 {
@@ -115,15 +166,17 @@ fn draw_lines<DB: DrawingBackend>(
         .configure_mesh()
         .x_desc(&c.x_label)
         .y_desc(&c.y_label)
-        // Counts get one tick per whole number (up to 12 of them).
+        // Counts get one tick per whole number (up to 10 of them); fewer
+        // ticks than plotters' default, so the larger text fits.
         .x_labels(if c.x_integer {
-            (x_max.ceil() as usize + 1).min(12)
+            (x_max.ceil() as usize + 1).min(10)
         } else {
-            10
+            6
         })
+        .y_labels(6)
         .x_label_formatter(x_fmt)
-        .label_style((FONT, 18))
-        .axis_desc_style((FONT, 20))
+        .label_style(k.font(16.0))
+        .axis_desc_style(k.font(16.0))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
     let mut points = Vec::new();
@@ -151,36 +204,43 @@ fn draw_lines<DB: DrawingBackend>(
     }
     for (i, s) in c.series.iter().enumerate() {
         let color = COLORS[i % COLORS.len()];
-        let style = ShapeStyle::from(&color).stroke_width(3);
+        let style = ShapeStyle::from(&color).stroke_width(k.px(1.6));
+        let key = k.px(20.0) as i32;
         if s.dashed {
             chart
                 .draw_series(DashedLineSeries::new(
                     s.points.iter().copied(),
-                    10,
-                    8,
+                    k.px(6.0),
+                    k.px(5.0),
                     style,
                 ))?
                 .label(&s.name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], style));
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + key, y)], style));
         } else {
             chart
                 .draw_series(LineSeries::new(s.points.iter().copied(), style))?
                 .label(&s.name)
-                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 30, y)], style));
-            chart.draw_series(s.points.iter().map(|p| Circle::new(*p, 5, color.filled())))?;
+                .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + key, y)], style));
+            chart.draw_series(
+                s.points
+                    .iter()
+                    .map(|p| Circle::new(*p, k.px(3.0), color.filled())),
+            )?;
         }
         for (p, text) in s.points.iter().zip(&s.labels) {
             chart.draw_series(std::iter::once(Text::new(
                 text.clone(),
-                (p.0, p.1 + y_top * 0.03),
-                (FONT, 18).into_font().color(&color),
+                (p.0, p.1 + y_top * 0.06),
+                k.font(16.0).into_font().color(&color),
             )))?;
         }
     }
     chart
         .configure_series_labels()
         .position(SeriesLabelPosition::UpperLeft)
-        .label_font((FONT, 18))
+        // Room for the key's line before its text.
+        .legend_area_size(k.px(28.0))
+        .label_font(k.font(16.0))
         .background_style(WHITE.mix(0.9))
         .border_style(BLACK.mix(0.3))
         .draw()?;
@@ -202,16 +262,17 @@ fn fmt_value(v: f64) -> String {
 fn draw_bars<DB: DrawingBackend>(
     area: &DrawingArea<DB, Shift>,
     c: &BarChart,
+    k: Look,
 ) -> DrawResult<Vec<Point>, DB> {
     area.fill(&WHITE)?;
     let n = c.bars.len().max(1) as u32;
     let y_max = c.bars.iter().map(|b| b.1).fold(0.0, f64::max).max(1.0) * 1.2;
     let names: Vec<String> = c.bars.iter().map(|b| b.0.clone()).collect();
     let mut chart = ChartBuilder::on(area)
-        .caption(&c.title, (FONT, 30))
-        .margin(20)
-        .x_label_area_size(60)
-        .y_label_area_size(90)
+        .caption(&c.title, k.font(19.0))
+        .margin(k.px(8.0))
+        .x_label_area_size(k.text_px(40.0))
+        .y_label_area_size(k.text_px(56.0))
         // A segmented range includes its end: n bars need 0..n-1.
         .build_cartesian_2d((0..n - 1).into_segmented(), 0.0..y_max)?;
     chart
@@ -224,8 +285,9 @@ fn draw_bars<DB: DrawingBackend>(
         })
         .x_desc("worker")
         .y_desc(&c.y_label)
-        .label_style((FONT, 18))
-        .axis_desc_style((FONT, 20))
+        .y_labels(6)
+        .label_style(k.font(16.0))
+        .axis_desc_style(k.font(16.0))
         .draw()?;
     let mut points = Vec::new();
     for (i, (name, v)) in c.bars.iter().enumerate() {
@@ -241,13 +303,16 @@ fn draw_bars<DB: DrawingBackend>(
         chart.draw_series(
             Histogram::vertical(&chart)
                 .style(color.filled())
-                .margin(40)
+                .margin(k.px(16.0))
                 .data(std::iter::once((i, *v))),
         )?;
+        // Centred over its bar, standing on it.
+        let above =
+            TextStyle::from(k.font(16.0).into_font()).pos(Pos::new(HPos::Center, VPos::Bottom));
         chart.draw_series(std::iter::once(Text::new(
             format!("{v:.1}%"),
-            (SegmentValue::CenterOf(i), v + y_max * 0.03),
-            (FONT, 20),
+            (SegmentValue::CenterOf(i), v + y_max * 0.01),
+            above,
         )))?;
     }
     area.present()?;
@@ -270,10 +335,11 @@ impl Chart {
     fn draw<DB: DrawingBackend>(
         &self,
         area: &DrawingArea<DB, Shift>,
+        k: Look,
     ) -> DrawResult<Vec<Point>, DB> {
         match self {
-            Chart::Lines(c) => draw_lines(area, c),
-            Chart::Bars(c) => draw_bars(area, c),
+            Chart::Lines(c) => draw_lines(area, c, k),
+            Chart::Bars(c) => draw_bars(area, c, k),
         }
     }
 
@@ -282,8 +348,9 @@ impl Chart {
         register_font();
         let mut svg = String::new();
         let points = {
-            let area = SVGBackend::with_string(&mut svg, (W, H)).into_drawing_area();
-            self.draw(&area)
+            let k = Look::SVG;
+            let area = SVGBackend::with_string(&mut svg, (k.w, k.h)).into_drawing_area();
+            self.draw(&area, k)
                 .map_err(|e| anyhow::anyhow!("drawing the {name} chart: {e:?}"))?
         };
         Ok(Rendered {
@@ -298,15 +365,16 @@ impl Chart {
     /// (plotters' own file output would follow a symlink planted there).
     fn png(&self, path: &Path) -> anyhow::Result<()> {
         register_font();
-        let mut rgb = vec![0u8; (W * H * 3) as usize];
+        let k = Look::PNG;
+        let mut rgb = vec![0u8; (k.w * k.h * 3) as usize];
         {
-            let area = BitMapBackend::with_buffer(&mut rgb, (W, H)).into_drawing_area();
-            self.draw(&area)
+            let area = BitMapBackend::with_buffer(&mut rgb, (k.w, k.h)).into_drawing_area();
+            self.draw(&area, k)
                 .map_err(|e| anyhow::anyhow!("drawing {}: {e:?}", path.display()))?;
         }
         let mut out = Vec::new();
         {
-            let mut enc = png::Encoder::new(&mut out, W, H);
+            let mut enc = png::Encoder::new(&mut out, k.w, k.h);
             enc.set_color(png::ColorType::Rgb);
             enc.set_depth(png::BitDepth::Eight);
             enc.write_header()?.write_image_data(&rgb)?;

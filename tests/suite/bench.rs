@@ -334,6 +334,37 @@ async fn json_keeps_the_users_names_and_compare_prints_the_table() {
             roxmltree::Document::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", f.display()));
         }
     }
+    // Text that reads where the charts are seen: the dashboard draws them
+    // 330-520 px wide, so at 400 px no text may be under 11 px (it was 6).
+    for name in ["throughput", "latency", "ttft_tpot", "share", "scaling"] {
+        let svg = std::fs::read_to_string(charts.join(format!("{name}.svg"))).unwrap();
+        let doc = roxmltree::Document::parse(&svg).unwrap();
+        let root = doc.root_element();
+        let width: f64 = root
+            .attribute("width")
+            .and_then(|w| w.trim_end_matches("px").parse().ok())
+            .or_else(|| {
+                let vb = root.attribute("viewBox")?;
+                vb.split_whitespace().nth(2)?.parse().ok()
+            })
+            .unwrap();
+        let sizes: Vec<f64> = doc
+            .descendants()
+            .filter(|n| n.has_tag_name("text"))
+            .filter_map(|n| {
+                n.attribute("font-size")?
+                    .trim_end_matches("px")
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        let smallest = sizes.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(
+            !sizes.is_empty() && smallest * 400.0 / width >= 11.0,
+            "{name}: text of {smallest} in a {width}-wide chart is {:.1} px at 400 px",
+            smallest * 400.0 / width
+        );
+    }
     let svg = std::fs::read_to_string(charts.join("throughput.svg")).unwrap();
     let doc = roxmltree::Document::parse(&svg).unwrap();
     let mut strokes: Vec<String> = doc

@@ -25,6 +25,8 @@ mod facts;
 mod failing;
 mod headline;
 mod pool;
+#[cfg(test)]
+mod pool_tests;
 mod render;
 mod serving;
 mod speed;

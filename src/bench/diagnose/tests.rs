@@ -1,7 +1,7 @@
 //! Every rule on hand-made runs: each pathology alone gives its own
 //! finding and nothing else above `info`; a healthy pool gives none.
-//! One concept at ~660 lines: the hand-made runs and one test per rule
-//! share the same builders.
+//! The hand-made runs' builders are shared with `pool_tests` (the rules
+//! about the pool as a whole).
 
 use super::*;
 use crate::bench::report::{
@@ -10,7 +10,7 @@ use crate::bench::report::{
     WorkerShare,
 };
 
-fn stat(p50: f64) -> Stat {
+pub(super) fn stat(p50: f64) -> Stat {
     Stat {
         count: 3,
         mean: p50,
@@ -21,7 +21,7 @@ fn stat(p50: f64) -> Stat {
 }
 
 /// A studio's figures: `ok` answers, TTFT and latency in ms.
-fn wev(ok: u64, ttft: f64, latency: f64) -> WorkerEvidence {
+pub(super) fn wev(ok: u64, ttft: f64, latency: f64) -> WorkerEvidence {
     WorkerEvidence {
         ok,
         tokens: ok * 16,
@@ -32,7 +32,7 @@ fn wev(ok: u64, ttft: f64, latency: f64) -> WorkerEvidence {
     }
 }
 
-fn run(c: usize, rps: f64, w: WorkerEvidence) -> ProbeRun {
+pub(super) fn run(c: usize, rps: f64, w: WorkerEvidence) -> ProbeRun {
     ProbeRun {
         concurrency: c,
         elapsed_s: 1.0,
@@ -43,7 +43,7 @@ fn run(c: usize, rps: f64, w: WorkerEvidence) -> ProbeRun {
 }
 
 /// A healthy studio alone: 100 ms to first token, 250 ms an answer.
-fn probe(id: &str, slots: u32) -> StudioProbe {
+pub(super) fn probe(id: &str, slots: u32) -> StudioProbe {
     StudioProbe {
         worker: id.into(),
         kind: "lm_studio".into(),
@@ -61,7 +61,7 @@ fn probe(id: &str, slots: u32) -> StudioProbe {
     }
 }
 
-fn facts(id: &str, slots: u32) -> StudioFacts {
+pub(super) fn facts(id: &str, slots: u32) -> StudioFacts {
     StudioFacts {
         worker: id.into(),
         kind: "lm_studio".into(),
@@ -83,7 +83,7 @@ fn facts(id: &str, slots: u32) -> StudioFacts {
 }
 
 /// A level where every studio in `per` served its share.
-fn level(c: usize, rps: f64, ttft_s: f64, latency_s: f64, per: &[(&str, u64)]) -> Level {
+pub(super) fn level(c: usize, rps: f64, ttft_s: f64, latency_s: f64, per: &[(&str, u64)]) -> Level {
     let ok: u64 = per.iter().map(|(_, n)| n).sum();
     let effective = rps * latency_s;
     Level {
@@ -136,7 +136,7 @@ fn level(c: usize, rps: f64, ttft_s: f64, latency_s: f64, per: &[(&str, u64)]) -
     }
 }
 
-fn level_ev(l: &Level, ttft_ms: f64, latency_ms: f64) -> LevelEvidence {
+pub(super) fn level_ev(l: &Level, ttft_ms: f64, latency_ms: f64) -> LevelEvidence {
     let ids: Vec<&String> = l.worker_stats.keys().collect();
     LevelEvidence {
         concurrency: l.concurrency,
@@ -177,7 +177,11 @@ fn level_ev(l: &Level, ttft_ms: f64, latency_ms: f64) -> LevelEvidence {
     }
 }
 
-fn result(levels: Vec<Level>, evidence: Option<Evidence>, slots: &[(&str, u32)]) -> BenchResult {
+pub(super) fn result(
+    levels: Vec<Level>,
+    evidence: Option<Evidence>,
+    slots: &[(&str, u32)],
+) -> BenchResult {
     let workers: Vec<serde_json::Value> = slots
         .iter()
         .map(|(id, n)| serde_json::json!({"id": id, "host": "10.0.0.1", "port": 1234, "type": "lm_studio", "model": "m", "max_concurrent_requests": n}))
@@ -218,7 +222,7 @@ fn result(levels: Vec<Level>, evidence: Option<Evidence>, slots: &[(&str, u32)])
 }
 
 /// Two healthy studios of 2 slots: 4 req/s each at one at a time.
-fn healthy() -> BenchResult {
+pub(super) fn healthy() -> BenchResult {
     let l1 = level(1, 4.0, 0.1, 0.25, &[("a", 4), ("b", 4)]);
     let l4 = level(4, 16.0, 0.1, 0.25, &[("a", 16), ("b", 16)]);
     let ev = Evidence {
@@ -231,12 +235,12 @@ fn healthy() -> BenchResult {
     result(vec![l1, l4], Some(ev), &[("a", 2), ("b", 2)])
 }
 
-fn ev(r: &mut BenchResult) -> &mut Evidence {
+pub(super) fn ev(r: &mut BenchResult) -> &mut Evidence {
     r.evidence.as_mut().unwrap()
 }
 
 /// The run's only finding above info is `cause` (about `worker`).
-fn only(r: &BenchResult, cause: Cause, worker: Option<&str>) -> Diagnosis {
+pub(super) fn only(r: &BenchResult, cause: Cause, worker: Option<&str>) -> Diagnosis {
     let d = diagnose(r);
     let above: Vec<&Finding> = d
         .findings
@@ -392,73 +396,6 @@ fn a_studio_running_one_request_at_a_time_is_serialized() {
 }
 
 #[test]
-fn a_knee_a_serialized_studio_explains_is_told_under_serialized() {
-    // One studio declared with 4 slots runs one at a time: the pool stops
-    // rising at concurrency 1, which is what serialized means, not a
-    // second cause.
-    let mut p = probe("a", 4);
-    p.full = Some(run(4, 4.1, wev(8, 480.0, 630.0)));
-    let levels = vec![
-        level(1, 4.0, 0.1, 0.25, &[("a", 8)]),
-        level(2, 4.05, 0.3, 0.49, &[("a", 8)]),
-        level(4, 4.1, 0.55, 0.97, &[("a", 8)]),
-    ];
-    let ev = Evidence {
-        studios: vec![facts("a", 4)],
-        probes: vec![p],
-        levels: levels
-            .iter()
-            .map(|l| level_ev(l, l.ttft_avg * 1000.0, l.avg_response_time * 1000.0))
-            .collect(),
-        connect_timeout_ms: Some(500.0),
-        probe_host: None,
-    };
-    let r = result(levels, Some(ev), &[("a", 4)]);
-    let d = only(&r, Cause::Serialized, Some("a"));
-    let f = &d.findings[0];
-    assert!(
-        f.evidence.contains("stops rising at concurrency 1")
-            && f.evidence.contains("declare 4 slots"),
-        "{}",
-        f.evidence
-    );
-    assert_eq!(f.figures["pool_knee_concurrency"], 1.0);
-}
-
-#[test]
-fn a_knee_in_the_sweep_is_saturation_with_the_best_concurrency() {
-    let mut r = healthy();
-    let more = [
-        level(8, 16.2, 0.35, 0.5, &[("a", 32), ("b", 32)]),
-        level(16, 16.1, 0.85, 1.0, &[("a", 32), ("b", 32)]),
-    ];
-    for l in more {
-        let mut e = level_ev(&l, l.ttft_avg * 1000.0, l.avg_response_time * 1000.0);
-        e.baton.as_mut().unwrap().queue_avg = l.concurrency as f64 - 4.0;
-        ev(&mut r).levels.push(e);
-        r.concurrency_benchmark.push(l);
-    }
-    let d = only(&r, Cause::Saturated, None);
-    let f = &d.findings[0];
-    assert_eq!(f.severity, Severity::Warning, "16 is four times the knee");
-    assert_eq!(f.figures["best_concurrency"], 4.0);
-    assert!(f.evidence.contains("Baton's queue"), "{}", f.evidence);
-    assert_eq!(d.time_split.as_ref().unwrap().concurrency, 4);
-    // Just past the knee it is only a note.
-    for _ in 0..2 {
-        r.concurrency_benchmark.pop();
-        ev(&mut r).levels.pop();
-    }
-    let l = level(6, 16.1, 0.2, 0.37, &[("a", 24), ("b", 24)]);
-    ev(&mut r).levels.push(level_ev(&l, 200.0, 370.0));
-    r.concurrency_benchmark.push(l);
-    let d = diagnose(&r);
-    assert_eq!(d.findings.len(), 1);
-    assert_eq!(d.findings[0].severity, Severity::Info);
-    assert!(d.healthy);
-}
-
-#[test]
 fn a_first_answer_that_paid_a_model_load_is_a_cold_model() {
     // Seen by preflight's first request...
     let mut r = healthy();
@@ -537,114 +474,6 @@ fn a_studio_four_times_slower_is_slow() {
         f.figures
     );
     assert!(f.evidence.contains("tok/s"), "{}", f.evidence);
-}
-
-#[test]
-fn fewer_requests_in_flight_than_asked_is_client_bound() {
-    let mut r = healthy();
-    // Asked for 4, sustained 2: half the throughput at the same latency.
-    r.concurrency_benchmark[1] = level(4, 8.0, 0.1, 0.25, &[("a", 8), ("b", 8)]);
-    ev(&mut r).levels[1].client_wait_ms = 240.0;
-    let d = only(&r, Cause::ClientBound, None);
-    assert!(
-        d.findings[0].evidence.contains("2.0 requests"),
-        "{}",
-        d.findings[0].evidence
-    );
-    assert!(d.findings[0].evidence.contains("free connection"));
-    // Baton saw half of what the client had out.
-    let mut r = healthy();
-    let b = ev(&mut r).levels[1].baton.as_mut().unwrap();
-    b.in_flight_avg = 1.5;
-    b.client_in_flight_avg = 4.0;
-    only(&r, Cause::ClientBound, None);
-}
-
-#[test]
-fn a_level_that_ran_out_of_requests_is_short_not_client_bound() {
-    // A file from before the drain was measured: 6 requests at
-    // concurrency 4 run one round, then drain a half one, so Little's
-    // law over the level sees 2.6 in flight.
-    let mut r = healthy();
-    r.settings.requests = Some(6);
-    r.settings.duration_s = None;
-    r.concurrency_benchmark[1] = level(4, 10.4, 0.1, 0.25, &[("a", 3), ("b", 3)]);
-    let d = only(&r, Cause::ShortLevel, None);
-    let f = &d.findings[0];
-    assert!(f.evidence.contains("6 requests"), "{}", f.evidence);
-    assert!(f.evidence.contains("estimated"), "{}", f.evidence);
-    assert!(f.remedy.contains("--requests 40"), "{}", f.remedy);
-}
-
-#[test]
-fn a_busy_measuring_machine_is_client_bound_and_its_timings_are_not_trusted() {
-    // The pool fell to 60% of what the studios alone promise while this
-    // machine's CPU was pegged.
-    let mut r = healthy();
-    r.concurrency_benchmark[1] = level(4, 9.6, 0.16, 0.41, &[("a", 10), ("b", 10)]);
-    r.concurrency_benchmark[1].littles_law.client_bound = false;
-    r.concurrency_benchmark[1]
-        .host_usage
-        .process_cpu_avg_percent = 97.0;
-    let d = only(&r, Cause::ClientBound, None);
-    assert!(
-        d.findings[0].evidence.contains("97%"),
-        "{}",
-        d.findings[0].evidence
-    );
-    // The same shortfall with Baton idle is not the client's, even with
-    // other programs keeping the machine busy.
-    r.concurrency_benchmark[1]
-        .host_usage
-        .process_cpu_avg_percent = 30.0;
-    r.concurrency_benchmark[1].host_usage.cpu_avg_percent = 100.0;
-    assert!(
-        diagnose(&r)
-            .findings
-            .iter()
-            .all(|f| f.cause != Cause::ClientBound)
-    );
-    // Time outside the studio measured on a pegged machine is no
-    // evidence of the network.
-    let mut r = healthy();
-    let single = ev(&mut r).probes[0].single.as_mut().unwrap();
-    single.detail.server = Some(TimeSplit {
-        source: Some("LM Studio stats".into()),
-        requests: Some(3),
-        total_ms: Some(170.0),
-        outside_ms: Some(80.0),
-        ..TimeSplit::default()
-    });
-    assert_eq!(
-        diagnose(&r).findings.len(),
-        1,
-        "outside time counts when idle"
-    );
-    ev(&mut r).probe_host = Some(HostUsage {
-        cpu_avg_percent: 99.0,
-        cpu_max_percent: 100.0,
-        memory_used_gb: 1.0,
-        process_cpu_avg_percent: 95.0,
-    });
-    assert!(diagnose(&r).findings.is_empty());
-}
-
-#[test]
-fn baton_adding_latency_at_concurrency_one_is_overhead() {
-    let mut r = healthy();
-    let l = &mut ev(&mut r).levels[0];
-    for w in l.workers.values_mut() {
-        *w = wev(w.ok, 140.0, 292.0);
-    }
-    let d = only(&r, Cause::BalancerOverhead, None);
-    // 292 ms through Baton against 250 ms direct.
-    assert!((d.findings[0].figures["added_ms"] - 42.0).abs() < 1e-9);
-    // 5 ms is noise.
-    let mut r = healthy();
-    for w in ev(&mut r).levels[0].workers.values_mut() {
-        *w = wev(w.ok, 105.0, 257.0);
-    }
-    assert!(diagnose(&r).findings.is_empty());
 }
 
 #[test]
