@@ -225,7 +225,10 @@ fn capacity(o: &mut String, c: &Capacity) {
             &rows,
         );
     }
-    if let Some(line) = words::least_line(c) {
+    for line in [words::least_line(c), words::checked_line(c)]
+        .into_iter()
+        .flatten()
+    {
         let _ = write!(o, "<p>{}</p>", escape(&line));
     }
     for w in &c.warnings {

@@ -51,5 +51,6 @@ export function capacityCard(c) {
       [[`this pool (measured ${c.max_concurrency}, ${c.predicted.error_pct >= 0 ? '+' : ''}${num(c.predicted.error_pct, 0)}%)`, c.predicted.max_concurrency, num(c.predicted.goodput_rps, 2)],
         ...(c.what_if || []).map((w) => [w.change, w.max_concurrency, num(w.goodput_rps, 2)])]),
     c.least_per_slot && h('p', { class: 'hint', text: `${c.least_per_slot} adds least per slot.` }),
+    c.checked && h('p', { class: 'hint', text: `Run ${c.checked.run_id} predicted ${c.checked.predicted} agents for ${c.checked.studios.join(', ')} (each alone, summed): measured ${c.checked.measured} (${c.checked.error_pct >= 0 ? '+' : ''}${num(c.checked.error_pct, 0)}%).` }),
     (c.warnings || []).map((w) => h('p', { class: 'hint', text: `Warning: ${w}` })));
 }

@@ -154,6 +154,7 @@ pub fn assemble(
         what_if: predict::what_if(&per_studio),
         predicted: predict::prediction(&per_studio, pool.max_concurrency),
         least_per_slot: predict::least_per_slot(&per_studio),
+        checked: None,
         points: pool.points,
         per_studio,
         warnings,
