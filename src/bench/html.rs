@@ -103,7 +103,12 @@ pub fn render(name: &str, r: &BenchResult) -> anyhow::Result<String> {
             );
         }
     }
-    if let Some(d) = &r.diagnosis {
+    // Without a sweep there is nothing for the verdict to judge but
+    // findings about the studios (a capacity run's).
+    let swept = !r.concurrency_benchmark.is_empty() || !r.worker_scaling_benchmark.is_empty();
+    if let Some(d) = &r.diagnosis
+        && (swept || !d.findings.is_empty())
+    {
         let _ = write!(
             o,
             "<h2>Diagnosis: {}</h2><p>{}</p><pre>{}</pre>",
@@ -220,7 +225,10 @@ fn capacity(o: &mut String, c: &Capacity) {
             &rows,
         );
     }
-    if let Some(line) = words::least_line(c) {
+    for line in [words::least_line(c), words::checked_line(c)]
+        .into_iter()
+        .flatten()
+    {
         let _ = write!(o, "<p>{}</p>", escape(&line));
     }
     for w in &c.warnings {

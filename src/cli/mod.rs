@@ -36,7 +36,7 @@ pub enum Command {
     Dashboard(dashboard_cmd::DashboardArgs),
     /// Serve one OpenAI-compatible endpoint over all studios (the load balancer)
     Serve(serve_cmd::ServeArgs),
-    /// Benchmark the pool: concurrency and worker-count sweeps, JSON, charts, history
+    /// Benchmark the pool: sweeps, capacity under a service level, JSON, charts, history
     Bench(bench_cmd::BenchArgs),
     /// Process a folder of documents with prompt presets across the pool (resumable)
     Batch(batch_cmd::BatchArgs),

@@ -318,6 +318,8 @@ impl Engine {
     /// Run a benchmark as a job; the run is kept in the history store.
     pub fn start_bench(&self, req: BenchRequest) -> Result<JobId, EngineError> {
         let label = req.label.clone();
+        // A run over part of the pool checks the whole pool's prediction.
+        let subset = (!req.only.is_empty()).then(|| (self.config(), req.only.clone()));
         let plan = req.plan(&self.config(), self.config_info().simulated)?;
         let r = self.begin(JobKind::Bench)?;
         let id = r.id;
@@ -328,7 +330,14 @@ impl Engine {
                 last: Mutex::new(Instant::now() - PROGRESS_EVERY),
             });
             match bench_run::run(&plan, obs, r.cancel.clone()).await {
-                Ok(result) => {
+                Ok(mut result) => {
+                    if let (Some((full, ids)), Some(c)) = (&subset, result.capacity.as_mut()) {
+                        c.checked = engine.store().ok().and_then(|s| {
+                            crate::bench::capacity::record::check(&s, full, ids, c)
+                                .ok()
+                                .flatten()
+                        });
+                    }
                     let run_id = match engine
                         .store()
                         .and_then(|s| Ok(s.save_run(&result, label.as_deref())?))

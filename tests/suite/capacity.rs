@@ -184,15 +184,32 @@ async fn the_cli_answers_in_one_sentence_first_and_measures_only_the_studios_nam
             .to_string(),
     )
     .unwrap();
-    let out = dir.path().join("r.json");
-    let cmd = BatonCmd::new(["bench", "--mode", "capacity", "--only", "a"])
-        .args(["--slo-ttft-p95", "150ms", "--slo-tokens-per-s", "20"])
-        .args(["--max-tokens", "10", "--skip-preflight", "--no-charts"])
-        .arg("-c")
-        .arg(&workers)
-        .arg("-o")
-        .arg(&out)
-        .home(dir.path());
+    let bench = |only: &[&str], out: &str| {
+        let out = dir.path().join(out);
+        let mut cmd = BatonCmd::new(["bench", "--mode", "capacity"])
+            .args(["--slo-ttft-p95", "150ms", "--slo-tokens-per-s", "20"])
+            .args(["--max-tokens", "10", "--skip-preflight", "--no-charts"])
+            .arg("-c")
+            .arg(&workers)
+            .arg("-o")
+            .arg(&out)
+            .home(dir.path());
+        if !only.is_empty() {
+            cmd = cmd.arg("--only").arg(only.join(","));
+        }
+        (cmd, out)
+    };
+    // The whole pool first: its studios alone predict any part of it.
+    let (cmd, _) = bench(&[], "all.json");
+    let whole = tokio::task::spawn_blocking(move || cmd.output())
+        .await
+        .unwrap();
+    assert!(
+        whole.status.success(),
+        "{}",
+        String::from_utf8_lossy(&whole.stderr)
+    );
+    let (cmd, out) = bench(&["a"], "r.json");
     // The studios answer on this runtime while the command runs.
     let run = tokio::task::spawn_blocking(move || cmd.output())
         .await
@@ -231,6 +248,14 @@ async fn the_cli_answers_in_one_sentence_first_and_measures_only_the_studios_nam
         assert!(!point[key].is_null(), "{key} in {point}");
     }
     assert_eq!(c["what_if"][0]["change"], "without a");
+    // The part measured against the whole pool's prediction for it.
+    assert_eq!(c["checked"]["run_id"], 1);
+    assert_eq!(c["checked"]["predicted"], 2, "a served 2 alone in run 1");
+    assert_eq!(c["checked"]["measured"], 2);
+    assert!(
+        stdout.contains("Run 1 predicted 2 agents for a (each alone, summed): measured 2 (+0%)."),
+        "{stdout}"
+    );
 
     let bad = BatonCmd::new(["bench", "--mode", "capacity", "--slo-ttft-p95", "2"])
         .home(dir.path())

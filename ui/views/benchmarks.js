@@ -4,6 +4,7 @@
 import { del, download, enc, get, post } from '../api.js';
 import { act, badge, confirmDialog, errorBox, field, fill, h } from '../dom.js';
 import { chartFigure } from '../charts.js';
+import { capacityCard } from './capacity.js';
 import { int, jobStatus, num, pct, secs, severityTone, speedup, when } from '../format.js';
 import { on, state, trackJob } from '../state.js';
 
@@ -73,7 +74,7 @@ async function chartsOf(path, into) {
 
 function runForm(errSlot) {
   // Both by default, as the CLI: the scaling chart is what most come for.
-  const mode = h('select', { name: 'mode' }, ['concurrency', 'scaling', 'both'].map((m) => h('option', { value: m, text: m[0].toUpperCase() + m.slice(1) })));
+  const mode = h('select', { name: 'mode' }, ['concurrency', 'scaling', 'both', 'capacity'].map((m) => h('option', { value: m, text: m[0].toUpperCase() + m.slice(1) })));
   mode.value = 'both';
   const unit = h('select', { name: 'unit', 'aria-label': 'Length unit' }, h('option', { value: 'duration_s', text: 'seconds' }), h('option', { value: 'requests', text: 'requests' }));
   const amount = h('input', { type: 'number', name: 'amount', min: 1, value: 5, 'aria-label': 'Length of each level' });
@@ -88,16 +89,33 @@ function runForm(errSlot) {
     h('option', { value: 'exclude_unhealthy', text: 'Leave it out' }),
     h('option', { value: 'skip', text: 'Skip the preflight' }));
   const run = h('button', { type: 'submit', class: 'primary', text: 'Run benchmark' });
-  const form = h('form', { class: 'grid-form bench-form' },
-    field('Mode', mode),
+  // Capacity mode: the service level the search holds the pool to.
+  const sloTtft = h('input', { type: 'number', name: 'slo_ttft_p95_ms', min: 1, value: 2000 });
+  const sloTps = h('input', { type: 'number', name: 'slo_tokens_per_s', min: 0.1, step: 'any', value: 20 });
+  const slo = [field('First token within (ms, p95)', sloTtft), field('Tokens/s per answer, at least', sloTps)];
+  const sweep = [
     h('div', { class: 'field' }, h('span', { class: 'label', text: 'Each level runs for' }), h('div', { class: 'row tight' }, amount, unit)),
-    field('Concurrency levels', levels), field('Worker counts (scaling)', counts),
+    field('Concurrency levels', levels), field('Worker counts (scaling)', counts)];
+  const capacityMode = () => {
+    for (const f of slo) f.hidden = mode.value !== 'capacity';
+    for (const f of sweep) f.hidden = mode.value === 'capacity';
+  };
+  mode.addEventListener('change', capacityMode);
+  capacityMode();
+  const form = h('form', { class: 'grid-form bench-form' },
+    field('Mode', mode), ...slo, ...sweep,
     field('Max tokens', maxTokens), field('If a studio fails preflight', gate), field('Label', label),
     h('label', { class: 'field wide' }, h('span', { class: 'label', text: 'Prompt' }), prompt),
     h('div', { class: 'row end wide' }, run));
   form.addEventListener('submit', (e) => {
     e.preventDefault();
-    const body = {
+    // A capacity search sizes its own points (enough answers for a p95).
+    const body = mode.value === 'capacity' ? {
+      mode: 'capacity', slo: { ttft_p95_ms: Number(sloTtft.value), tokens_per_s: Number(sloTps.value) },
+      max_tokens: Number(maxTokens.value), gate: gate.value,
+      ...(prompt.value.trim() && { prompt: prompt.value.trim() }),
+      ...(label.value.trim() && { label: label.value.trim() }),
+    } : {
       mode: mode.value, [unit.value]: Number(amount.value),
       concurrency_levels: numbers(levels.value), worker_counts: numbers(counts.value),
       max_tokens: Number(maxTokens.value), gate: gate.value,
@@ -157,7 +175,9 @@ export function mount(root, life) {
       h('h2', { text: `Run ${shown.id}${summary?.label ? `: ${summary.label}` : ''}` }),
       h('p', { class: 'hint', text: `${r.mode}, ${r.target}, model ${r.settings?.model || '–'}, ${r.settings?.max_tokens} max tokens${r.interrupted ? ' (interrupted: later levels were not run)' : ''}` }),
       h('div', { class: 'row' }, report),
-      diagnosisCard(shown.diagnosis || r.diagnosis),
+      capacityCard(r.capacity),
+      // A capacity run has no sweep to judge: only findings about its studios.
+      (!r.capacity || (shown.diagnosis || r.diagnosis)?.findings?.length > 0) && diagnosisCard(shown.diagnosis || r.diagnosis),
       resultTables(r));
   }
 

@@ -137,7 +137,9 @@ export function headroomGauge(life, { compact = false } = {}) {
       el.classList.remove('amber');
       el.querySelector('.gauge').hidden = true;
       words.textContent = 'not measured';
-      note.textContent = 'No capacity on record for this pool: measure how many agents it serves at once within 2 s to first token and 20 tok/s (a few minutes).';
+      note.textContent = compact
+        ? 'How many agents this pool serves at once is not measured yet.'
+        : 'No capacity on record for this pool: measure how many agents it serves at once within 2 s to first token and 20 tok/s (a few minutes).';
       return;
     }
     const p = state.balancer?.running ? state.stats?.pool : null;

@@ -4,6 +4,7 @@
 //! each studio's own capacity alone under the same level; and from those,
 //! what the pool would serve without a studio or with one more like it.
 //!
+//! - `chart`: the search drawn (in `crate::chart`'s list)
 //! - `drive`: the studios alone, then the pool, within a bench run
 //! - `search`: double, then bisect (and the fixed sweep it is measured
 //!   against in `benches/capacity.rs`)
@@ -12,6 +13,7 @@
 //! - `render`: the sentence and the tables
 //! - `record`: the capacity on record for the pool now (the headroom gauge)
 
+pub mod chart;
 pub mod drive;
 pub mod point;
 pub mod predict;
@@ -152,6 +154,7 @@ pub fn assemble(
         what_if: predict::what_if(&per_studio),
         predicted: predict::prediction(&per_studio, pool.max_concurrency),
         least_per_slot: predict::least_per_slot(&per_studio),
+        checked: None,
         points: pool.points,
         per_studio,
         warnings,

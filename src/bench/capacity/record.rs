@@ -8,7 +8,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use super::render::sentence;
-use crate::bench::report::Slo;
+use crate::bench::report::{Capacity, Checked, Slo};
 use crate::config::Config;
 use crate::store::{Store, StoreError};
 
@@ -73,6 +73,52 @@ pub fn on_record(store: &Store, config: &Config) -> Result<Option<Record>, Store
                 sentence: sentence(c),
             }));
         }
+    }
+    Ok(None)
+}
+
+/// The newest prediction for `measured` (a run over `subset` of `full`'s
+/// enabled studios): the sum of what those studios served alone in the
+/// newest capacity run over the whole pool, every studio measured.
+pub fn check(
+    store: &Store,
+    full: &Config,
+    subset: &[String],
+    measured: &Capacity,
+) -> Result<Option<Checked>, StoreError> {
+    let all: Vec<Value> = full.enabled_workers().map(|w| w.to_json()).collect();
+    let want = key(&all);
+    let mut runs = store.list_runs()?;
+    runs.retain(|r| r.mode == "capacity" && r.target == "balancer" && !r.interrupted);
+    for summary in runs.iter().rev() {
+        let run = store.get_run(summary.id)?;
+        let Some(c) = &run.capacity else { continue };
+        let workers = run.config["workers"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let whole =
+            c.per_studio.len() == all.len() && c.per_studio.iter().all(|s| s.error.is_none());
+        if key(&workers) != want || !whole {
+            continue;
+        }
+        let predicted: usize = c
+            .per_studio
+            .iter()
+            .filter(|s| subset.contains(&s.id))
+            .map(|s| s.max_concurrency)
+            .sum();
+        return Ok(Some(Checked {
+            run_id: summary.id,
+            studios: subset.to_vec(),
+            predicted,
+            measured: measured.max_concurrency,
+            error_pct: if predicted == 0 {
+                0.0
+            } else {
+                (measured.max_concurrency as f64 - predicted as f64) / predicted as f64 * 100.0
+            },
+        }));
     }
     Ok(None)
 }

@@ -138,6 +138,9 @@ pub fn render(c: &Capacity) -> String {
     if let Some(line) = least_line(c) {
         let _ = writeln!(o, "{line}");
     }
+    if let Some(line) = checked_line(c) {
+        let _ = writeln!(o, "{line}");
+    }
     for w in &c.warnings {
         let _ = writeln!(o, "warning: {w}");
     }
@@ -190,6 +193,20 @@ pub fn least_line(c: &Capacity) -> Option<String> {
         best.id,
         predict::per_slot(best),
         goodput(best)
+    ))
+}
+
+/// "Run 3 predicted 12 agents for mac-1, mac-3 (each alone, summed):
+/// measured 13 (+8%)."
+pub fn checked_line(c: &Capacity) -> Option<String> {
+    let k = c.checked.as_ref()?;
+    Some(format!(
+        "Run {} predicted {} for {} (each alone, summed): measured {} ({:+.0}%).",
+        k.run_id,
+        agents(k.predicted),
+        k.studios.join(", "),
+        k.measured,
+        k.error_pct
     ))
 }
 

@@ -152,6 +152,21 @@ pub struct Prediction {
     pub error_pct: f64,
 }
 
+/// An earlier run's prediction for part of its pool, checked by measuring
+/// that part (`--only`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Checked {
+    /// The run over the whole pool the prediction comes from.
+    pub run_id: i64,
+    /// The studios measured now.
+    pub studios: Vec<String>,
+    /// The sum of what those studios served alone in that run.
+    pub predicted: usize,
+    pub measured: usize,
+    /// (measured - predicted) / predicted, in percent.
+    pub error_pct: f64,
+}
+
 /// The capacity of the pool under a service level.
 #[skip_serializing_none]
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -175,6 +190,8 @@ pub struct Capacity {
     pub predicted: Option<Prediction>,
     /// The studio that adds the fewest agents per declared slot.
     pub least_per_slot: Option<String>,
+    /// A run over part of the pool: the whole pool's prediction for it.
+    pub checked: Option<Checked>,
     /// Points too short for a p95, a search cut short.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,

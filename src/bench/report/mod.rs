@@ -28,7 +28,7 @@ mod evidence;
 mod split;
 
 pub use capacity::{
-    Capacity, CapacityPoint, Change, LimitedBy, Prediction, Slo, StudioCapacity, WhatIf,
+    Capacity, CapacityPoint, Change, Checked, LimitedBy, Prediction, Slo, StudioCapacity, WhatIf,
 };
 pub use diagnosis::{Cause, Diagnosis, Finding, Severity, WaterfallStep};
 pub use evidence::{
