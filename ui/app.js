@@ -7,13 +7,14 @@ import { connect } from './events.js';
 import { applyEvent, emit, loadHistory, loadState, state } from './state.js';
 import * as overview from './views/overview.js';
 import * as studios from './views/studios.js';
+import * as models from './views/models.js';
 import * as preflight from './views/preflight.js';
 import * as benchmarks from './views/benchmarks.js';
 import * as batch from './views/batch.js';
 import * as popover from './views/popover.js';
 
-const VIEWS = { overview, studios, preflight, benchmarks, batch };
-const NAMES = { overview: 'Overview', studios: 'Studios', preflight: 'Preflight', benchmarks: 'Benchmarks', batch: 'Batch' };
+const VIEWS = { overview, studios, models, preflight, benchmarks, batch };
+const NAMES = { overview: 'Overview', studios: 'Studios', models: 'Models', preflight: 'Preflight', benchmarks: 'Benchmarks', batch: 'Batch' };
 
 const main = document.getElementById('main');
 const nav = document.getElementById('nav');

@@ -67,6 +67,9 @@ pub struct Studio {
     /// Its balancer state, while the balancer runs.
     pub state: Option<State>,
     pub rtt_ms: Option<f64>,
+    /// The models it has in memory (from its own API; refreshed when the
+    /// workers or their models change).
+    pub loaded: Vec<String>,
 }
 
 /// What the tray knows, kept up to date from the engine's events.
@@ -95,6 +98,17 @@ impl Model {
                 enabled: w.enabled,
                 state: w.live.as_ref().map(|l| l.state),
                 rtt_ms: w.live.as_ref().and_then(|l| l.probe_rtt_ms),
+                loaded: w
+                    .live
+                    .as_ref()
+                    .map(|l| {
+                        l.inventory
+                            .iter()
+                            .filter(|m| m.state == baton::balancer::Residency::Loaded)
+                            .map(|m| m.name.clone())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
             .collect();
     }
@@ -108,6 +122,7 @@ impl Model {
                     for st in &mut self.studios {
                         st.state = None;
                         st.rtt_ms = None;
+                        st.loaded.clear();
                     }
                 }
             }
@@ -190,8 +205,8 @@ impl Model {
         }
     }
 
-    /// One line per studio for the Studios submenu: its state, and its
-    /// probe round trip while it has one.
+    /// One line per studio for the Studios submenu: its state, its probe
+    /// round trip while it has one, and the models it has loaded.
     pub fn studio_lines(&self) -> Vec<(String, String)> {
         self.studios
             .iter()
@@ -206,7 +221,13 @@ impl Model {
                     (Some(State::Ready | State::Draining), Some(ms)) => format!(" · {}", rtt(ms)),
                     _ => String::new(),
                 };
-                (s.id.clone(), format!("{} — {state}{rtt}", s.id))
+                let loaded = match (s.state, s.loaded.as_slice()) {
+                    (Some(State::Ready | State::Draining), [_, ..]) => {
+                        format!(" · {}", s.loaded.join(", "))
+                    }
+                    _ => String::new(),
+                };
+                (s.id.clone(), format!("{} — {state}{rtt}{loaded}", s.id))
             })
             .collect()
     }
@@ -502,6 +523,7 @@ mod tests {
             enabled: true,
             state,
             rtt_ms: Some(0.42),
+            loaded: vec![],
         }
     }
 
@@ -566,6 +588,14 @@ mod tests {
         m.studios[2].enabled = false;
         let lines: Vec<String> = m.studio_lines().into_iter().map(|l| l.1).collect();
         assert_eq!(lines, ["s0 — ready · 12 ms", "s1 — down", "s2 — disabled"]);
+        // Each ready studio's loaded models follow.
+        m.studios[0].loaded = vec!["qwen3-14b".into(), "llama-3.1-8b".into()];
+        m.studios[1].loaded = vec!["gone".into()];
+        assert_eq!(
+            m.studio_lines()[0].1,
+            "s0 — ready · 12 ms · qwen3-14b, llama-3.1-8b"
+        );
+        assert_eq!(m.studio_lines()[1].1, "s1 — down");
         let m = model(false, &[None]);
         assert_eq!(m.studio_lines()[0].1, "s0 — stopped");
         assert_eq!(rtt(0.42), "0.4 ms");

@@ -51,7 +51,7 @@ pub use error::EngineError;
 pub use models::{ModelAction, ModelOutcome, ModelStep, ModelsView, PoolModel, StudioModels};
 pub use run::{BatchRequest, BenchRequest, DiscoverRequest};
 use simulated::simulated_pool;
-pub use simulated::{SimProfile, demo_studio, uniform_studio};
+pub use simulated::{DEMO_MODELS, SimProfile, demo_studio, uniform_studio};
 pub use view::{BalancerStatus, ConfigInfo, EngineState, WorkerStatus, WorkerView};
 
 /// How many simulated studios stand in when there is no workers file.

@@ -1774,3 +1774,40 @@ async fn models_load_and_unload_through_lm_studio_and_ollama_and_the_studios_say
         .await;
     assert_eq!(s, 400, "{v}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_pool_shows_a_model_loaded_on_two_studios_one_on_one_and_one_cold() {
+    let d = Dash::with_file(None, Some(3)).await;
+    let (s, v) = d
+        .send(reqwest::Method::POST, "/api/balancer/start", json!({}))
+        .await;
+    assert_eq!(s, 200, "{v}");
+    let mut view = Value::Null;
+    for _ in 0..100 {
+        (_, view) = d.get("/api/models").await;
+        let studios = view["studios"].as_array().cloned().unwrap_or_default();
+        if studios.len() == 3 && studios.iter().all(|s| s["models"] != json!([])) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let [two, one, cold] = baton::engine::DEMO_MODELS;
+    let on = |name: &str, field: &str| -> usize {
+        view["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|m| m["name"] == name)
+            .unwrap_or_else(|| panic!("{name} in {view}"))[field]
+            .as_array()
+            .unwrap()
+            .len()
+    };
+    assert_eq!(on(two, "loaded_on"), 2, "{view}");
+    assert_eq!(on(one, "loaded_on"), 1, "{view}");
+    assert_eq!(
+        (on(cold, "loaded_on"), on(cold, "available_on")),
+        (0, 3),
+        "{view}"
+    );
+}

@@ -44,7 +44,13 @@ fn a_users_day_in_the_dashboard_works_in_a_real_browser() {
             v.push(
                 support::start_sim_at(
                     (ip, 1234),
-                    support::sim_cfg(4, 50, 200.0).with_seed(i as u64 + 1),
+                    // A second model on disk, for the Models view.
+                    baton::sim::SimConfig {
+                        loaded: Some(vec![baton::sim::DEFAULT_MODEL.into()]),
+                        ..support::sim_cfg(4, 50, 200.0)
+                            .with_seed(i as u64 + 1)
+                            .with_models(&[baton::sim::DEFAULT_MODEL, "qwen3-14b"])
+                    },
                 )
                 .await,
             );

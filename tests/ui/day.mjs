@@ -109,7 +109,7 @@ await step('open the dashboard; the token leaves the address bar', async () => {
   await page.goto(URL_);
   await page.getByRole('heading', { name: 'Overview' }).waitFor();
   check(!page.url().includes('token'), `the address bar still holds the token: ${page.url()}`);
-  for (const name of ['Overview', 'Studios', 'Preflight', 'Benchmarks', 'Batch']) {
+  for (const name of ['Overview', 'Studios', 'Models', 'Preflight', 'Benchmarks', 'Batch']) {
     await page.getByRole('navigation').getByRole('link', { name, exact: true }).waitFor();
   }
 });
@@ -282,12 +282,29 @@ await step('a second run, then compare the two', async () => {
   await shoot('benchmarks-compare');
 });
 
+await step('Models: warm up the pool with a cold model, then unload it from one studio', async () => {
+  await go('models');
+  const model = 'qwen3-14b';
+  const places = page.getByRole('list', { name: `Where ${model} is` });
+  await places.locator('li.place').nth(1).waitFor({ timeout: 15000 });
+  check(await places.locator('li.place.loaded').count() === 0, `${model} starts loaded somewhere`);
+  await shoot('models-cold');
+  await page.getByRole('button', { name: `Warm up the pool with ${model}` }).click();
+  await page.waitForFunction((m) => document.querySelectorAll(`ul[aria-label="Where ${m} is"] li.place.loaded`).length >= 2, model, { timeout: 15000 });
+  const first = (await places.locator('li.place.loaded .id').first().innerText()).trim();
+  await page.getByRole('button', { name: `Unload ${model} on ${first}` }).click();
+  await page.getByRole('button', { name: `Load ${model} on ${first}` }).waitFor({ timeout: 15000 });
+  await page.waitForFunction((m) => document.querySelectorAll(`ul[aria-label="Where ${m} is"] li.place.loaded`).length === 1, model, { timeout: 15000 })
+    .catch(async () => { throw new Error(`${model} is not loaded on exactly one studio after the unload: ${await places.innerText()}`); });
+  await shoot('models-mixed');
+});
+
 await step('screenshots of every view, light and dark, wide and narrow', async () => {
   for (const scheme of ['light', 'dark']) {
     await page.emulateMedia({ colorScheme: scheme });
     for (const [w, h] of [[1280, 800], [380, 700]]) {
       await page.setViewportSize({ width: w, height: h });
-      for (const view of ['overview', 'studios', 'preflight', 'benchmarks', 'batch']) {
+      for (const view of ['overview', 'studios', 'models', 'preflight', 'benchmarks', 'batch']) {
         await go(view);
         await page.getByRole('heading', { level: 1 }).first().waitFor();
         await shoot(`${view}-${scheme}-${w}x${h}`);

@@ -124,6 +124,7 @@ function workerRow(w) {
       h('span', { text: kindName(w.type) }),
       h('span', { class: 'model', text: w.model || 'any model' }),
       h('span', { text: slotsText(w, l) }),
+      loadedText(w.live),
       w.weight !== 1 && h('span', { text: `weight ${w.weight}` }),
       ...API_NAMES.map(([path, name]) => {
         const c = (w.live?.capabilities || l.capabilities)?.[path];
@@ -145,6 +146,13 @@ function workerRow(w) {
         emit('workers');
       }, 'danger')),
     errSlot);
+}
+
+// The models it has in memory, from its own API (see the Models view).
+function loadedText(live) {
+  if (!live?.inventory?.length) return null;
+  const loaded = live.inventory.filter((m) => m.state === 'loaded').map((m) => m.name);
+  return h('span', { class: 'loaded', text: loaded.length ? `loaded: ${loaded.join(', ')}` : 'nothing loaded' });
 }
 
 // What the user set, and what Baton learned the studio runs.

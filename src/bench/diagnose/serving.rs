@@ -199,7 +199,12 @@ pub(super) fn cold_models(run: &Run, dead: &BTreeSet<&str>, out: &mut Vec<Findin
                     ""
                 }
             ),
-            remedy: cold_remedy(&s.kind).to_string(),
+            // Baton sends a request where its model is loaded: a model warm
+            // on more studios is a cold load fewer.
+            remedy: format!(
+                "{}; or load it on more studios (the dashboard's Models view, \"Warm up the pool\"), since Baton routes each request to a studio that has its model loaded",
+                cold_remedy(&s.kind)
+            ),
             figures: figures(&[
                 ("first_ms", first),
                 ("steady_ttft_ms", steady),

@@ -411,6 +411,7 @@ fn a_first_answer_that_paid_a_model_load_is_a_cold_model() {
         d.findings[0].evidence
     );
     assert!(d.findings[0].remedy.contains("lms load"));
+    assert!(d.findings[0].remedy.contains("Warm up the pool"));
     // ...or reported by the studio (Ollama's load_duration).
     let mut r = healthy();
     let first = ev(&mut r).probes[1].first.as_mut().unwrap();

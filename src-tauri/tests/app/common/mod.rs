@@ -107,6 +107,7 @@ impl Home {
                 ..BalancerSettings::default()
             },
             aliases: Default::default(),
+            fallbacks: Default::default(),
         };
         let home = Home { dir, balancer_port };
         let file = home.workers_file();
