@@ -70,27 +70,13 @@ async fn refuse_loops(State(s): St, req: Request, next: Next) -> Response {
         .iter()
         .any(|v| memchr::memmem::find(v.as_bytes(), ours).is_some());
     if looped {
-        return family_of(req.uri().path()).error(
+        return Family::of_path(req.uri().path()).error(
             StatusCode::LOOP_DETECTED,
             "this request came back to the balancer that sent it: a worker points at Baton itself; point it at the studio's own server",
             "loop_detected",
         );
     }
     next.run(req).await
-}
-
-/// The family of the API a path belongs to (OpenAI for anything unknown).
-fn family_of(path: &str) -> Family {
-    Api::from_path(path).map_or_else(
-        || {
-            if path.starts_with("/api/") {
-                Family::Ollama
-            } else {
-                Family::Openai
-            }
-        },
-        Api::family,
-    )
 }
 
 async fn authorize(State(s): St, req: Request, next: Next) -> Response {
@@ -105,7 +91,7 @@ async fn authorize(State(s): St, req: Request, next: Next) -> Response {
             .unwrap_or("");
         if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
             s.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-            return family_of(req.uri().path()).error(
+            return Family::of_path(req.uri().path()).error(
                 StatusCode::UNAUTHORIZED,
                 "missing or wrong API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)",
                 "invalid_api_key",
@@ -120,7 +106,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 async fn not_found(uri: axum::http::Uri) -> Response {
-    family_of(uri.path()).error(
+    Family::of_path(uri.path()).error(
         StatusCode::NOT_FOUND,
         &format!(
             "unknown endpoint {}; Baton serves the OpenAI API (/v1/chat/completions, /v1/completions, /v1/embeddings, /v1/responses, /v1/models), Anthropic's (/v1/messages) and Ollama's (/api/chat, /api/generate, /api/embed, /api/tags, ...)",

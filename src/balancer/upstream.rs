@@ -281,41 +281,45 @@ impl Upstream {
             .acquire()
             .await
             .expect("semaphore never closed");
-        let addrs = self.resolve(timeout).await?;
+        let stream = self.open_tcp(timeout).await?;
+        let _ = stream.set_nodelay(true);
+        liveness::keep_alive(&socket2::SockRef::from(&stream));
+        let tracked = Tracked::new(&stream);
+        if let Some(t) = &tracked {
+            let mut all = self.tracked.lock().expect("tracked lock");
+            all.retain(|w| w.strong_count() > 0);
+            all.push(Arc::downgrade(t));
+        }
+        let (tx, conn) = http1::Builder::new()
+            .handshake::<_, ReqBody>(TokioIo::new(stream))
+            .await
+            .map_err(|e| SendError::Request(describe(&e)))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        self.connects.fetch_add(1, Ordering::Relaxed);
+        Ok(Conn {
+            tx,
+            _tracked: tracked,
+            served: 0,
+            closing: false,
+        })
+    }
+
+    /// A TCP connection to the first of the studio's addresses that takes
+    /// one within `timeout`.
+    async fn open_tcp(&self, timeout: Duration) -> Result<TcpStream, SendError> {
         let mut last = None;
-        for addr in addrs {
+        for addr in self.resolve(timeout).await? {
             match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(stream)) => {
-                    let _ = stream.set_nodelay(true);
-                    liveness::keep_alive(&socket2::SockRef::from(&stream));
-                    let tracked = Tracked::new(&stream);
-                    if let Some(t) = &tracked {
-                        let mut all = self.tracked.lock().expect("tracked lock");
-                        all.retain(|w| w.strong_count() > 0);
-                        all.push(Arc::downgrade(t));
-                    }
-                    let (tx, conn) = http1::Builder::new()
-                        .handshake::<_, ReqBody>(TokioIo::new(stream))
-                        .await
-                        .map_err(|e| SendError::Request(describe(&e)))?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    self.connects.fetch_add(1, Ordering::Relaxed);
-                    return Ok(Conn {
-                        tx,
-                        _tracked: tracked,
-                        served: 0,
-                        closing: false,
-                    });
-                }
+                Ok(Ok(stream)) => return Ok(stream),
                 // On macOS, "no route" to a LAN studio may be the Local
                 // Network denial; the studio's error then says so.
                 Ok(Err(e)) => {
                     last = Some(SendError::Connect(
                         classify_here(&e, addr.ip()),
                         e.to_string(),
-                    ));
+                    ))
                 }
                 Err(_) => last = Some(SendError::ConnectTimeout(timeout)),
             }
@@ -336,22 +340,7 @@ impl Upstream {
     /// Open a TCP connection and close it without sending a byte: the host
     /// and its listener are up (a single-threaded server never notices).
     pub async fn connect_check(&self, timeout: Duration) -> Result<(), SendError> {
-        let mut last = None;
-        for addr in self.resolve(timeout).await? {
-            match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-                Ok(Ok(_)) => return Ok(()),
-                Ok(Err(e)) => {
-                    last = Some(SendError::Connect(
-                        classify_here(&e, addr.ip()),
-                        e.to_string(),
-                    ))
-                }
-                Err(_) => last = Some(SendError::ConnectTimeout(timeout)),
-            }
-        }
-        Err(last.unwrap_or_else(|| {
-            SendError::Connect(ConnectFailure::Other, "no address to connect to".into())
-        }))
+        self.open_tcp(timeout).await.map(drop)
     }
 
     async fn resolve(&self, timeout: Duration) -> Result<Vec<SocketAddr>, SendError> {
