@@ -124,7 +124,7 @@ export function headroomGauge(life, { compact = false } = {}) {
   measure.addEventListener('click', () => act(measure, slot, async () => {
     trackJob('bench', (await post('/api/bench', { mode: 'capacity' })).job);
   }));
-  const el = h('section', { class: `headroom ${compact ? 'compact' : 'card'}`, 'aria-label': 'Headroom' },
+  const el = h('section', { class: `headroom card${compact ? ' compact' : ''}`, 'aria-label': 'Headroom' },
     h('div', { class: 'row' }, h('span', { class: 'k grow', text: 'Headroom' }), words),
     h('div', { class: 'gauge', role: 'meter', 'aria-label': 'Agents now against capacity', 'aria-valuemin': '0' }, bar),
     note, measure, slot);
