@@ -1033,16 +1033,15 @@ async fn ttft_p50(b: &baton::balancer::Balancer, d: Duration) -> (f64, LoadRepor
 async fn no_slow_start_twice(opts: &Opts) -> Vec<Verdict> {
     use baton::balancer::Balancer;
     println!(
-        "\n9. No slow start twice: two studios of 4 slots (\"auto\"), 12 streams, TTFT p50 of the first 15 s"
+        "\n9. No slow start twice: two studios of 4 slots, 12 streams, TTFT p50 of the first 15 s"
     );
     let sims = [
         start_sim(sim_cfg(4, 100, 40.0)).await,
         start_sim(sim_cfg(4, 100, 40.0)).await,
     ];
-    let mut cfg = config_for(&sims.iter().collect::<Vec<_>>(), Strategy::LeastTime);
-    for w in &mut cfg.workers {
-        w.max_concurrent_requests = Slots::Auto;
-    }
+    // Declared exactly: only slow start is learned, not probes upward
+    // (which cost a queued request now and then, restart or not).
+    let cfg = config_for(&sims.iter().collect::<Vec<_>>(), Strategy::LeastTime);
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("baton.sqlite3");
     let d = secs(opts, 15.0);
@@ -1087,84 +1086,6 @@ async fn no_slow_start_twice(opts: &Opts) -> Vec<Verdict> {
 
 // --------------------------------------------------------------- section 10
 
-/// What a process and its descendants have used so far, from `/proc`: CPU
-/// seconds (user + system, all threads), voluntary context switches (each
-/// one a wake-up after sleeping; summed over every thread), RSS in KiB.
-#[derive(Clone, Copy, Debug, Default)]
-struct Usage {
-    cpu_s: f64,
-    wakeups: u64,
-    rss_kb: u64,
-}
-
-fn usage(root: u32) -> Usage {
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    // The process and every descendant (a webview's helpers, say).
-    let mut pids = vec![root];
-    let mut i = 0;
-    while i < pids.len() {
-        let parent = pids[i];
-        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
-                continue;
-            };
-            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-            let ppid = stat
-                .rfind(')')
-                .and_then(|at| stat[at + 2..].split_whitespace().nth(1))
-                .and_then(|p| p.parse::<u32>().ok());
-            if ppid == Some(parent) && !pids.contains(&pid) {
-                pids.push(pid);
-            }
-        }
-        i += 1;
-    }
-    let mut u = Usage::default();
-    for pid in pids {
-        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        if let Some(at) = stat.rfind(')') {
-            // After the name: state is field 3; utime and stime are 14, 15.
-            let f: Vec<&str> = stat[at + 2..].split_whitespace().collect();
-            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            u.cpu_s += (t(11) + t(12)) / ticks;
-        }
-        let status = |path: String, key: &str| -> u64 {
-            std::fs::read_to_string(path)
-                .unwrap_or_default()
-                .lines()
-                .find_map(|l| l.strip_prefix(key))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-                .unwrap_or(0)
-        };
-        u.rss_kb += status(format!("/proc/{pid}/status"), "VmRSS:");
-        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-        {
-            u.wakeups += status(
-                format!("{}/status", t.path().display()),
-                "voluntary_ctxt_switches:",
-            );
-        }
-    }
-    u
-}
-
-/// CPU (% of one core) and wake-ups per second of `pid` over `window`,
-/// and its RSS (MB) at the end.
-async fn idle_figures(pid: u32, window: Duration) -> (f64, f64, f64) {
-    let a = usage(pid);
-    tokio::time::sleep(window).await;
-    let b = usage(pid);
-    let s = window.as_secs_f64();
-    (
-        (b.cpu_s - a.cpu_s) / s * 100.0,
-        (b.wakeups - a.wakeups) as f64 / s,
-        b.rss_kb as f64 / 1024.0,
-    )
-}
-
 async fn idle_cost(opts: &Opts) -> Vec<Verdict> {
     println!(
         "\n10. Idle cost: `baton serve` over three studios, nobody using it (Linux: /proc, every thread)"
@@ -1186,19 +1107,20 @@ async fn idle_cost(opts: &Opts) -> Vec<Verdict> {
     .await;
     line("a little traffic first", &r);
     let window = secs(opts, 60.0);
-    let (cpu, wake, rss) = idle_figures(baton.pid(), window).await;
+    let i = support::procfs::idle(baton.pid(), window).await;
     println!(
-        "  {:<34} {cpu:>6.3}% of a core  {wake:>6.2} wake-ups/s  RSS {rss:.1} MB",
-        "the first minute after it"
+        "  {:<34} {:>6.3}% of a core  {:>6.2} wake-ups/s  RSS {:.1} MB",
+        "the first minute after it", i.cpu_pct, i.wakeups_per_s, i.rss_mb
     );
     // The probers slow down once the pool has had no request for 2 min.
     let rest = Duration::from_secs(125).saturating_sub(window);
     tokio::time::sleep(rest).await;
-    let (cpu, wake, rss) = idle_figures(baton.pid(), window).await;
+    let i = support::procfs::idle(baton.pid(), window).await;
     println!(
-        "  {:<34} {cpu:>6.3}% of a core  {wake:>6.2} wake-ups/s  RSS {rss:.1} MB",
-        "at rest (no request for 2+ min)"
+        "  {:<34} {:>6.3}% of a core  {:>6.2} wake-ups/s  RSS {:.1} MB",
+        "at rest (no request for 2+ min)", i.cpu_pct, i.wakeups_per_s, i.rss_mb
     );
+    let (cpu, wake, rss) = (i.cpu_pct, i.wakeups_per_s, i.rss_mb);
     vec![
         (
             "engine idle CPU < 0.1% of a core".into(),

@@ -14,7 +14,8 @@ use crate::{nap, notify, tray, windows};
 
 /// How often Launch at Login's checkmark is read again from the login
 /// item's file, for trays that report nothing before their menu opens
-/// (Linux; macOS reads it at the click as well).
+/// (Linux; macOS reads it at the click as well), and the studios' round
+/// trips from the engine.
 const LOGIN_EVERY: Duration = Duration::from_secs(5);
 
 pub fn spawn(app: AppHandle) {
@@ -32,11 +33,13 @@ async fn run(app: AppHandle) {
     let mut nap = nap::Nap::default();
     let mut login_at = Instant::now();
     nap.follow(&app, model.balancer.running);
-    tray::render(&app, &model, &mut shown);
-    // Figures that changed while the menu waited show on the next tick.
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut held = tray::render(&app, &model, &mut shown);
     loop {
+        // No tick while nothing changes (a menu-bar app must not wake up
+        // every second for nobody): the next wake-up is the login item's
+        // check, or sooner the figures the menu held back.
+        let login_due = login_at + LOGIN_EVERY;
+        let wake = held.map_or(login_due, |at| at.min(login_due));
         tokio::select! {
             r = events.recv() => match r {
                 Ok(n) => {
@@ -63,14 +66,17 @@ async fn run(app: AppHandle) {
                 Err(RecvError::Lagged(_)) => model = tray::Model::load(&engine).await,
                 Err(RecvError::Closed) => return,
             },
-            _ = tick.tick() => {
+            _ = tokio::time::sleep_until(wake.into()) => {
                 if login_at.elapsed() >= LOGIN_EVERY {
                     login_at = Instant::now();
                     tray::refresh_login(&app);
+                    // Round trips come as live figures only while a view
+                    // shows them: the menu reads them at this pace instead.
+                    model = tray::Model::load(&engine).await;
                 }
             }
         }
         nap.follow(&app, model.balancer.running);
-        tray::render(&app, &model, &mut shown);
+        held = tray::render(&app, &model, &mut shown);
     }
 }

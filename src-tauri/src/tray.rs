@@ -359,11 +359,11 @@ pub fn create(app: &AppHandle) -> tauri::Result<()> {
     Ok(())
 }
 
-/// Bring the icon and menu in line with `model`, changing only what differs.
-pub fn render(app: &AppHandle, model: &Model, shown: &mut Shown) {
-    let Some(tray) = app.tray_by_id(TRAY_ID) else {
-        return;
-    };
+/// Bring the icon and menu in line with `model`, changing only what differs;
+/// `Some(when)` the figures it held back (they change with every probe) are
+/// due.
+pub fn render(app: &AppHandle, model: &Model, shown: &mut Shown) -> Option<Instant> {
+    let tray = app.tray_by_id(TRAY_ID)?;
     let items = app.state::<Items>();
     let look = model.look();
     if shown.look != Some(look) {
@@ -401,8 +401,11 @@ pub fn render(app: &AppHandle, model: &Model, shown: &mut Shown) {
             set_studios(app, &items.studios, &lines, same_ids);
             shown.studios = Some(lines);
             shown.studios_at = Some(Instant::now());
+        } else {
+            return shown.studios_at.map(|t| t + FIGURES_EVERY);
         }
     }
+    None
 }
 
 fn set_studios(app: &AppHandle, menu: &Submenu<Wry>, lines: &[(String, String)], same_ids: bool) {

@@ -8,6 +8,7 @@
 //! - [`cmd`]: the `baton` binary, [`BatonCmd`], killed on drop;
 //! - [`http`]: a client, request bodies, strict SSE parsing;
 //! - [`plans`]: `baton bench` plans and a quiet observer;
+//! - [`procfs`]: a process's CPU, wake-ups and RSS from `/proc` (idle benches);
 //! - [`skip`]: tests that need a part this machine lacks say SKIPPED and
 //!   are counted (and fail under `CI=true`);
 //! - [`netlab`]: studio hosts in network namespaces, with real faults;
@@ -21,6 +22,7 @@ pub mod http;
 pub mod lab;
 pub mod netlab;
 pub mod plans;
+pub mod procfs;
 pub mod real;
 pub mod seed000;
 pub mod skip;

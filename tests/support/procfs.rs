@@ -1,0 +1,105 @@
+//! What a process costs while idle, from Linux's `/proc`: CPU, wake-ups and
+//! RSS of a process and every descendant (the app's webview processes), for
+//! the engine's idle bench (`benches/balancer.rs`, section 10) and the app's
+//! (`src-tauri/benches/idle.rs`). On macOS the same figures come from
+//! `top -stats pid,cpu,idlew,mem` (see the README's performance section).
+#![allow(dead_code)] // each bench uses its own part
+
+use std::time::Duration;
+
+/// What a process and its descendants have used so far: CPU seconds (user +
+/// system, all threads), voluntary context switches (each one a wake-up
+/// after sleeping; summed over every thread), RSS in KiB, and how many
+/// processes that is.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Usage {
+    pub cpu_s: f64,
+    pub wakeups: u64,
+    pub rss_kb: u64,
+    pub processes: usize,
+}
+
+/// `root` and its descendants, by parent pid.
+fn family(root: u32) -> Vec<u32> {
+    let mut pids = vec![root];
+    let mut i = 0;
+    while i < pids.len() {
+        let parent = pids[i];
+        for e in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+                continue;
+            };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            // After the name (which may hold spaces): state, then ppid.
+            let ppid = stat
+                .rfind(')')
+                .and_then(|at| stat[at + 2..].split_whitespace().nth(1))
+                .and_then(|p| p.parse::<u32>().ok());
+            if ppid == Some(parent) && !pids.contains(&pid) {
+                pids.push(pid);
+            }
+        }
+        i += 1;
+    }
+    pids
+}
+
+fn status_field(path: String, key: &str) -> u64 {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+pub fn usage(root: u32) -> Usage {
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let mut u = Usage::default();
+    for pid in family(root) {
+        u.processes += 1;
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        if let Some(at) = stat.rfind(')') {
+            // After the name: state is field 3; utime and stime are 14, 15.
+            let f: Vec<&str> = stat[at + 2..].split_whitespace().collect();
+            let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            u.cpu_s += (t(11) + t(12)) / ticks;
+        }
+        u.rss_kb += status_field(format!("/proc/{pid}/status"), "VmRSS:");
+        for t in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            u.wakeups += status_field(
+                format!("{}/status", t.path().display()),
+                "voluntary_ctxt_switches:",
+            );
+        }
+    }
+    u
+}
+
+/// Over `window`: CPU (% of one core) and wake-ups per second of `pid` and
+/// its descendants, and at the end their RSS (MB) and how many they are.
+#[derive(Clone, Copy, Debug)]
+pub struct Idle {
+    pub cpu_pct: f64,
+    pub wakeups_per_s: f64,
+    pub rss_mb: f64,
+    pub processes: usize,
+}
+
+pub async fn idle(pid: u32, window: Duration) -> Idle {
+    let a = usage(pid);
+    tokio::time::sleep(window).await;
+    let b = usage(pid);
+    let s = window.as_secs_f64();
+    Idle {
+        cpu_pct: (b.cpu_s - a.cpu_s) / s * 100.0,
+        // A process that ended in the window would make this negative.
+        wakeups_per_s: b.wakeups.saturating_sub(a.wakeups) as f64 / s,
+        rss_mb: b.rss_kb as f64 / 1024.0,
+        processes: b.processes,
+    }
+}
