@@ -28,11 +28,15 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(cli::run(args)) {
+    let code = match rt.block_on(cli::run(args)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
-    }
+    };
+    // A blocking task still running (a DNS lookup, say) must not keep a
+    // command that has finished, or was stopped, alive.
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    code
 }

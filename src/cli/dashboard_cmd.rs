@@ -79,8 +79,10 @@ pub async fn run(a: DashboardArgs) -> anyhow::Result<ExitCode> {
     if !a.no_open {
         open_browser(&api.dashboard_url());
     }
+    // Listen before saying so: a Ctrl-C right after the line must count.
+    let stop = super::serve_cmd::Stop::listen()?;
     println!("Press Ctrl-C to stop.");
-    super::serve_cmd::wait_for_signals(&engine).await?;
+    stop.serving(&engine).await?;
     engine.shutdown().await;
     api.shutdown().await;
     Ok(ExitCode::SUCCESS)

@@ -111,8 +111,10 @@ pub async fn run(a: ServeArgs) -> anyhow::Result<ExitCode> {
             std::process::id()
         );
     }
+    // Listen before saying so: a Ctrl-C right after the line must count.
+    let stop = super::serve_cmd::Stop::listen()?;
     println!("Press Ctrl-C to stop.");
-    wait_for_signals(&engine).await?;
+    stop.serving(&engine).await?;
     engine.shutdown().await;
     Ok(ExitCode::SUCCESS)
 }
@@ -140,25 +142,66 @@ async fn any_ready(engine: &Engine) -> bool {
         .any(|w| w.status == baton::engine::WorkerStatus::Ready)
 }
 
-#[cfg(unix)]
-pub async fn wait_for_signals(engine: &Engine) -> anyhow::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    loop {
-        tokio::select! {
-            r = tokio::signal::ctrl_c() => { r.context("waiting for Ctrl-C")?; return Ok(()); }
-            _ = term.recv() => return Ok(()),
-            _ = hup.recv() => match engine.reload_file().await {
-                Ok(s) => println!("Reloaded: added {:?}, removed {:?}, changed {:?}", s.added, s.removed, s.changed),
-                // A broken file keeps the running configuration.
-                Err(e) => tracing::error!("reload failed, keeping the current workers:\n{e}"),
-            },
-        }
-    }
+/// The signals that end a command that serves until stopped, listened to
+/// from the moment it is made: a signal that comes before the command waits
+/// for it is not lost.
+pub struct Stop {
+    #[cfg(unix)]
+    int: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    term: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    hup: tokio::signal::unix::Signal,
 }
 
-#[cfg(not(unix))]
-pub async fn wait_for_signals(_: &Engine) -> anyhow::Result<()> {
-    tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+impl Stop {
+    #[cfg(unix)]
+    pub fn listen() -> anyhow::Result<Stop> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Stop {
+            int: signal(SignalKind::interrupt()).context("installing the Ctrl-C handler")?,
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            hup: signal(SignalKind::hangup()).context("installing the SIGHUP handler")?,
+        })
+    }
+
+    #[cfg(not(unix))]
+    pub fn listen() -> anyhow::Result<Stop> {
+        Ok(Stop {})
+    }
+
+    /// Until Ctrl-C or SIGTERM (SIGHUP is ignored here).
+    pub async fn interrupted(mut self) {
+        #[cfg(unix)]
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return,
+                _ = self.term.recv() => return,
+                _ = self.hup.recv() => {}
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = tokio::signal::ctrl_c().await;
+    }
+
+    /// Until Ctrl-C or SIGTERM; SIGHUP reloads the workers file.
+    pub async fn serving(mut self, engine: &Engine) -> anyhow::Result<()> {
+        #[cfg(unix)]
+        loop {
+            tokio::select! {
+                _ = self.int.recv() => return Ok(()),
+                _ = self.term.recv() => return Ok(()),
+                _ = self.hup.recv() => match engine.reload_file().await {
+                    Ok(s) => println!("Reloaded: added {:?}, removed {:?}, changed {:?}", s.added, s.removed, s.changed),
+                    // A broken file keeps the running configuration.
+                    Err(e) => tracing::error!("reload failed, keeping the current workers:\n{e}"),
+                },
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = engine;
+            tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")
+        }
+    }
 }

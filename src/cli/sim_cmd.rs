@@ -229,10 +229,10 @@ pub async fn run(a: SimArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("writing {}", path.display()))?;
         println!("\nWrote a workers file for them: {}", path.display());
     }
+    // Listen before saying so: a Ctrl-C right after the line must count.
+    let stop = super::serve_cmd::Stop::listen()?;
     println!("\nPress Ctrl-C to stop.");
-    tokio::signal::ctrl_c()
-        .await
-        .context("waiting for Ctrl-C")?;
+    stop.interrupted().await;
     for s in sims {
         s.shutdown().await;
     }
