@@ -238,6 +238,42 @@ struct Running {
     seen: Vec<String>,
 }
 
+impl Drop for Running {
+    /// Whatever happens to the test, nothing it started outlives it: the
+    /// whole process group goes (what `sh` started too, not only `sh`).
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // SAFETY: signalling our own child's process group.
+        unsafe {
+            libc::kill(-(self.child.id() as i32), libc::SIGKILL);
+        }
+        let _ = self.child.wait();
+    }
+}
+
+/// Removes the keychain entries the key examples stored, also when the
+/// test fails half-way (a balancer key left behind would make every later
+/// `baton serve` on this machine ask for it).
+struct ForgetKeys<'a> {
+    scratch: &'a Scratch,
+    armed: bool,
+}
+
+impl Drop for ForgetKeys<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        for name in ["", "studio-1"] {
+            let mut c = self.scratch.command(&format!("baton key delete {name}"));
+            c.stdout(Stdio::null()).stderr(Stdio::null());
+            let _ = c.status();
+        }
+    }
+}
+
 /// Start a server command and wait until its output shows `ready`.
 fn start_server(mut c: Command, ready: &str, shown: &Shown) -> Running {
     // Its own process group, so Ctrl-C reaches what sh started.
@@ -339,7 +375,7 @@ fn stop(mut r: Running, shown: &Shown) {
             break s;
         }
         if t0.elapsed() > Duration::from_secs(15) {
-            let _ = r.child.kill();
+            // Dropping `r` ends its process group.
             panic!(
                 "README line {}: `{}` did not stop within 15 s of Ctrl-C",
                 shown.line, shown.text
@@ -420,6 +456,10 @@ async fn every_command_in_the_readme_runs_as_written() {
     // keys this machine already has (and what they store is removed below).
     let keys_in_use = baton::secrets::balancer_key().ok().flatten().is_some()
         || baton::secrets::resolve(&baton::config::SecretRef::Keychain("studio-1".into())).is_ok();
+    let _forget = ForgetKeys {
+        scratch: &scratch,
+        armed: !keys_in_use || ci,
+    };
     // Commands put in the background with `&`, until their block ends.
     let mut background: Vec<(Running, Shown)> = Vec::new();
     for s in &shown {
@@ -547,12 +587,6 @@ async fn every_command_in_the_readme_runs_as_written() {
     }
     for (r, b) in background.drain(..) {
         stop(r, &b);
-    }
-    // What the key examples stored goes away again.
-    for name in ["", "studio-1"].iter().filter(|_| !keys_in_use || ci) {
-        let mut c = scratch.command(&format!("baton key delete {name}"));
-        c.stdout(Stdio::null()).stderr(Stdio::null());
-        let _ = c.status();
     }
     eprintln!(
         "{} README commands checked{}",
