@@ -212,3 +212,52 @@ async fn sighup_reloads_the_workers_file() {
     assert_eq!((status, worker.as_str()), (200, "b"));
     child.kill();
 }
+
+/// Ctrl-C the moment "Press Ctrl-C to stop." appears stops the command, also
+/// when it was started with Ctrl-C ignored (a background job, a CI runner):
+/// before the listener was made ahead of the line, one start in eight lost
+/// the signal and ran on.
+#[test]
+fn ctrl_c_right_after_the_prompt_stops_sim_serve_and_dashboard() {
+    let home = tempfile::tempdir().unwrap();
+    let commands: [(&[&str], usize); 3] = [
+        (&["sim", "--count", "2", "--port", "0"], 12),
+        (&["serve", "--simulate", "1", "--listen", "127.0.0.1:0"], 4),
+        (
+            &[
+                "dashboard",
+                "--no-open",
+                "--control-port",
+                "0",
+                "--listen",
+                "127.0.0.1:0",
+            ],
+            4,
+        ),
+    ];
+    for (args, times) in commands {
+        for i in 0..times {
+            let mut child = BatonCmd::new(args)
+                .home(home.path())
+                .ignoring_interrupt()
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn();
+            child.stdout_until("Press Ctrl-C");
+            child.interrupt();
+            let t0 = std::time::Instant::now();
+            let status = loop {
+                if let Some(s) = child.try_wait() {
+                    break s;
+                }
+                assert!(
+                    t0.elapsed() < std::time::Duration::from_secs(10),
+                    "baton {} (start {i}) ran on 10 s after Ctrl-C",
+                    args.join(" ")
+                );
+                std::thread::sleep(std::time::Duration::from_millis(20));
+            };
+            assert!(status.success(), "baton {}: {status}", args.join(" "));
+        }
+    }
+}

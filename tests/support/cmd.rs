@@ -74,6 +74,20 @@ impl BatonCmd {
             .env("XDG_CACHE_HOME", dir.join("cache"))
     }
 
+    /// Started with Ctrl-C ignored, as a non-interactive shell starts a
+    /// background job (`cmd &`) and as CI runners often start tests: only a
+    /// handler the process installs itself hears it then.
+    pub fn ignoring_interrupt(mut self) -> BatonCmd {
+        // SAFETY: between fork and exec, `signal` is async-signal-safe.
+        unsafe {
+            std::os::unix::process::CommandExt::pre_exec(&mut self.cmd, || {
+                libc::signal(libc::SIGINT, libc::SIG_IGN);
+                Ok(())
+            });
+        }
+        self
+    }
+
     pub fn stdin(mut self, s: Stdio) -> BatonCmd {
         self.cmd.stdin(s);
         self
