@@ -82,19 +82,25 @@ async fn tray_menu_lists_its_items_starts_the_balancer_and_quits_cleanly() {
     );
 
     // The menu follows the engine's events: the toggle, and each studio's
-    // state and round trip.
+    // state, round trip and loaded models ("studio-a — ready · 3 ms · m").
     let mut last = Vec::new();
+    let mut last_studios = Vec::new();
     let followed = async {
         for _ in 0..100 {
             let layout = menu.layout().await;
             last = common::labels(&layout);
             let studios = layout.iter().find(|i| i.label == "Studios").unwrap();
             let lines = common::labels(&studios.children);
+            last_studios = lines.clone();
             if last[0] == "Stop Balancer"
                 && lines.len() == 2
-                && lines
-                    .iter()
-                    .all(|l| l.contains("— ready · ") && l.ends_with(" ms"))
+                && lines.iter().all(|l| {
+                    let parts: Vec<&str> = l.split(" · ").collect();
+                    parts.len() == 3
+                        && parts[0].ends_with("— ready")
+                        && parts[1].ends_with(" ms")
+                        && parts[2].contains(baton::sim::DEFAULT_MODEL)
+                })
             {
                 return true;
             }
@@ -104,7 +110,7 @@ async fn tray_menu_lists_its_items_starts_the_balancer_and_quits_cleanly() {
     };
     assert!(
         followed.await,
-        "the menu did not follow the balancer: {last:?}"
+        "the menu did not follow the balancer: {last:?}, studios {last_studios:?}"
     );
 
     // An answer in flight when Quit is clicked still finishes: 40 tokens at
