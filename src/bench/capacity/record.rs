@@ -55,6 +55,24 @@ pub fn on_record(store: &Store, config: &Config) -> Result<Option<Record>, Store
         return Ok(None);
     }
     let want = key(&now);
+    newest_over(store, &want, |id, created_at, c| {
+        Some(Record {
+            run_id: id,
+            measured_at: created_at,
+            max_concurrency: c.max_concurrency,
+            slo: c.slo,
+            sentence: sentence(c),
+        })
+    })
+}
+
+/// The newest finished capacity run through the balancer over the pool
+/// `want` (see [`key`]) for which `take` returns something.
+fn newest_over<T>(
+    store: &Store,
+    want: &str,
+    mut take: impl FnMut(i64, i64, &Capacity) -> Option<T>,
+) -> Result<Option<T>, StoreError> {
     let mut runs = store.list_runs()?;
     runs.retain(|r| r.mode == "capacity" && r.target == "balancer" && !r.interrupted);
     for summary in runs.iter().rev() {
@@ -64,14 +82,11 @@ pub fn on_record(store: &Store, config: &Config) -> Result<Option<Record>, Store
             .as_array()
             .cloned()
             .unwrap_or_default();
-        if key(&workers) == want {
-            return Ok(Some(Record {
-                run_id: summary.id,
-                measured_at: summary.created_at,
-                max_concurrency: c.max_concurrency,
-                slo: c.slo,
-                sentence: sentence(c),
-            }));
+        if key(&workers) != want {
+            continue;
+        }
+        if let Some(found) = take(summary.id, summary.created_at, c) {
+            return Ok(Some(found));
         }
     }
     Ok(None)
@@ -88,19 +103,12 @@ pub fn check(
 ) -> Result<Option<Checked>, StoreError> {
     let all: Vec<Value> = full.enabled_workers().map(|w| w.to_json()).collect();
     let want = key(&all);
-    let mut runs = store.list_runs()?;
-    runs.retain(|r| r.mode == "capacity" && r.target == "balancer" && !r.interrupted);
-    for summary in runs.iter().rev() {
-        let run = store.get_run(summary.id)?;
-        let Some(c) = &run.capacity else { continue };
-        let workers = run.config["workers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
+    newest_over(store, &want, |id, _, c| {
+        // Only a run that measured every studio alone predicts a subset.
         let whole =
             c.per_studio.len() == all.len() && c.per_studio.iter().all(|s| s.error.is_none());
-        if key(&workers) != want || !whole {
-            continue;
+        if !whole {
+            return None;
         }
         let predicted: usize = c
             .per_studio
@@ -108,8 +116,8 @@ pub fn check(
             .filter(|s| subset.contains(&s.id))
             .map(|s| s.max_concurrency)
             .sum();
-        return Ok(Some(Checked {
-            run_id: summary.id,
+        Some(Checked {
+            run_id: id,
             studios: subset.to_vec(),
             predicted,
             measured: measured.max_concurrency,
@@ -118,9 +126,8 @@ pub fn check(
             } else {
                 (measured.max_concurrency as f64 - predicted as f64) / predicted as f64 * 100.0
             },
-        }));
-    }
-    Ok(None)
+        })
+    })
 }
 
 #[cfg(test)]
