@@ -19,11 +19,9 @@
 //! fix in the message.
 
 use std::net::IpAddr;
-use std::sync::Arc;
 
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use super::answer::Family;
@@ -40,25 +38,25 @@ pub(super) fn check_settings(s: &BalancerSettings, has_key: bool) -> Result<(), 
     Ok(())
 }
 
-/// Middleware: the Host and Origin checks, CORS for listed origins.
-pub(super) async fn guard(State(s): State<Arc<Shared>>, req: Request, next: Next) -> Response {
+/// What the Host and Origin checks make of a request.
+pub(super) enum Admission {
+    /// Serve it; with CORS headers for this origin (see [`allow`]).
+    Pass(Option<HeaderValue>),
+    /// Answered here: refused, or a listed origin's CORS preflight.
+    Answered(Response),
+}
+
+/// The Host and Origin checks (run first, by the balancer's one gate).
+pub(super) fn admit(s: &Shared, req: &Request) -> Admission {
     let settings = s.settings();
     let local = req.extensions().get::<LocalAddr>().map(|l| l.0.ip());
-    let verdict = check(req.method(), req.uri(), req.headers(), &settings, local);
-    let family = Family::of_path(req.uri().path());
-    match verdict {
+    match check(req.method(), req.uri(), req.headers(), &settings, local) {
         Verdict::Refused(status, message, code) => {
             tracing::debug!(path = req.uri().path(), %message, "refused");
-            family.error(status, &message, code)
+            Admission::Answered(Family::of_path(req.uri().path()).error(status, &message, code))
         }
-        Verdict::Preflight(origin) => preflight(&origin, req.headers()),
-        Verdict::Pass(cors) => {
-            let mut r = next.run(req).await;
-            if let Some(origin) = cors {
-                allow(&mut r, &origin);
-            }
-            r
-        }
+        Verdict::Preflight(origin) => Admission::Answered(preflight(&origin, req.headers())),
+        Verdict::Pass(cors) => Admission::Pass(cors),
     }
 }
 
@@ -224,7 +222,7 @@ fn preflight(origin: &HeaderValue, h: &HeaderMap) -> Response {
 }
 
 /// CORS headers that let a listed origin's page read this answer.
-fn allow(r: &mut Response, origin: &HeaderValue) {
+pub(super) fn allow(r: &mut Response, origin: &HeaderValue) {
     let hs = r.headers_mut();
     hs.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
     hs.append(header::VARY, HeaderValue::from_static("Origin"));

@@ -24,7 +24,7 @@ use super::pool::{Demand, NoSlot};
 use super::request::{self, Job};
 use super::state;
 use super::worker::WorkerEntry;
-use super::{Shared, catalog, metrics};
+use super::{Shared, catalog, metrics, origin};
 use crate::config::Strategy;
 
 type St = State<Arc<Shared>>;
@@ -37,68 +37,83 @@ pub(super) fn router(shared: Arc<Shared>) -> Router {
     for (_, path) in Api::ALL {
         r = r.route(path, post(forward));
     }
-    let mut r = r
-        .route("/v1/models", get(catalog::openai_models))
+    r.route("/v1/models", get(catalog::openai_models))
         .route("/api/tags", get(catalog::ollama_tags))
         .route("/api/ps", get(catalog::ollama_ps))
         .route("/api/version", get(catalog::ollama_version))
         .route("/stats", get(stats))
         .route("/metrics", get(prometheus))
-        .fallback(not_found);
-    if shared.api_key.is_some() {
-        r = r.layer(middleware::from_fn_with_state(shared.clone(), authorize));
-    }
-    // Health stays open: load balancers and the menu bar poll it.
-    r.route("/health", get(health))
-        .layer(middleware::from_fn_with_state(shared.clone(), refuse_loops))
-        // Outermost, so it covers /health too (DNS rebinding reads it).
-        .layer(middleware::from_fn_with_state(
-            shared.clone(),
-            super::origin::guard,
-        ))
+        .route("/health", get(health))
+        .fallback(not_found)
+        .layer(middleware::from_fn_with_state(shared.clone(), gate))
         .with_state(shared)
+}
+
+/// Every request's checks before it is routed, in one layer (each axum
+/// layer costs an allocation and a dispatch per request): the Host and
+/// Origin guard (on every route, `/health` too: DNS rebinding reads it),
+/// the loop guard, then the API key (not for `/health`, which load
+/// balancers and the menu bar poll). Refusals carry the CORS headers a
+/// listed origin needs to read them.
+async fn gate(State(s): St, req: Request, next: Next) -> Response {
+    let cors = match origin::admit(&s, &req) {
+        origin::Admission::Pass(cors) => cors,
+        origin::Admission::Answered(r) => return r,
+    };
+    let refusal = refuse_loop(&s, &req).or_else(|| {
+        (req.uri().path() != "/health")
+            .then(|| authorize(&s, &req))
+            .flatten()
+    });
+    let mut r = match refusal {
+        Some(r) => r,
+        None => next.run(req).await,
+    };
+    if let Some(origin) = cors {
+        origin::allow(&mut r, &origin);
+    }
+    r
 }
 
 /// A request that already passed through this balancer came back: a worker
 /// points at the balancer itself (through a name the loader could not
 /// check). Answered at once, instead of looping until every slot is taken.
-async fn refuse_loops(State(s): St, req: Request, next: Next) -> Response {
+fn refuse_loop(s: &Shared, req: &Request) -> Option<Response> {
     let ours = s.core.via.as_bytes().strip_prefix(b"1.1 ").unwrap_or(b"");
     let looped = req
         .headers()
         .get_all(header::VIA)
         .iter()
         .any(|v| memchr::memmem::find(v.as_bytes(), ours).is_some());
-    if looped {
-        return Family::of_path(req.uri().path()).error(
+    looped.then(|| {
+        Family::of_path(req.uri().path()).error(
             StatusCode::LOOP_DETECTED,
             "this request came back to the balancer that sent it: a worker points at Baton itself; point it at the studio's own server",
             "loop_detected",
-        );
-    }
-    next.run(req).await
+        )
+    })
 }
 
-async fn authorize(State(s): St, req: Request, next: Next) -> Response {
-    if let Some(key) = &s.api_key {
-        let h = req.headers();
-        // OpenAI clients send a bearer token; Anthropic clients `x-api-key`.
-        let given = h
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
-            .unwrap_or("");
-        if !constant_time_eq(given.as_bytes(), key.as_bytes()) {
-            s.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
-            return Family::of_path(req.uri().path()).error(
-                StatusCode::UNAUTHORIZED,
-                "missing or wrong API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)",
-                "invalid_api_key",
-            );
-        }
+/// The API key check: the refusal, if the request lacks the key.
+fn authorize(s: &Shared, req: &Request) -> Option<Response> {
+    let key = s.api_key.as_ref()?;
+    let h = req.headers();
+    // OpenAI clients send a bearer token; Anthropic clients `x-api-key`.
+    let given = h
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
+        .unwrap_or("");
+    if constant_time_eq(given.as_bytes(), key.as_bytes()) {
+        return None;
     }
-    next.run(req).await
+    s.metrics.unauthorized.fetch_add(1, Ordering::Relaxed);
+    Some(Family::of_path(req.uri().path()).error(
+        StatusCode::UNAUTHORIZED,
+        "missing or wrong API key: send `Authorization: Bearer <key>` (or `x-api-key: <key>`)",
+        "invalid_api_key",
+    ))
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -169,7 +184,10 @@ async fn read_body(
         return Err(too_big());
     }
     match http_body_util::Limited::new(body, limit).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
+        // A copy of its own: the body as read shares the connection's 8 KB
+        // read buffer, which a stream's request would keep for its whole
+        // answer.
+        Ok(c) => Ok(Bytes::copy_from_slice(&c.to_bytes())),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
         Err(e) => Err(family.error(
             StatusCode::BAD_REQUEST,

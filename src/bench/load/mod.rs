@@ -223,19 +223,11 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
         .map(|n| Arc::new(tokio::sync::Semaphore::new(n.max(1))));
     let named = opts.worker.clone();
     let live = opts.in_flight.clone().unwrap_or_default();
-    let ok = Arc::new(AtomicU64::new(0));
-    let failed = Arc::new(AtomicU64::new(0));
-    let tokens = Arc::new(AtomicU64::new(0));
-    let issued = Arc::new(AtomicU64::new(0));
-    let window_tokens = Arc::new(AtomicU64::new(0));
-    // Microseconds after the start; MAX until a client runs out.
-    let idle = Arc::new(AtomicU64::new(u64::MAX));
-    let good = Arc::new(AtomicU64::new(0));
+    let counters = Arc::new(Counters::new());
     let limits = opts.limits;
     let start = Instant::now();
     let window = spec.duration.map(|d| (spec.warmup.min(d), d));
     let bodies = Arc::new(bodies(spec));
-    let seq = Arc::new(AtomicU64::new(0));
     let stream = spec
         .body
         .get("stream")
@@ -247,42 +239,18 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
         Err(e) => {
             let mut s = Tally::new();
             s.errors.push(format!("bad URL {}: {e}", spec.url));
-            return report(
-                start,
-                &ok,
-                &failed,
-                &tokens,
-                &window_tokens,
-                &idle,
-                window,
-                s,
-                0,
-            );
+            return report(start, &counters, window, s);
         }
     };
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..spec.concurrency.max(1) {
         let (client, spec, url) = (client.clone(), spec.clone(), url.clone());
-        let (ok, failed, tokens, issued, bodies, seq, progress) = (
-            ok.clone(),
-            failed.clone(),
-            tokens.clone(),
-            issued.clone(),
-            bodies.clone(),
-            seq.clone(),
-            progress.clone(),
-        );
-        let (gate, named, live, idle, good) = (
-            gate.clone(),
-            named.clone(),
-            live.clone(),
-            idle.clone(),
-            good.clone(),
-        );
+        let (c, bodies, progress) = (counters.clone(), bodies.clone(), progress.clone());
+        let (gate, named, live) = (gate.clone(), named.clone(), live.clone());
         let counter = WindowCounter {
             start,
             window,
-            tokens: window_tokens.clone(),
+            tokens: counters.window_tokens.clone(),
         };
         tasks.spawn(async move {
             let mut s = Tally::new();
@@ -291,12 +259,12 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
                     break;
                 }
                 if let Some(n) = spec.requests
-                    && issued.fetch_add(1, Ordering::Relaxed) >= n
+                    && c.issued.fetch_add(1, Ordering::Relaxed) >= n
                 {
                     break;
                 }
                 let body =
-                    bodies[seq.fetch_add(1, Ordering::Relaxed) as usize % bodies.len()].clone();
+                    bodies[c.seq.fetch_add(1, Ordering::Relaxed) as usize % bodies.len()].clone();
                 let waited = Instant::now();
                 let _permit = match &gate {
                     Some(g) => g.clone().acquire_owned().await.ok(),
@@ -315,26 +283,30 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
                 s.evidence.record(&result, named.as_deref(), sent_s, took);
                 match result {
                     Ok(o) => {
-                        ok.fetch_add(1, Ordering::Relaxed);
-                        tokens.fetch_add(o.tokens, Ordering::Relaxed);
+                        c.ok.fetch_add(1, Ordering::Relaxed);
+                        c.tokens.fetch_add(o.tokens, Ordering::Relaxed);
                         let latency = t0.elapsed();
                         if limits.is_none_or(|l| l.met(o.ttft, o.tokens, latency)) {
-                            good.fetch_add(1, Ordering::Relaxed);
+                            c.good.fetch_add(1, Ordering::Relaxed);
                         }
                         let in_window = counter.share(t0, latency);
                         s.answered(o, latency, in_window, named.as_deref());
                     }
                     Err(f) => {
-                        failed.fetch_add(1, Ordering::Relaxed);
+                        c.failed.fetch_add(1, Ordering::Relaxed);
                         s.failed(f, named.as_deref());
                     }
                 }
                 if let Some(p) = &progress {
-                    p(ok.load(Ordering::Relaxed), failed.load(Ordering::Relaxed));
+                    p(
+                        c.ok.load(Ordering::Relaxed),
+                        c.failed.load(Ordering::Relaxed),
+                    );
                 }
             }
-            idle.fetch_min(start.elapsed().as_micros() as u64, Ordering::Relaxed);
-            s.stopped(idle.load(Ordering::Relaxed) as f64 / 1e6);
+            c.idle
+                .fetch_min(start.elapsed().as_micros() as u64, Ordering::Relaxed);
+            s.stopped(c.idle.load(Ordering::Relaxed) as f64 / 1e6);
             s
         });
     }
@@ -344,43 +316,59 @@ pub async fn run_with(client: &reqwest::Client, spec: &LoadSpec, opts: RunOption
             all.merge(s);
         }
     }
-    let good = good.load(Ordering::Relaxed);
-    report(
-        start,
-        &ok,
-        &failed,
-        &tokens,
-        &window_tokens,
-        &idle,
-        window,
-        all,
-        good,
-    )
+    report(start, &counters, window, all)
 }
 
-#[allow(clippy::too_many_arguments)] // the run's counters, read once at its end
+/// What every client of a run adds to, read once at its end.
+struct Counters {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    tokens: AtomicU64,
+    /// Requests started (a run of `spec.requests` stops at that many).
+    issued: AtomicU64,
+    /// Which of the bodies the next request sends.
+    seq: AtomicU64,
+    /// Tokens that arrived inside the measurement window.
+    window_tokens: Arc<AtomicU64>,
+    /// When the first client ran out of requests (µs after the start;
+    /// `u64::MAX` until one does).
+    idle: AtomicU64,
+    /// Answers that met the run's limits (goodput).
+    good: AtomicU64,
+}
+
+impl Counters {
+    fn new() -> Counters {
+        Counters {
+            ok: AtomicU64::new(0),
+            failed: AtomicU64::new(0),
+            tokens: AtomicU64::new(0),
+            issued: AtomicU64::new(0),
+            seq: AtomicU64::new(0),
+            window_tokens: Arc::default(),
+            idle: AtomicU64::new(u64::MAX),
+            good: AtomicU64::new(0),
+        }
+    }
+}
+
 fn report(
     start: Instant,
-    ok: &AtomicU64,
-    failed: &AtomicU64,
-    tokens: &AtomicU64,
-    window_tokens: &AtomicU64,
-    idle: &AtomicU64,
+    c: &Counters,
     window: Option<(Duration, Duration)>,
     s: Tally,
-    good: u64,
 ) -> LoadReport {
     let elapsed = start.elapsed();
     LoadReport {
-        sending: match idle.load(Ordering::Relaxed) {
+        sending: match c.idle.load(Ordering::Relaxed) {
             u64::MAX => elapsed,
             us => Duration::from_micros(us).min(elapsed),
         },
         sending_busy_s: s.busy_s - s.drained_s,
         elapsed,
-        ok: ok.load(Ordering::Relaxed),
-        failed: failed.load(Ordering::Relaxed),
-        tokens: tokens.load(Ordering::Relaxed),
+        ok: c.ok.load(Ordering::Relaxed),
+        failed: c.failed.load(Ordering::Relaxed),
+        tokens: c.tokens.load(Ordering::Relaxed),
         latency_us: s.latency,
         ttft_us: s.ttft,
         tpot_us: s.tpot,
@@ -390,9 +378,9 @@ fn report(
         window_ok: s.window_ok,
         errors: s.errors,
         window: window.map(|(a, b)| b - a).unwrap_or_default(),
-        window_tokens: window_tokens.load(Ordering::Relaxed),
+        window_tokens: c.window_tokens.load(Ordering::Relaxed),
         evidence: s.evidence.ended(start.elapsed().as_secs_f64()),
-        good,
+        good: c.good.load(Ordering::Relaxed),
     }
 }
 
