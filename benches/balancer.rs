@@ -1198,6 +1198,7 @@ async fn idle_cost(opts: &Opts) -> Vec<Verdict> {
         "  {:<34} {:>6.3}% of a core  {:>6.2} wake-ups/s  RSS {:.1} MB",
         "the first minute after it", i.cpu_pct, i.wakeups_per_s, i.rss_mb
     );
+    println!("    woke most: {}", i.busiest_line());
     // The probers slow down once the pool has had no request for 2 min.
     let rest = Duration::from_secs(125).saturating_sub(window);
     tokio::time::sleep(rest).await;
@@ -1206,6 +1207,7 @@ async fn idle_cost(opts: &Opts) -> Vec<Verdict> {
         "  {:<34} {:>6.3}% of a core  {:>6.2} wake-ups/s  RSS {:.1} MB",
         "at rest (no request for 2+ min)", i.cpu_pct, i.wakeups_per_s, i.rss_mb
     );
+    println!("    woke most: {}", i.busiest_line());
     let (cpu, wake, rss) = (i.cpu_pct, i.wakeups_per_s, i.rss_mb);
     vec![
         (

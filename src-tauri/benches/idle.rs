@@ -26,6 +26,7 @@ fn show(what: &str, i: &procfs::Idle) {
         "  {what:<40} {:>6.3}% of a core  {:>6.2} wake-ups/s  RSS {:.1} MB ({} processes)",
         i.cpu_pct, i.wakeups_per_s, i.rss_mb, i.processes
     );
+    println!("    woke most: {}", i.busiest_line());
 }
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]

@@ -343,14 +343,14 @@ pub fn create(app: &AppHandle) -> tauri::Result<()> {
                     if *button_state == MouseButtonState::Down {
                         // The menu may open now: show the login item's
                         // real state.
-                        refresh_login(app);
+                        let _ = refresh_login(app);
                     } else if *button == MouseButton::Left {
                         windows::toggle_popover(app);
                     }
                 }
                 TrayIconEvent::Enter { rect, .. } => {
                     windows::IconRect::set(app, rect);
-                    refresh_login(app);
+                    let _ = refresh_login(app);
                 }
                 _ => {}
             }
@@ -444,13 +444,17 @@ fn set_studios(app: &AppHandle, menu: &Submenu<Wry>, lines: &[(String, String)],
 
 /// Show the login item's state as its file says now (the user may have
 /// removed it in System Settings, or moved the app).
-pub fn refresh_login(app: &AppHandle) {
-    if let Some(items) = app.try_state::<Items>() {
-        let on = login::read(app).is_on();
-        if items.autostart.is_checked().ok() != Some(on) {
-            let _ = items.autostart.set_checked(on);
-        }
+/// Set Launch at Login's checkmark from the login item; whether it changed.
+pub fn refresh_login(app: &AppHandle) -> bool {
+    let Some(items) = app.try_state::<Items>() else {
+        return false;
+    };
+    let on = login::read(app).is_on();
+    if items.autostart.is_checked().ok() == Some(on) {
+        return false;
     }
+    let _ = items.autostart.set_checked(on);
+    true
 }
 
 fn on_menu(app: &AppHandle, event: MenuEvent) {

@@ -3,6 +3,7 @@
 //! length), and loading or unloading them as jobs.
 
 use serde::{Deserialize, Serialize};
+use serde_with::skip_serializing_none;
 
 use super::jobs::{JobError, JobId, JobKind, JobResult, JobUpdate};
 use super::{Engine, EngineError};
@@ -10,6 +11,7 @@ use crate::balancer::{self, ModelInfo, Residency};
 use crate::studio::StudioKind;
 
 /// One model over the pool.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct PoolModel {
     pub name: String,
@@ -20,20 +22,18 @@ pub struct PoolModel {
     /// Studios that serve it without saying whether it is loaded.
     pub served_by: Vec<String>,
     /// The largest context length a studio reports for it.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub context_length: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub size_bytes: Option<u64>,
 }
 
 /// One studio's models, and whether Baton can load and unload there.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct StudioModels {
     pub id: String,
     pub kind: StudioKind,
     pub can_load: bool,
     /// Why there is no load button, when there is none.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub cannot_load: Option<String>,
     pub models: Vec<ModelInfo>,
 }
@@ -56,14 +56,13 @@ pub enum ModelAction {
 }
 
 /// One studio's part of a model job.
+#[skip_serializing_none]
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct ModelStep {
     pub studio: String,
     pub ok: bool,
     /// How long a load took.
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub took_ms: Option<u64>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
 

@@ -17,13 +17,7 @@ async fn slots_are_never_exceeded_under_10x_oversubscription() {
     )
     .await;
     let c = client();
-    let mut tasks = Vec::new();
-    for _ in 0..50 {
-        let (c, url) = (c.clone(), lab.url());
-        tasks.push(tokio::spawn(async move { stream_chat(&c, &url, 20).await }));
-    }
-    for t in tasks {
-        let (status, _, sse) = t.await.unwrap();
+    for (status, _, sse) in stream_chats(&c, &lab.url(), 50, 20).await {
         assert_eq!(status, 200);
         assert_eq!(sse.unwrap().content_events(), 20);
     }
@@ -206,13 +200,7 @@ async fn a_refusing_studio_costs_no_client_error() {
     .await;
     lab.sims[1].set_listening(false);
     let c = client();
-    let mut tasks = Vec::new();
-    for _ in 0..40 {
-        let (c, url) = (c.clone(), lab.url());
-        tasks.push(tokio::spawn(async move { stream_chat(&c, &url, 5).await }));
-    }
-    for t in tasks {
-        let (status, worker, sse) = t.await.unwrap();
+    for (status, worker, sse) in stream_chats(&c, &lab.url(), 40, 5).await {
         assert_eq!(status, 200);
         assert_eq!(worker, "s0");
         assert_eq!(sse.unwrap().content_events(), 5);
@@ -244,13 +232,7 @@ async fn a_hanging_studio_is_ejected_at_the_first_token_timeout_and_its_requests
         ..Faults::default()
     });
     let t0 = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..12 {
-        let (c, url) = (c.clone(), lab.url());
-        tasks.push(tokio::spawn(async move { stream_chat(&c, &url, 5).await }));
-    }
-    for t in tasks {
-        let (status, worker, sse) = t.await.unwrap();
+    for (status, worker, sse) in stream_chats(&c, &lab.url(), 12, 5).await {
         assert_eq!(status, 200);
         assert_eq!(worker, "s0");
         assert_eq!(sse.unwrap().content_events(), 5);

@@ -119,6 +119,27 @@ pub async fn stream_chat(
     (status, worker, parse_sse(&body))
 }
 
+/// `n` streamed chats sent at once (each its own task), their results in
+/// the order sent.
+pub async fn stream_chats(
+    c: &reqwest::Client,
+    url: &str,
+    n: usize,
+    max_tokens: u32,
+) -> Vec<(u16, String, Result<Sse, String>)> {
+    let tasks: Vec<_> = (0..n)
+        .map(|_| {
+            let (c, url) = (c.clone(), url.to_string());
+            tokio::spawn(async move { stream_chat(&c, &url, max_tokens).await })
+        })
+        .collect();
+    let mut out = Vec::with_capacity(n);
+    for t in tasks {
+        out.push(t.await.expect("a streamed chat's task"));
+    }
+    out
+}
+
 /// A free TCP port on 127.0.0.1 (for a command that must be told one
 /// before it starts; another process could take it in between).
 pub fn free_port() -> u16 {

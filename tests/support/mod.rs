@@ -30,7 +30,9 @@ pub mod studios;
 pub mod throwaway;
 
 pub use cmd::{BatonCmd, BatonProcess};
-pub use http::{Sse, chat_body, client, free_port, parse_sse, stream_chat, wait_until};
+pub use http::{
+    Sse, chat_body, client, free_port, parse_sse, stream_chat, stream_chats, wait_until,
+};
 pub use lab::{Lab, Served, test_settings};
 pub use plans::{Quiet, plan};
 pub use studios::{

@@ -5,18 +5,22 @@
 //! `top -stats pid,cpu,idlew,mem` (see the README's performance section).
 #![allow(dead_code)] // each bench uses its own part
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 /// What a process and its descendants have used so far: CPU seconds (user +
 /// system, all threads), voluntary context switches (each one a wake-up
 /// after sleeping; summed over every thread), RSS in KiB, and how many
 /// processes that is.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Usage {
     pub cpu_s: f64,
     pub wakeups: u64,
     pub rss_kb: u64,
     pub processes: usize,
+    /// Wake-ups so far of each thread (by thread id), with its name as
+    /// `process/thread`: what tells who wakes.
+    pub threads: HashMap<u32, (String, u64)>,
 }
 
 /// `root` and its descendants, by parent pid.
@@ -66,28 +70,56 @@ pub fn usage(root: u32) -> Usage {
             u.cpu_s += (t(11) + t(12)) / ticks;
         }
         u.rss_kb += status_field(format!("/proc/{pid}/status"), "VmRSS:");
+        let process = comm(&format!("/proc/{pid}"));
         for t in std::fs::read_dir(format!("/proc/{pid}/task"))
             .into_iter()
             .flatten()
             .flatten()
         {
-            u.wakeups += status_field(
-                format!("{}/status", t.path().display()),
+            let path = t.path();
+            let woke = status_field(
+                format!("{}/status", path.display()),
                 "voluntary_ctxt_switches:",
             );
+            u.wakeups += woke;
+            if let Some(tid) = t.file_name().to_str().and_then(|n| n.parse().ok()) {
+                let name = format!("{process}/{}", comm(&path.display().to_string()));
+                u.threads.insert(tid, (name, woke));
+            }
         }
     }
     u
 }
 
+/// A process's or thread's name (`comm`) under a `/proc` path.
+fn comm(dir: &str) -> String {
+    std::fs::read_to_string(format!("{dir}/comm"))
+        .map(|c| c.trim().to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
 /// Over `window`: CPU (% of one core) and wake-ups per second of `pid` and
 /// its descendants, and at the end their RSS (MB) and how many they are.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct Idle {
     pub cpu_pct: f64,
     pub wakeups_per_s: f64,
     pub rss_mb: f64,
     pub processes: usize,
+    /// The threads that woke most, with their wake-ups per second (those
+    /// of threads that ended in the window are not counted).
+    pub busiest: Vec<(String, f64)>,
+}
+
+impl Idle {
+    /// The busiest threads as one line: `name 0.40/s, name 0.20/s`.
+    pub fn busiest_line(&self) -> String {
+        self.busiest
+            .iter()
+            .map(|(name, rate)| format!("{name} {rate:.2}/s"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
 }
 
 pub async fn idle(pid: u32, window: Duration) -> Idle {
@@ -95,11 +127,23 @@ pub async fn idle(pid: u32, window: Duration) -> Idle {
     tokio::time::sleep(window).await;
     let b = usage(pid);
     let s = window.as_secs_f64();
+    let mut busiest: Vec<(String, f64)> = b
+        .threads
+        .iter()
+        .map(|(tid, (name, woke))| {
+            let before = a.threads.get(tid).map_or(0, |(_, w)| *w);
+            (name.clone(), woke.saturating_sub(before) as f64 / s)
+        })
+        .filter(|(_, rate)| *rate > 0.0)
+        .collect();
+    busiest.sort_by(|x, y| y.1.total_cmp(&x.1));
+    busiest.truncate(5);
     Idle {
         cpu_pct: (b.cpu_s - a.cpu_s) / s * 100.0,
         // A process that ended in the window would make this negative.
         wakeups_per_s: b.wakeups.saturating_sub(a.wakeups) as f64 / s,
         rss_mb: b.rss_kb as f64 / 1024.0,
         processes: b.processes,
+        busiest,
     }
 }
