@@ -3,6 +3,9 @@
 
 mod cli;
 
+// The system allocator only for heap profilers (heaptrack, massif), which
+// see malloc's calls and not mimalloc's: `--features system-alloc`.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

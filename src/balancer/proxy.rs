@@ -183,18 +183,44 @@ async fn read_body(
     if declared.is_some_and(|n| n > limit) {
         return Err(too_big());
     }
-    match http_body_util::Limited::new(body, limit).collect().await {
-        // A copy of its own: the body as read shares the connection's 8 KB
-        // read buffer, which a stream's request would keep for its whole
-        // answer.
-        Ok(c) => Ok(Bytes::copy_from_slice(&c.to_bytes())),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(too_big()),
-        Err(e) => Err(family.error(
-            StatusCode::BAD_REQUEST,
-            &format!("could not read the request body: {e}"),
-            "invalid_request",
-        )),
+    copy_body(http_body_util::Limited::new(body, limit), declared)
+        .await
+        .map_err(|e| {
+            if e.is::<http_body_util::LengthLimitError>() {
+                too_big()
+            } else {
+                family.error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("could not read the request body: {e}"),
+                    "invalid_request",
+                )
+            }
+        })
+}
+
+/// What a request's declared `Content-Length` may reserve before its bytes
+/// arrive.
+const RESERVE_AT_MOST: usize = 256 * 1024;
+
+/// The body's bytes, copied once into a buffer of their own. The frames as
+/// read share the connection's 8 KB read buffer, which a stream's request
+/// would otherwise keep for its whole answer; gathering them here (rather
+/// than `collect().to_bytes()` and a copy) copies a body in several chunks
+/// once, not twice.
+async fn copy_body(
+    mut body: http_body_util::Limited<Body>,
+    declared: Option<usize>,
+) -> Result<Bytes, axum::BoxError> {
+    // Room for what the client declared, up to a bound: a declared length
+    // is a claim, and a silent client must not reserve megabytes.
+    let mut buf = bytes::BytesMut::with_capacity(declared.unwrap_or(0).min(RESERVE_AT_MOST));
+    while let Some(frame) = body.frame().await {
+        // Trailers carry nothing a model request needs.
+        if let Ok(data) = frame?.into_data() {
+            buf.extend_from_slice(&data);
+        }
     }
+    Ok(buf.freeze())
 }
 
 /// Times a request may be re-queued because its studio was congested (a

@@ -475,6 +475,51 @@ async fn reload_adds_and_removes_studios_under_load() {
 }
 
 #[tokio::test]
+async fn a_body_sent_in_chunks_arrives_whole_and_is_held_to_the_limit() {
+    let settings = baton::config::BalancerSettings {
+        max_body_bytes: 1000,
+        ..test_settings()
+    };
+    let lab = Lab::start(vec![sim_cfg(1, 1, 1000.0)], settings).await;
+    let c = client();
+    // Chunked transfer, no Content-Length: the limit is checked as it reads.
+    let chunked = |body: String, piece: usize| {
+        let pieces: Vec<Result<Vec<u8>, std::io::Error>> = body
+            .into_bytes()
+            .chunks(piece)
+            .map(|p| Ok(p.to_vec()))
+            .collect();
+        c.post(format!("{}/chat/completions", lab.url()))
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+                pieces,
+            )))
+            .send()
+    };
+    let whole = chat_body(3, false).to_string();
+    let one: Value = lab
+        .chat(&c, &chat_body(3, false))
+        .await
+        .json()
+        .await
+        .unwrap();
+    let r = chunked(whole, 7).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let split: Value = r.json().await.unwrap();
+    // The studio read the same prompt, so the same prompt tokens.
+    assert_eq!(
+        split["usage"]["prompt_tokens"],
+        one["usage"]["prompt_tokens"]
+    );
+    assert!(one["usage"]["prompt_tokens"].as_u64().unwrap() > 0, "{one}");
+    let big = format!(r#"{{"model":"m","pad":"{}"}}"#, "x".repeat(2000));
+    let r = chunked(big, 100).await.unwrap();
+    assert_eq!(r.status(), 413);
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"]["code"], "request_too_large", "{v}");
+}
+
+#[tokio::test]
 async fn bad_input_gets_openai_shaped_errors() {
     let settings = baton::config::BalancerSettings {
         max_body_bytes: 1000,

@@ -106,8 +106,9 @@ pub struct Idle {
     pub wakeups_per_s: f64,
     pub rss_mb: f64,
     pub processes: usize,
-    /// The threads that woke most, with their wake-ups per second (those
-    /// of threads that ended in the window are not counted).
+    /// The threads that woke most, with their wake-ups per second, those
+    /// of one name added up (threads that ended in the window are not
+    /// counted).
     pub busiest: Vec<(String, f64)>,
 }
 
@@ -127,14 +128,21 @@ pub async fn idle(pid: u32, window: Duration) -> Idle {
     tokio::time::sleep(window).await;
     let b = usage(pid);
     let s = window.as_secs_f64();
-    let mut busiest: Vec<(String, f64)> = b
-        .threads
-        .iter()
-        .map(|(tid, (name, woke))| {
-            let before = a.threads.get(tid).map_or(0, |(_, w)| *w);
-            (name.clone(), woke.saturating_sub(before) as f64 / s)
+    // Threads of one pool share a name: added up, with how many there are.
+    let mut by_name: std::collections::BTreeMap<&str, (f64, usize)> = Default::default();
+    for (tid, (name, woke)) in &b.threads {
+        let before = a.threads.get(tid).map_or(0, |(_, w)| *w);
+        let e = by_name.entry(name).or_default();
+        e.0 += woke.saturating_sub(before) as f64 / s;
+        e.1 += 1;
+    }
+    let mut busiest: Vec<(String, f64)> = by_name
+        .into_iter()
+        .filter(|(_, (rate, _))| *rate > 0.0)
+        .map(|(name, (rate, n))| match n {
+            1 => (name.to_string(), rate),
+            n => (format!("{name} (x{n})"), rate),
         })
-        .filter(|(_, rate)| *rate > 0.0)
         .collect();
     busiest.sort_by(|x, y| y.1.total_cmp(&x.1));
     busiest.truncate(5);
