@@ -442,9 +442,9 @@ fn set_studios(app: &AppHandle, menu: &Submenu<Wry>, lines: &[(String, String)],
     }
 }
 
-/// Show the login item's state as its file says now (the user may have
-/// removed it in System Settings, or moved the app).
-/// Set Launch at Login's checkmark from the login item; whether it changed.
+/// Set Launch at Login's checkmark from the login item's file as it is now
+/// (the user may have removed it in System Settings, or moved the app);
+/// whether it changed.
 pub fn refresh_login(app: &AppHandle) -> bool {
     let Some(items) = app.try_state::<Items>() else {
         return false;

@@ -60,11 +60,10 @@ async fn gate(State(s): St, req: Request, next: Next) -> Response {
         origin::Admission::Pass(cors) => cors,
         origin::Admission::Answered(r) => return r,
     };
-    let refusal = refuse_loop(&s, &req).or_else(|| {
-        (req.uri().path() != "/health")
-            .then(|| authorize(&s, &req))
-            .flatten()
-    });
+    let mut refusal = refuse_loop(&s, &req);
+    if refusal.is_none() && req.uri().path() != "/health" {
+        refusal = authorize(&s, &req);
+    }
     let mut r = match refusal {
         Some(r) => r,
         None => next.run(req).await,

@@ -474,13 +474,19 @@ async fn reload_adds_and_removes_studios_under_load() {
     );
 }
 
-#[tokio::test]
-async fn a_body_sent_in_chunks_arrives_whole_and_is_held_to_the_limit() {
+/// One fast studio behind a balancer that takes request bodies of up to
+/// 1,000 bytes.
+async fn small_body_lab() -> Lab {
     let settings = baton::config::BalancerSettings {
         max_body_bytes: 1000,
         ..test_settings()
     };
-    let lab = Lab::start(vec![sim_cfg(1, 1, 1000.0)], settings).await;
+    Lab::start(vec![sim_cfg(1, 1, 1000.0)], settings).await
+}
+
+#[tokio::test]
+async fn a_body_sent_in_chunks_arrives_whole_and_is_held_to_the_limit() {
+    let lab = small_body_lab().await;
     let c = client();
     // Chunked transfer, no Content-Length: the limit is checked as it reads.
     let chunked = |body: String, piece: usize| {
@@ -521,11 +527,7 @@ async fn a_body_sent_in_chunks_arrives_whole_and_is_held_to_the_limit() {
 
 #[tokio::test]
 async fn bad_input_gets_openai_shaped_errors() {
-    let settings = baton::config::BalancerSettings {
-        max_body_bytes: 1000,
-        ..test_settings()
-    };
-    let lab = Lab::start(vec![sim_cfg(1, 1, 1000.0)], settings).await;
+    let lab = small_body_lab().await;
     let c = client();
     let post = |body: String| {
         c.post(format!("{}/chat/completions", lab.url()))
